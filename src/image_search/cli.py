@@ -1,0 +1,251 @@
+"""Argument parsing, exit codes and one-line error messages. Everything else lives in the stages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Settings, all_keys, attribute_of, load_settings
+from .errors import ConfigError, ImageError, ImageSearchError
+from .ingest import IndexReport, run_index
+from .models import Embedder
+from .store import describe_location, open_store, redact
+
+log = logging.getLogger("image_search")
+
+KEY_HELP = {
+    "source-directory": "folder of images to index (default: images)",
+    "output-directory": "where result folders are written (default: output)",
+    "device": "auto, cpu, cuda or mps (default: auto)",
+    "model-name": "Hugging Face model id or local folder (default: jinaai/jina-clip-v2)",
+    "dimension": "vector size stored; Matryoshka-cut if smaller than the model's (default: 1024)",
+    "resize-width": "width of the processed JPEG (default: 960)",
+    "resize-height": "height of the processed JPEG (default: 540)",
+    "resize-mode": "fit (keep aspect ratio, default) or stretch (exact size)",
+    "postgres-host": "PostgreSQL server host; leave unset for the embedded database",
+    "postgres-port": "PostgreSQL server port (default: 5432)",
+    "postgres-user": "PostgreSQL user (default: postgres)",
+    "postgres-password": "PostgreSQL password (prefer IMAGE_SEARCH_POSTGRES_PASSWORD)",
+    "postgres-database": "PostgreSQL database (default: postgres)",
+    "data-directory": "processed JPEGs and the embedded database (default: .image-search)",
+    "table-name": "table holding the vectors (default: images)",
+    "top-k": "how many results a search returns (default: 10)",
+    "batch-size": "images per model batch and per database transaction (default: 16)",
+    "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
+    "server-auth": "user:password protecting the web page (default: none)",
+}
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes; defaults suppressed so that a flag given before or
+    after the command name both count."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--env", "--config", dest="env", metavar="PATH", type=Path,
+                        help="JSON configuration file (default: config.json)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    keys = common.add_argument_group("configuration keys (override the file and IMAGE_SEARCH_*)")
+    for key in all_keys():
+        if key == "server-auth":
+            continue  # given as serve's --auth
+        keys.add_argument(f"--{key}", dest=attribute_of(key), metavar=_metavar(key),
+                          help=KEY_HELP.get(key))
+    return common
+
+
+def _metavar(key: str) -> str:
+    return key.split("-")[-1].upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="image-search",
+        parents=[common],
+        description="Find the images in your folder most like a given image or text. With no "
+        "command: index source-directory, then serve the web page.",
+        epilog="Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    index = commands.add_parser("index", parents=[common], help="index the source folder")
+    index.add_argument("--source", type=Path, metavar="DIR",
+                       help="index this folder instead of source-directory")
+    index.add_argument("--keep-missing", action="store_true",
+                       help="keep rows of files that have disappeared from the folder")
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    search = commands.add_parser("search", parents=[common], help="search by image or text")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", type=Path, metavar="FILE", help="query image")
+    query.add_argument("--text", metavar="QUERY", help="query text")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    serve = commands.add_parser("serve", parents=[common], help="serve the web page only")
+    _add_serve_options(serve)
+
+    status = commands.add_parser("status", parents=[common], help="show what is indexed")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    _add_serve_options(parser)
+    return parser
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1, this computer only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--auth", dest="server_auth", metavar="USER:PASSWORD",
+                        default=argparse.SUPPRESS, help="protect the page with a login")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {key: getattr(args, attribute_of(key), None) for key in all_keys()}
+    return load_settings(getattr(args, "env", None), flags)
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    return Embedder(settings.model_name, settings.device, settings.dimension)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def print_index_report(report: IndexReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_json(), ensure_ascii=False))
+        return
+    for failure in report.failed:
+        print(f"skipped {failure.path}: {failure.error}", file=sys.stderr)
+    print(f"Indexed: {report.summary()}")
+
+
+def command_index(args: argparse.Namespace, settings: Settings) -> int:
+    report = run_index(
+        settings, make_embedder(settings), source=getattr(args, "source", None),
+        keep_missing=getattr(args, "keep_missing", False), show_progress=not args.json,
+    )
+    print_index_report(report, args.json)
+    return 0
+
+
+def command_search(args: argparse.Namespace, settings: Settings) -> int:
+    from .search import Searcher
+
+    with open_store(settings) as store:
+        searcher = Searcher(settings, store, make_embedder(settings))
+        if args.image is not None:
+            try:
+                result = searcher.by_image(args.image)
+            except ImageError as exc:
+                raise ConfigError(f"cannot use query image {args.image}: {exc}") from exc
+        else:
+            result = searcher.by_text(args.text)
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return 0
+    print(f"Searched {result.searched} images. Results in {result.output_dir}")
+    for match in result.results:
+        print(f"{match.rank:>3}  {match.score:.4f}  {match.file_path}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def status_of(settings: Settings) -> dict[str, Any]:
+    with open_store(settings) as store:
+        info = store.info()
+        size = store.database_size()
+    return {
+        "database": describe_location(settings),
+        "table": settings.table_name,
+        "model": info.model_name if info else settings.model_name,
+        "dimension": info.dimension if info else settings.dimension,
+        "images": info.images if info else 0,
+        "last_indexed_at": info.last_indexed_at.isoformat()
+        if info and info.last_indexed_at else None,
+        "database_size": size,
+    }
+
+
+def command_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = status_of(settings)
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False))
+        return 0
+    for key, value in status.items():
+        print(f"{key.replace('_', ' ')}: {value if value is not None else 'never'}")
+    return 0
+
+
+def command_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .web import serve
+
+    serve(settings, make_embedder(settings), host=args.host, port=args.port)
+    return 0
+
+
+def command_run_all(args: argparse.Namespace, settings: Settings) -> int:
+    """The seed's whole run: index source-directory, then serve the page and wait."""
+    from .web import serve
+
+    embedder = make_embedder(settings)
+    report = run_index(settings, embedder)
+    print_index_report(report, as_json=False)
+    serve(settings, embedder, host=args.host, port=args.port)
+    return 0
+
+
+COMMANDS = {
+    "index": command_index,
+    "search": command_search,
+    "serve": command_serve,
+    "status": command_status,
+    None: command_run_all,
+}
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="image-search: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("image_search").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or bool(os.environ.get("IMAGE_SEARCH_DEBUG"))
+    configure_logging(debug)
+    settings: Settings | None = None
+    try:
+        settings = settings_from(args)
+        return COMMANDS[args.command](args, settings)
+    except KeyboardInterrupt:
+        print("image-search: interrupted", file=sys.stderr)
+        return 130
+    except ImageSearchError as exc:
+        return _fail(str(exc), exc.exit_code, settings, debug)
+    except Exception as exc:  # a bug or an unforeseen fault: still one line, no traceback
+        message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
+        return _fail(message, 1, settings, debug)
+
+
+def _fail(message: str, code: int, settings: Settings | None, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    text = redact(message, settings) if settings else message
+    print(f"image-search: error: {text}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""One typed settings object, read from defaults < JSON file < IMAGE_SEARCH_* env < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config.json")
+ENV_PREFIX = "IMAGE_SEARCH_"
+REDACTED = "***"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+RESIZE_MODES = ("fit", "stretch")
+SECRET_KEYS = ("postgres-password", "server-auth")
+# Lower-case identifiers only: a table name is an SQL identifier, never free text.
+TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every configuration key. Attribute `a_b` is the key `a-b`."""
+
+    source_directory: Path = Path("images")
+    output_directory: Path = Path("output")
+    device: str = "auto"
+    model_name: str = "jinaai/jina-clip-v2"
+    dimension: int = 1024
+    resize_width: int = 960
+    resize_height: int = 540
+    resize_mode: str = "fit"
+    postgres_host: str | None = None
+    postgres_port: int = 5432
+    postgres_user: str = "postgres"
+    postgres_password: str | None = None
+    postgres_database: str = "postgres"
+    data_directory: Path = Path(".image-search")
+    table_name: str = "images"
+    top_k: int = 10
+    batch_size: int = 16
+    max_image_pixels: int = 100_000_000
+    server_auth: str | None = None
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.postgres_host
+
+    @property
+    def processed_directory(self) -> Path:
+        return self.data_directory / "processed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings under their key names, paths as strings."""
+        return {
+            key_of(f.name): _jsonable(getattr(self, f.name)) for f in fields(self)
+        }
+
+    def redacted(self) -> dict[str, Any]:
+        """`to_dict()` with every secret replaced by "***": safe to write or show."""
+        values = self.to_dict()
+        for key in SECRET_KEYS:
+            if values[key] is not None:
+                values[key] = REDACTED
+        values["postgres-password"] = REDACTED
+        return values
+
+
+def key_of(attribute: str) -> str:
+    return attribute.replace("_", "-")
+
+
+def attribute_of(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def all_keys() -> list[str]:
+    return [key_of(f.name) for f in fields(Settings)]
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _field_kind(key: str) -> type:
+    """The base type of a key: int, str or Path (Optional stripped)."""
+    annotation = {f.name: f.type for f in fields(Settings)}[attribute_of(key)]
+    for kind in (int, Path):
+        if kind.__name__ in str(annotation):
+            return kind
+    return str
+
+
+def _coerce(key: str, value: Any, from_text: bool) -> Any:
+    """Convert one raw value to the key's type, or raise a ConfigError naming the key."""
+    if value is None:
+        return None
+    kind = _field_kind(key)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"configuration key '{key}' must be a string, got {value!r}")
+    return Path(value) if kind is Path else value
+
+
+def read_config_file(path: Path, required: bool) -> dict[str, Any]:
+    """The JSON object in `path`; {} if it is missing and was not asked for explicitly."""
+    if not path.exists():
+        if required:
+            raise ConfigError(f"configuration file not found: {path} (check --env)")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold one JSON object")
+    return data
+
+
+def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str, Any]:
+    known = set(all_keys())
+    layer: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown configuration key '{key}' in {source}")
+        layer[attribute_of(key)] = _coerce(key, value, from_text)
+    return layer
+
+
+def environment_values(environ: Mapping[str, str]) -> dict[str, str]:
+    """IMAGE_SEARCH_<KEY> variables, under their key names. Unknown ones are errors."""
+    values = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "DEBUG":
+            values[name[len(ENV_PREFIX) :].lower().replace("_", "-")] = value
+    return values
+
+
+def load_settings(
+    config_path: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings: flags > environment > file > defaults. Raises ConfigError."""
+    path = config_path if config_path is not None else DEFAULT_CONFIG_FILE
+    file_values = read_config_file(path, required=config_path is not None)
+    env = environment_values(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    merged.update(_layer(file_values, f"configuration file {path}", from_text=False))
+    merged.update(_layer(env, "the environment (IMAGE_SEARCH_*)", from_text=True))
+    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    merged.update(_layer(given_flags, "the command line", from_text=True))
+    settings = dataclasses.replace(Settings(), **merged)
+    validate(settings)
+    return settings
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"configuration key '{key}' {message}")
+
+
+def validate(settings: Settings) -> None:
+    """Raise a ConfigError naming the first key whose value cannot work."""
+    _require(settings.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+    _require(
+        settings.resize_mode in RESIZE_MODES,
+        "resize-mode",
+        f"must be one of {', '.join(RESIZE_MODES)}",
+    )
+    for key in ("dimension", "resize-width", "resize-height", "top-k", "batch-size",
+                "max-image-pixels"):
+        _require(getattr(settings, attribute_of(key)) > 0, key, "must be a positive integer")
+    _require(0 < settings.postgres_port < 65536, "postgres-port", "must be between 1 and 65535")
+    _require(bool(settings.model_name.strip()), "model-name", "must not be empty")
+    _require(
+        bool(TABLE_NAME_PATTERN.match(settings.table_name)),
+        "table-name",
+        "must be a lower-case SQL name: letters, digits and _ (at most 63), not starting "
+        f"with a digit; got {settings.table_name!r}",
+    )
+    if settings.server_auth is not None:
+        user, _, password = settings.server_auth.partition(":")
+        _require(bool(user and password), "server-auth", "must look like user:password")

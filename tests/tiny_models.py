@@ -95,3 +95,11 @@ def build_remote_code_model(folder: Path) -> Path:
     config["auto_map"] = {"AutoModel": "modeling_tiny.TinyRemoteClip"}
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return folder
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/tiny_models.py FOLDER  (writes a tiny random CLIP there)")
+    print(build_tiny_clip(Path(sys.argv[1])))

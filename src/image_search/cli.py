@@ -219,6 +219,8 @@ def configure_logging(debug: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("image_search").setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:  # transformers' advice is for model authors, not for photo folders
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

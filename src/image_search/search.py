@@ -53,6 +53,7 @@ def result_record(match: Match) -> dict[str, Any]:
 
 def make_result_folder(output_directory: Path, now: datetime | None = None) -> Path:
     """<output>/<yyyymmdd-hhmmss>, or -2, -3, ... when that second is taken already."""
+    output_directory = output_directory.resolve()
     output_directory.mkdir(parents=True, exist_ok=True)
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     attempt = 1

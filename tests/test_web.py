@@ -1,0 +1,111 @@
+"""The Gradio page in real Chromium, and its API through gradio_client."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port, run_cli, write_config
+from gradio_client import Client, handle_file
+
+from image_search.config import Settings
+from image_search.ingest import run_index
+from image_search.models import Embedder
+from image_search.web import is_loopback, launch
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def page_url(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> Iterator[str]:
+    run_index(settings, shared_embedder, show_progress=False)
+    port = free_port()
+    app = launch(settings, shared_embedder, "127.0.0.1", port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+def test_browser_upload_search_shows_gallery_and_folder(
+    page_url: str, photos: list[Path], settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(page_url)
+        expect(page.locator("#status")).to_contain_text(f"{len(photos)} images indexed")
+        page.locator("#query-image input[type=file]").set_input_files(str(photos[0]))
+        page.locator("#search").click()
+        note = page.locator("#result-note")
+        expect(note).to_contain_text("Result folder", timeout=60_000)
+        expect(page.locator("#gallery")).to_contain_text(photos[0].name)
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        text = note.inner_text()
+        browser.close()
+    folder = Path(text.split("Result folder:")[1].strip().strip("`"))
+    assert (folder / photos[0].name).is_file()
+    assert folder.parent == settings.output_directory
+
+
+def test_api_gives_the_same_results_as_the_cli(
+    page_url: str, photos: list[Path], settings: Settings, tmp_path: Path
+) -> None:
+    client = Client(page_url, verbose=False)
+    *_, api_results = client.predict(handle_file(str(photos[3])), "", 4, api_name="/search")
+
+    config = write_config(tmp_path / "config.json", settings)
+    cli = run_cli("search", "--env", str(config), "--image", str(photos[3]), "--top-k", "4",
+                  "--json")
+    assert cli.returncode == 0, cli.stderr
+    cli_results = json.loads(cli.stdout)["results"]
+    assert [r["file_path"] for r in api_results["results"]] == [
+        r["file_path"] for r in cli_results
+    ]
+    assert [r["score"] for r in api_results["results"]] == pytest.approx(
+        [r["score"] for r in cli_results], abs=1e-5
+    )
+
+
+def test_a_corrupt_upload_gets_a_message_and_the_server_keeps_serving(
+    page_url: str, photos: list[Path], tmp_path: Path
+) -> None:
+    client = Client(page_url, verbose=False)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    with pytest.raises(Exception, match="cannot be used as a query image"):
+        client.predict(handle_file(str(bad)), "", 3, api_name="/search")
+    *_, results = client.predict(handle_file(str(photos[1])), "", 3, api_name="/search")
+    assert results["results"][0]["file_path"] == str(photos[1])
+
+
+def test_text_query_through_the_api(page_url: str) -> None:
+    client = Client(page_url, verbose=False)
+    *_, results = client.predict(None, "a photo of an apple", 2, api_name="/search")
+    assert len(results["results"]) == 2
+
+
+def test_an_empty_index_says_how_to_fill_it(
+    settings: Settings, shared_embedder: Embedder, photos: list[Path]
+) -> None:
+    empty = dataclasses.replace(settings, table_name=settings.table_name + "_none")
+    port = free_port()
+    app = launch(empty, shared_embedder, "127.0.0.1", port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match="image-search index"):
+            client.predict(handle_file(str(photos[0])), "", 3, api_name="/search")
+    finally:
+        app.close()
+
+
+def test_only_loopback_counts_as_private() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")

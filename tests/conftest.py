@@ -157,11 +157,15 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     port = free_port()
     initdb(["--auth=scram-sha-256", "-U", user, f"--pwfile={pwfile}"], pgdata=pgdata,
            user=system_user)
-    pg_ctl(["-w", "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "-l", str(log), "start"],
-           pgdata=pgdata, user=system_user, timeout=60)
+    options = ["-w", "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "-l", str(log)]
+    pg_ctl([*options, "start"], pgdata=pgdata, user=system_user, timeout=60)
+
+    def restart() -> None:
+        pg_ctl([*options, "-m", "fast", "restart"], pgdata=pgdata, user=system_user, timeout=60)
+
     try:
         yield {"host": "127.0.0.1", "port": port, "user": user, "password": password,
-               "database": "postgres"}
+               "database": "postgres", "restart": restart}
     finally:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=system_user, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from . import __version__
 from .config import Settings, all_keys, attribute_of, load_settings
 from .errors import ConfigError, ImageError, ImageSearchError
@@ -236,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ImageSearchError as exc:
         return _fail(str(exc), exc.exit_code, settings, debug)
+    except psycopg.Error as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return _fail(f"database error: {first_line}", 1, settings, debug)
     except Exception as exc:  # a bug or an unforeseen fault: still one line, no traceback
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
         return _fail(message, 1, settings, debug)

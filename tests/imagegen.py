@@ -58,7 +58,7 @@ def write_broken_files(folder: Path) -> list[Path]:
 
 ODD_NAMES = [
     "photo with spaces.jpg",
-    "it's \"quoted\".png",
+    'it\'s "quoted".png',
     "semi;colon.jpg",
     "100%_done_.png",
     "写真_東京.jpg",

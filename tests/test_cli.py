@@ -36,7 +36,10 @@ def test_index_status_and_reindex_through_the_cli(
     shown = json.loads(status.stdout)
     assert shown["images"] == len(photos)
     assert (shown["table"], shown["model"], shown["dimension"]) == (
-        settings.table_name, settings.model_name, settings.dimension)
+        settings.table_name,
+        settings.model_name,
+        settings.dimension,
+    )
 
     second = index_json(config)
     assert (second["added"], second["unchanged"]) == (0, len(photos))
@@ -47,8 +50,9 @@ def test_search_command_prints_the_contract_json(
 ) -> None:
     config = write_config(tmp_path / "config.json", settings)
     index_json(config)
-    done = run_cli("search", "--env", str(config), "--image", str(photos[0]), "--top-k", "3",
-                   "--json")
+    done = run_cli(
+        "search", "--env", str(config), "--image", str(photos[0]), "--top-k", "3", "--json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert set(result) == {"output_dir", "searched", "results"}
@@ -93,9 +97,12 @@ def test_server_path_with_password(
     password_server: dict, make_settings, photos: list[Path], tmp_path: Path
 ) -> None:
     server = password_server
-    settings = make_settings(postgres_host=server["host"], postgres_port=server["port"],
-                             postgres_user=server["user"],
-                             postgres_database=server["database"])
+    settings = make_settings(
+        postgres_host=server["host"],
+        postgres_port=server["port"],
+        postgres_user=server["user"],
+        postgres_database=server["database"],
+    )
     settings.source_directory.mkdir(exist_ok=True)
     config = write_config(tmp_path / "config.json", settings)
     env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": server["password"]}
@@ -118,8 +125,9 @@ def test_server_path_with_password(
 def test_unreachable_database_is_one_line_and_exit_1(make_settings, tmp_path: Path) -> None:
     from conftest import free_port
 
-    settings = make_settings(postgres_host="127.0.0.1", postgres_port=free_port(),
-                             postgres_password="hunter2-secret")
+    settings = make_settings(
+        postgres_host="127.0.0.1", postgres_port=free_port(), postgres_password="hunter2-secret"
+    )
     config = write_config(tmp_path / "config.json", settings)
     done = run_cli("status", "--env", str(config))
     assert done.returncode == 1

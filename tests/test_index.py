@@ -119,9 +119,7 @@ def test_remote_code_model_folder_loads_and_embeds(
     assert text.shape == (1, EMBEDDING_DIM)
 
 
-def test_changed_deleted_moved_and_copied_files(
-    settings: Settings, photos: list[Path]
-) -> None:
+def test_changed_deleted_moved_and_copied_files(settings: Settings, photos: list[Path]) -> None:
     run_index(settings, fresh_embedder(settings), show_progress=False)
     folder = settings.source_directory
     changed, deleted, moved = photos[0], photos[1], photos[2]

@@ -6,13 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, stored_rows, write_config
+from conftest import (
+    assert_one_row_per_file,
+    many_photos,
+    row_count,
+    run_cli,
+    start_index,
+    stored_rows,
+    wait_for_rows,
+    write_config,
+)
 from imagegen import (
     write_bomb,
     write_broken_files,
@@ -26,44 +32,6 @@ from image_search import ingest
 from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.store import open_store
-
-
-def row_count(settings: Settings) -> int:
-    with open_store(settings) as store:
-        return store.count() if store.info() else 0
-
-
-def assert_one_row_per_file(settings: Settings, files: list[Path]) -> None:
-    rows = stored_rows(settings)
-    assert sorted(r["file_path"] for r in rows) == sorted(str(p) for p in files)
-    assert all(Path(r["processed_path"]).is_file() for r in rows)
-
-
-def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    import os
-
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    environment.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "image_search", "index", "--env", str(config), "--json", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-    )
-
-
-def wait_for_rows(settings: Settings, process: subprocess.Popen, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        count = row_count(settings)
-        if count:
-            return count
-        time.sleep(0.05)
-    raise AssertionError(f"no rows appeared; process ended with {process.poll()}")
-
-
-def many_photos(folder: Path, count: int) -> list[Path]:
-    return [write_photo(folder / f"p{i:04d}.jpg", seed=i, width=640, height=480)
-            for i in range(count)]
 
 
 def test_odd_and_broken_files(settings: Settings, tmp_path: Path) -> None:
@@ -96,8 +64,8 @@ def test_a_file_deleted_between_scan_and_read_is_reported(
 ) -> None:
     real_scan = ingest.scan_images
 
-    def scan_then_delete(root: Path):
-        found = list(real_scan(root))
+    def scan_then_delete(root: Path, **options):
+        found = list(real_scan(root, **options))
         photos[0].unlink()
         return iter(found)
 
@@ -141,8 +109,12 @@ def test_a_database_restart_mid_run_is_survived(
     password_server: dict, make_settings, tmp_path: Path
 ) -> None:
     server = password_server
-    settings = make_settings(postgres_host=server["host"], postgres_port=server["port"],
-                             postgres_user=server["user"], batch_size=2)
+    settings = make_settings(
+        postgres_host=server["host"],
+        postgres_port=server["port"],
+        postgres_user=server["user"],
+        batch_size=2,
+    )
     files = many_photos(settings.source_directory, 120)
     config = write_config(tmp_path / "config.json", settings)
     env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": server["password"]}
@@ -165,14 +137,19 @@ def test_the_password_never_leaks(
     password_server: dict, make_settings, tmp_path: Path, command: str
 ) -> None:
     server = password_server
-    settings = make_settings(postgres_host=server["host"], postgres_port=server["port"],
-                             postgres_user=server["user"])
+    settings = make_settings(
+        postgres_host=server["host"], postgres_port=server["port"], postgres_user=server["user"]
+    )
     write_photo(settings.source_directory / "one.jpg", seed=1)
-    config = write_config(tmp_path / "config.json", settings,
-                          **{"postgres-password": server["password"]})
+    config = write_config(
+        tmp_path / "config.json", settings, **{"postgres-password": server["password"]}
+    )
     run_cli("index", "--env", str(config))
-    args = {"status": ["status"], "index": ["index"],
-            "search": ["search", "--image", str(settings.source_directory / "one.jpg")]}
+    args = {
+        "status": ["status"],
+        "index": ["index"],
+        "search": ["search", "--image", str(settings.source_directory / "one.jpg")],
+    }
     for debug in ([], ["--debug"]):
         done = run_cli(*args[command], "--env", str(config), *debug)
         assert done.returncode == 0, done.stderr

@@ -97,7 +97,9 @@ def test_two_searches_in_one_second_make_two_folders(tmp_path: Path) -> None:
     second = make_result_folder(tmp_path, now)
     third = make_result_folder(tmp_path, now)
     assert [first.name, second.name, third.name] == [
-        "20260102-030405", "20260102-030405-2", "20260102-030405-3"
+        "20260102-030405",
+        "20260102-030405-2",
+        "20260102-030405-3",
     ]
 
 

@@ -20,9 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
-def page_url(
-    settings: Settings, photos: list[Path], shared_embedder: Embedder
-) -> Iterator[str]:
+def page_url(settings: Settings, photos: list[Path], shared_embedder: Embedder) -> Iterator[str]:
     run_index(settings, shared_embedder, show_progress=False)
     port = free_port()
     app = launch(settings, shared_embedder, "127.0.0.1", port, block=False)
@@ -62,13 +60,12 @@ def test_api_gives_the_same_results_as_the_cli(
     *_, api_results = client.predict(handle_file(str(photos[3])), "", 4, api_name="/search")
 
     config = write_config(tmp_path / "config.json", settings)
-    cli = run_cli("search", "--env", str(config), "--image", str(photos[3]), "--top-k", "4",
-                  "--json")
+    cli = run_cli(
+        "search", "--env", str(config), "--image", str(photos[3]), "--top-k", "4", "--json"
+    )
     assert cli.returncode == 0, cli.stderr
     cli_results = json.loads(cli.stdout)["results"]
-    assert [r["file_path"] for r in api_results["results"]] == [
-        r["file_path"] for r in cli_results
-    ]
+    assert [r["file_path"] for r in api_results["results"]] == [r["file_path"] for r in cli_results]
     assert [r["score"] for r in api_results["results"]] == pytest.approx(
         [r["score"] for r in cli_results], abs=1e-5
     )
@@ -152,8 +149,10 @@ def test_the_page_never_shows_the_password(
         url = f"http://127.0.0.1:{port}"
         client = Client(url + "/", verbose=False)
         answer = client.predict(handle_file(str(photos[0])), "", 3, api_name="/search")
-        pages = [urllib.request.urlopen(f"{url}{path}").read().decode() for path in
-                 ("/", "/config", "/gradio_api/info")]
+        pages = [
+            urllib.request.urlopen(f"{url}{path}").read().decode()
+            for path in ("/", "/config", "/gradio_api/info")
+        ]
     finally:
         app.close()
     assert all(secret not in page for page in pages)

@@ -72,12 +72,21 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
-    common = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 2}
+    common = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
     config = CLIPConfig(
-        text_config={**common, "vocab_size": len(vocab), "max_position_embeddings": 77,
-                     "bos_token_id": vocab["<|startoftext|>"],
-                     "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": 1},
+        text_config={
+            **common,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": 1,
+        },
         vision_config={**common, "image_size": IMAGE_SIZE, "patch_size": 8},
         projection_dim=EMBEDDING_DIM,
     )

@@ -50,15 +50,22 @@ def _common_options() -> argparse.ArgumentParser:
     """Options every command takes; defaults suppressed so that a flag given before or
     after the command name both count."""
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--env", "--config", dest="env", metavar="PATH", type=Path,
-                        help="JSON configuration file (default: config.json)")
+    common.add_argument(
+        "--env",
+        "--config",
+        dest="env",
+        metavar="PATH",
+        type=Path,
+        help="JSON configuration file (default: config.json)",
+    )
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     keys = common.add_argument_group("configuration keys (override the file and IMAGE_SEARCH_*)")
     for key in all_keys():
         if key == "server-auth":
             continue  # given as serve's --auth
-        keys.add_argument(f"--{key}", dest=attribute_of(key), metavar=_metavar(key),
-                          help=KEY_HELP.get(key))
+        keys.add_argument(
+            f"--{key}", dest=attribute_of(key), metavar=_metavar(key), help=KEY_HELP.get(key)
+        )
     return common
 
 
@@ -79,10 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     index = commands.add_parser("index", parents=[common], help="index the source folder")
-    index.add_argument("--source", type=Path, metavar="DIR",
-                       help="index this folder instead of source-directory")
-    index.add_argument("--keep-missing", action="store_true",
-                       help="keep rows of files that have disappeared from the folder")
+    index.add_argument(
+        "--source", type=Path, metavar="DIR", help="index this folder instead of source-directory"
+    )
+    index.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="keep rows of files that have disappeared from the folder",
+    )
+    index.add_argument(
+        "--reindex",
+        action="store_true",
+        help="embed every image again with the configured model (after changing "
+        "model-name or dimension); the old vectors stay searchable until it ends",
+    )
+    index.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep running and index files as they appear, change or disappear",
+    )
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     search = commands.add_parser("search", parents=[common], help="search by image or text")
@@ -101,11 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default: 127.0.0.1, this computer only)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this computer only)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--auth", dest="server_auth", metavar="USER:PASSWORD",
-                        default=argparse.SUPPRESS, help="protect the page with a login")
+    parser.add_argument(
+        "--auth",
+        dest="server_auth",
+        metavar="USER:PASSWORD",
+        default=argparse.SUPPRESS,
+        help="protect the page with a login",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -130,11 +160,33 @@ def print_index_report(report: IndexReport, as_json: bool) -> None:
 
 
 def command_index(args: argparse.Namespace, settings: Settings) -> int:
+    embedder = make_embedder(settings)
+    source = getattr(args, "source", None)
     report = run_index(
-        settings, make_embedder(settings), source=getattr(args, "source", None),
-        keep_missing=getattr(args, "keep_missing", False), show_progress=not args.json,
+        settings,
+        embedder,
+        source=source,
+        keep_missing=args.keep_missing,
+        reindex=args.reindex,
+        show_progress=not args.json,
     )
     print_index_report(report, args.json)
+    if args.watch:
+        from .watch import watch_folder
+
+        def index_again() -> None:
+            again = run_index(
+                settings,
+                embedder,
+                source=source,
+                keep_missing=args.keep_missing,
+                show_progress=False,
+            )
+            print_index_report(again, args.json)
+
+        print(f"Watching {source or settings.source_directory} (Ctrl-C to stop)", file=sys.stderr)
+        watch_folder(Path(source or settings.source_directory), index_again)
+        print("Stopped watching.", file=sys.stderr)
     return 0
 
 
@@ -172,7 +224,8 @@ def status_of(settings: Settings) -> dict[str, Any]:
         "dimension": info.dimension if info else settings.dimension,
         "images": info.images if info else 0,
         "last_indexed_at": info.last_indexed_at.isoformat()
-        if info and info.last_indexed_at else None,
+        if info and info.last_indexed_at
+        else None,
         "database_size": size,
     }
 

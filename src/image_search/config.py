@@ -57,9 +57,7 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings under their key names, paths as strings."""
-        return {
-            key_of(f.name): _jsonable(getattr(self, f.name)) for f in fields(self)
-        }
+        return {key_of(f.name): _jsonable(getattr(self, f.name)) for f in fields(self)}
 
     def redacted(self) -> dict[str, Any]:
         """`to_dict()` with every secret replaced by "***": safe to write or show."""
@@ -183,8 +181,14 @@ def validate(settings: Settings) -> None:
         "resize-mode",
         f"must be one of {', '.join(RESIZE_MODES)}",
     )
-    for key in ("dimension", "resize-width", "resize-height", "top-k", "batch-size",
-                "max-image-pixels"):
+    for key in (
+        "dimension",
+        "resize-width",
+        "resize-height",
+        "top-k",
+        "batch-size",
+        "max-image-pixels",
+    ):
         _require(getattr(settings, attribute_of(key)) > 0, key, "must be a positive integer")
     _require(0 < settings.postgres_port < 65536, "postgres-port", "must be between 1 and 65535")
     _require(bool(settings.model_name.strip()), "model-name", "must not be empty")

@@ -157,14 +157,26 @@ class Indexer:
 
     def _bar(self, total: int, description: str, position: int) -> tqdm:
         return tqdm(
-            total=total, desc=description, unit="img", position=position, leave=True,
-            disable=not self.show_progress, dynamic_ncols=True,
+            total=total,
+            desc=description,
+            unit="img",
+            position=position,
+            leave=True,
+            disable=not self.show_progress,
+            dynamic_ncols=True,
         )
 
     def run(self, root: str, keep_missing: bool) -> IndexReport:
         stored = self.store.stored_files(root)
-        scanned = list(tqdm(scan_images(Path(root)), desc="Scanning", unit="file",
-                            disable=not self.show_progress))
+        own_folders = (self.settings.output_directory, self.settings.data_directory)
+        scanned = list(
+            tqdm(
+                scan_images(Path(root), exclude=own_folders),
+                desc="Scanning",
+                unit="file",
+                disable=not self.show_progress,
+            )
+        )
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
         self._process(work)
@@ -283,7 +295,8 @@ class Indexer:
             # An unmounted drive looks like an empty folder: never wipe an index for that.
             log.warning(
                 "no images found in the source folder; keeping its %d stored images "
-                "(is the drive mounted?)", len(missing)
+                "(is the drive mounted?)",
+                len(missing),
             )
             return
         for processed in self.store.delete([row.id for row in missing]):
@@ -296,13 +309,28 @@ def run_index(
     embedder: Embedder,
     source: Path | None = None,
     keep_missing: bool = False,
+    reindex: bool = False,
     show_progress: bool = True,
     on_progress: ProgressCallback | None = None,
 ) -> IndexReport:
-    """Index `source` (default: the source-directory key) into the configured table."""
+    """Index `source` (default: the source-directory key) into the configured table.
+
+    With `reindex`, every image is embedded again with the configured model into a shadow
+    table that replaces the old one in one transaction at the end: the old vectors stay
+    searchable until then, and a killed re-index resumes where it stopped.
+    """
     root = os.path.abspath(source if source is not None else settings.source_directory)
-    with open_store(settings) as store:
+    table = shadow_table_name(settings.table_name) if reindex else settings.table_name
+    with open_store(settings, table) as store:
+        if reindex:
+            store.drop_if_other_model(settings.model_name, settings.dimension)
         store.ensure_schema(settings.model_name, settings.dimension)
-        return Indexer(settings, store, embedder, show_progress, on_progress).run(
-            root, keep_missing
-        )
+        indexer = Indexer(settings, store, embedder, show_progress, on_progress)
+        report = indexer.run(root, keep_missing=keep_missing and not reindex)
+        if reindex:
+            store.take_over(settings.table_name)
+        return report
+
+
+def shadow_table_name(table: str) -> str:
+    return f"{table[:54]}_reindex"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,23 +33,28 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def scan_images(root: Path) -> Iterator[ScannedFile]:
-    """Every image file under `root`, hidden files and folders skipped, symlinks followed once.
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Iterator[ScannedFile]:
+    """Every image file under `root`, hidden files and folders skipped, symlinks followed once,
+    the folders in `exclude` (our own output and data) left out.
 
     Files that vanish or cannot be stat'ed during the walk are left out: they are not there.
     """
     top = os.path.abspath(root)
     if not os.path.isdir(top):
         raise ConfigError(f"configuration key 'source-directory': {top} is not a directory")
-    seen_directories: set[tuple[int, int]] = set()
+    # Marking excluded folders as seen makes the walk skip them like a second link.
+    seen_directories = {i for i in map(_identity, exclude) if i is not None}
     for directory, subdirectories, files in os.walk(top, followlinks=True):
-        try:
-            info = os.stat(directory)
-        except OSError:
-            subdirectories[:] = []
-            continue
-        identity = (info.st_dev, info.st_ino)
-        if identity in seen_directories:  # a symlink loop or a second link to the same folder
+        identity = _identity(directory)
+        if identity is None or identity in seen_directories:  # gone, a loop, or excluded
             subdirectories[:] = []
             continue
         seen_directories.add(identity)

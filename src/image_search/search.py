@@ -128,7 +128,9 @@ class Searcher:
         vector = self.embedder.embed_images([prepared.image])[0]
         matches = self.store.nearest(vector, top_k or self.settings.top_k)
         folder, warnings = write_result_folder(
-            self.settings, matches, info.images,
+            self.settings,
+            matches,
+            info.images,
             lambda f: save_jpeg(prepared.image, f / QUERY_IMAGE_FILE),
         )
         return SearchResult(folder, info.images, matches, warnings)
@@ -141,7 +143,9 @@ class Searcher:
         vector = self.embedder.embed_texts([text])[0]
         matches = self.store.nearest(vector, top_k or self.settings.top_k)
         folder, warnings = write_result_folder(
-            self.settings, matches, info.images,
+            self.settings,
+            matches,
+            info.images,
             lambda f: (f / QUERY_TEXT_FILE).write_text(text + "\n", encoding="utf-8"),
         )
         return SearchResult(folder, info.images, matches, warnings)

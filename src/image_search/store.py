@@ -173,8 +173,8 @@ def _connect_server(settings: Settings) -> psycopg.Connection:
 def connect(settings: Settings) -> psycopg.Connection:
     """An autocommit connection with pgvector registered, or one readable ImageSearchError."""
     try:
-        conn = _connect_embedded(settings) if settings.embedded_database else _connect_server(
-            settings
+        conn = (
+            _connect_embedded(settings) if settings.embedded_database else _connect_server(settings)
         )
         with conn.transaction():  # concurrent CREATE EXTENSION calls can race
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [META_TABLE])
@@ -182,8 +182,9 @@ def connect(settings: Settings) -> psycopg.Connection:
         register_vector(conn)
         return conn
     except psycopg.Error as exc:
-        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
-                        settings)
+        reason = redact(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), settings
+        )
         raise ImageSearchError(
             f"cannot connect to {describe_location(settings)}: {reason}. Check the "
             "postgres-* settings and that the server is running (docker compose up -d)"
@@ -234,6 +235,9 @@ def _migration_1(conn: psycopg.Connection, table: str, dimension: int) -> None:
         ).format(name=sql.Identifier(f"{table}_embedding_hnsw"), table=sql.Identifier(table))
     )
 
+
+# Indexes named after their table, renamed with it.
+INDEX_SUFFIXES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
 
 # MIGRATIONS[n] brings a table from schema version n to n + 1.
 MIGRATIONS: list[Callable[[psycopg.Connection, str, int], None]] = [_migration_1]
@@ -377,6 +381,52 @@ class Store:
             self._refuse_mismatch(info.model_name, info.dimension, model_name, dimension)
         return info
 
+    def drop_if_other_model(self, model_name: str, dimension: int) -> None:
+        """Drop this table if it was made for another model (a stale re-index)."""
+        info = self.info()
+        if info is None or (info.model_name, info.dimension) == (model_name, dimension):
+            return
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=self._ident))
+            self.conn.execute(
+                sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(
+                    meta=sql.Identifier(META_TABLE)
+                ),
+                [self.table],
+            )
+
+    def take_over(self, target: str) -> None:
+        """Replace table `target` with this one, its indexes and its meta row, atomically."""
+        meta = sql.Identifier(META_TABLE)
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [META_TABLE])
+            self.conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {target}").format(target=sql.Identifier(target))
+            )
+            self.conn.execute(
+                sql.SQL("ALTER TABLE {table} RENAME TO {target}").format(
+                    table=self._ident, target=sql.Identifier(target)
+                )
+            )
+            for suffix in INDEX_SUFFIXES:
+                self.conn.execute(
+                    sql.SQL("ALTER INDEX IF EXISTS {old} RENAME TO {new}").format(
+                        old=sql.Identifier(f"{self.table}_{suffix}"),
+                        new=sql.Identifier(f"{target}_{suffix}"),
+                    )
+                )
+            self.conn.execute(
+                sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(meta=meta), [target]
+            )
+            self.conn.execute(
+                sql.SQL("UPDATE {meta} SET table_name = %s WHERE table_name = %s").format(
+                    meta=meta
+                ),
+                [target, self.table],
+            )
+        self.table = target
+        self._ident = sql.Identifier(target)
+
     def mark_indexed(self) -> None:
         query = sql.SQL("UPDATE {meta} SET last_indexed_at = now() WHERE table_name = %s").format(
             meta=sql.Identifier(META_TABLE)
@@ -431,8 +481,17 @@ class Store:
             """
         ).format(table=self._ident)
         params = [
-            (r.file_path, r.file_name, r.path_hash, r.content_hash, r.size, r.mtime_ns,
-             r.processed_path, model_name, r.embedding)
+            (
+                r.file_path,
+                r.file_name,
+                r.path_hash,
+                r.content_hash,
+                r.size,
+                r.mtime_ns,
+                r.processed_path,
+                model_name,
+                r.embedding,
+            )
             for r in rows
         ]
         params.sort(key=lambda row: row[2])  # one lock order for concurrent runs
@@ -484,7 +543,8 @@ class Store:
             self.conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
             rows = self.conn.execute(query, [vector, vector, k]).fetchall()
         return [
-            Match(rank=i, score=float(score), file_name=name, file_path=path,
-                  processed_path=processed)
+            Match(
+                rank=i, score=float(score), file_name=name, file_path=path, processed_path=processed
+            )
             for i, (name, path, processed, score) in enumerate(rows, start=1)
         ]

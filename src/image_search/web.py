@@ -81,8 +81,9 @@ class WebApp:
             progress(done / total, desc=f"Indexing {done}/{total}")
 
         try:
-            summary = run_index(self.settings, self.embedder, show_progress=False,
-                                on_progress=report)
+            summary = run_index(
+                self.settings, self.embedder, show_progress=False, on_progress=report
+            )
         except ImageSearchError as exc:
             raise gr.Error(str(exc)) from None
         return f"Rescan finished: {summary.summary()}.", status_markdown(self.settings)
@@ -99,31 +100,58 @@ class WebApp:
             status = gr.Markdown(elem_id="status")
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(label="Query image", type="filepath", image_mode=None,
-                                     sources=["upload", "clipboard", "webcam"],
-                                     elem_id="query-image")
-                    text = gr.Textbox(label="…or describe it in words", elem_id="query-text",
-                                      placeholder="a red apple on a table")
-                    top_k = gr.Slider(1, MAX_TOP_K, value=self.settings.top_k, step=1,
-                                      label="How many results (top-k)", elem_id="top-k")
+                    image = gr.Image(
+                        label="Query image",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard", "webcam"],
+                        elem_id="query-image",
+                    )
+                    text = gr.Textbox(
+                        label="…or describe it in words",
+                        elem_id="query-text",
+                        placeholder="a red apple on a table",
+                    )
+                    top_k = gr.Slider(
+                        1,
+                        MAX_TOP_K,
+                        value=self.settings.top_k,
+                        step=1,
+                        label="How many results (top-k)",
+                        elem_id="top-k",
+                    )
                     search = gr.Button("Search", variant="primary", elem_id="search")
                     with gr.Row():
                         rescan = gr.Button("Rescan folder", elem_id="rescan")
                     rescan_note = gr.Markdown(elem_id="rescan-note")
                 with gr.Column(scale=2):
-                    best = gr.Image(label="Best match", interactive=False, elem_id="best-match",
-                                    height=420)
+                    best = gr.Image(
+                        label="Best match", interactive=False, elem_id="best-match", height=420
+                    )
                     note = gr.Markdown(elem_id="result-note")
-                    gallery = gr.Gallery(label="Ranked results", columns=5, height="auto",
-                                         object_fit="contain", elem_id="gallery")
+                    gallery = gr.Gallery(
+                        label="Ranked results",
+                        columns=5,
+                        height="auto",
+                        object_fit="contain",
+                        elem_id="gallery",
+                    )
                     with gr.Accordion("Ranked results as JSON", open=False):
                         results = gr.JSON(elem_id="results-json")
-            search.click(self.search, inputs=[image, text, top_k],
-                         outputs=[best, gallery, note, results], api_name="search",
-                         preprocess=False)
-            text.submit(self.search, inputs=[image, text, top_k],
-                        outputs=[best, gallery, note, results], api_visibility="private",
-                        preprocess=False)
+            search.click(
+                self.search,
+                inputs=[image, text, top_k],
+                outputs=[best, gallery, note, results],
+                api_name="search",
+                preprocess=False,
+            )
+            text.submit(
+                self.search,
+                inputs=[image, text, top_k],
+                outputs=[best, gallery, note, results],
+                api_visibility="private",
+                preprocess=False,
+            )
             rescan.click(self.rescan, outputs=[rescan_note, status], api_name="rescan")
             app.load(self.status, outputs=status, api_visibility="private")
         return app
@@ -149,15 +177,23 @@ def launch(
     elif not is_loopback(host):
         log.warning(
             "serving on %s without a login: anyone who can reach this address can search "
-            "your photos. Use --auth USER:PASSWORD", host,
+            "your photos. Use --auth USER:PASSWORD",
+            host,
         )
     app = WebApp(settings, embedder).build()
     app.queue(default_concurrency_limit=4)
-    allowed = [str(settings.processed_directory.resolve()),
-               str(settings.output_directory.resolve())]
+    allowed = [
+        str(settings.processed_directory.resolve()),
+        str(settings.output_directory.resolve()),
+    ]
     app.launch(
-        server_name=host, server_port=port, auth=auth, allowed_paths=allowed,
-        max_file_size=MAX_UPLOAD, prevent_thread_lock=not block, quiet=not block,
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        allowed_paths=allowed,
+        max_file_size=MAX_UPLOAD,
+        prevent_thread_lock=not block,
+        quiet=not block,
         footer_links=["api"],
     )
     return app

@@ -68,8 +68,9 @@ class Embedder:
             if self._model is None:
                 started = time.perf_counter()
                 self._model = self._loader(self.model_name, self.device)
-                log.info("loaded model %s in %.1f s", self.model_name,
-                         time.perf_counter() - started)
+                log.info(
+                    "loaded model %s in %.1f s", self.model_name, time.perf_counter() - started
+                )
             return self._model
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -81,4 +82,3 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return normalise(self.model().embed_texts(texts), self.dimension)
-

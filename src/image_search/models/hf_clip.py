@@ -37,7 +37,10 @@ class HuggingFaceClip:
         import torch
 
         inputs = self._processor(
-            text=texts, return_tensors="pt", padding=True, truncation=True,
+            text=texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
             max_length=self._text_length(),
         ).to(self._device)
         with torch.inference_mode():

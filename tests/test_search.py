@@ -53,8 +53,7 @@ def test_ranking_equals_brute_force_cosine(
 
     rows = stored_rows(indexed)
     vectors = np.array([r["embedding"] for r in rows])
-    prepared = prepare_file(query, resize_spec(indexed))
-    vector = shared_embedder.embed_images([prepared.image])[0]
+    vector = shared_embedder.embed_images([prepare_file(query, resize_spec(indexed))])[0]
     scores = vectors @ vector
     order = np.argsort(-scores)
     assert [r.file_path for r in result.results] == [rows[i]["file_path"] for i in order]

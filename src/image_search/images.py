@@ -57,10 +57,9 @@ def read_file(path: str | Path) -> bytes:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
-def prepare_file(path: str | Path, spec: ResizeSpec) -> PreparedImage:
-    """Read, hash, decode and resize one file. Raises ImageError with a readable reason."""
-    data = read_file(path)
-    return PreparedImage(image=prepare_bytes(data, spec), content_hash=content_hash_of(data))
+def prepare_file(path: str | Path, spec: ResizeSpec) -> Image.Image:
+    """Read, decode and resize one file. Raises ImageError with a readable reason."""
+    return prepare_bytes(read_file(path), spec)
 
 
 def prepare_bytes(data: bytes, spec: ResizeSpec) -> Image.Image:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm import tqdm
 
@@ -31,9 +31,11 @@ from .store import NewRow, Store, StoredFile, open_store
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
 ProgressCallback = Callable[[int, int], None]
+# A first load at least this large builds the HNSW index after the rows are in.
+BULK_LOAD_ROWS = 1000
+# Runs expected to embed for longer than this say so once, with the measured rate.
+ANNOUNCE_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -105,20 +107,6 @@ def resize_spec(settings: Settings) -> ResizeSpec:
     )
 
 
-def bounded_map(
-    pool: Executor, function: Callable[[T], R], items: Iterable[T], window: int
-) -> Iterator[R]:
-    """Like pool.map, in order, but with at most `window` tasks in flight, so that fast
-    producers cannot pile up decoded images in memory while the model is busy."""
-    pending: deque[Future[R]] = deque()
-    for item in items:
-        pending.append(pool.submit(function, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def plan(
     scanned: list[ScannedFile], stored: dict[str, StoredFile]
 ) -> tuple[list[WorkItem], int, list[StoredFile]]:
@@ -154,6 +142,11 @@ class Indexer:
         self.on_progress = on_progress
         self.spec = resize_spec(settings)
         self.report = IndexReport()
+        self._work_total = 0
+        self._stored_so_far = 0
+        self._embedding_seconds = 0.0
+        self._embedded = 0
+        self._announced = False
 
     def _bar(self, total: int, description: str, position: int) -> tqdm:
         return tqdm(
@@ -179,9 +172,12 @@ class Indexer:
         )
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
+        if len(work) >= BULK_LOAD_ROWS and self.store.count() == 0:
+            self.store.drop_vector_index()  # rebuilt once below, not row by row
         self._process(work)
         if not keep_missing:
             self._remove(missing, folder_is_empty=not scanned)
+        self.store.ensure_vector_index()
         self.store.mark_indexed()
         self.report.model_loaded = self.embedder.loaded
         return self.report
@@ -205,37 +201,57 @@ class Indexer:
             return Failure(path, f"cannot write processed JPEG: {exc}")
         return Prepared(item, prepared, str(destination))
 
+    def _prepared_chunks(
+        self, pool: Executor, work: list[WorkItem]
+    ) -> Iterator[list[Prepared | Unchanged | Failure]]:
+        """Preprocess `work` a batch at a time in the thread pool.
+
+        On a GPU the next batch is prepared while the caller embeds this one. On the CPU the
+        model already keeps every core busy, and decoding beside it only slows both (its
+        threads wait for each other), so the two take turns.
+        """
+        size = self.settings.batch_size
+        chunks = [work[i : i + size] for i in range(0, len(work), size)]
+        overlap = self.embedder.resolved_device != "cpu"
+        pending = [pool.submit(self._prepare, item) for item in chunks[0]]
+        for index in range(len(chunks)):
+            results = [future.result() for future in pending]
+            following = chunks[index + 1] if index + 1 < len(chunks) else []
+            pending = [pool.submit(self._prepare, item) for item in following] if overlap else []
+            yield results
+            if not overlap:
+                pending = [pool.submit(self._prepare, item) for item in following]
+
     def _process(self, work: list[WorkItem]) -> None:
         if not work:
             return
-        batch_size = self.settings.batch_size
-        workers = max(1, os.cpu_count() or 1)
+        self._work_total = len(work)
         bars = [
             self._bar(len(work), "Converting + resizing", 0),
             self._bar(len(work), "Embedding", 1),
             self._bar(len(work), "Registering", 2),
         ]
-        batch: list[Prepared] = []
         touched: list[Unchanged] = []
+        done = 0
+        workers = max(1, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
-            results = bounded_map(pool, self._prepare, work, window=batch_size + 2 * workers)
-            for done, result in enumerate(results, start=1):
-                bars[0].update()
-                if self.on_progress:
-                    self.on_progress(done, len(work))
-                if isinstance(result, Failure):
-                    log.warning("skipped %s: %s", result.path, result.error)
-                    self.report.failed.append(result)
-                    self._advance(bars[1:], 1)
-                elif isinstance(result, Unchanged):
-                    touched.append(result)
-                    self._advance(bars[1:], 1)
-                else:
-                    batch.append(result)
-                    if len(batch) >= batch_size:
-                        self._store_batch(batch, bars)
-                        batch = []
-        self._store_batch(batch, bars)
+            for results in self._prepared_chunks(pool, work):
+                batch: list[Prepared] = []
+                for result in results:
+                    done += 1
+                    bars[0].update()
+                    if self.on_progress:
+                        self.on_progress(done, len(work))
+                    if isinstance(result, Failure):
+                        log.warning("skipped %s: %s", result.path, result.error)
+                        self.report.failed.append(result)
+                        self._advance(bars[1:], 1)
+                    elif isinstance(result, Unchanged):
+                        touched.append(result)
+                        self._advance(bars[1:], 1)
+                    else:
+                        batch.append(result)
+                self._store_batch(batch, bars)
         self._store_touched(touched)
         for bar in bars:
             bar.close()
@@ -254,7 +270,9 @@ class Indexer:
         for prepared in batch:
             if prepared.image.content_hash not in vectors:
                 new_content.setdefault(prepared.image.content_hash, prepared)
+        started = time.perf_counter()
         embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
+        self._note_rate(len(embedded), time.perf_counter() - started, len(batch))
         vectors.update(zip(new_content, embedded, strict=True))
         bars[1].update(len(batch))
         rows = [self._row(p, vectors[p.image.content_hash]) for p in batch]
@@ -265,6 +283,24 @@ class Indexer:
                 self.report.added += 1
             else:
                 self.report.updated += 1
+
+    def _note_rate(self, embedded: int, seconds: float, batch: int) -> None:
+        """Once the model's pace is known, say how long a long run will take."""
+        self._stored_so_far += batch
+        if not embedded:
+            return
+        self._embedded += embedded
+        self._embedding_seconds += seconds
+        if self._announced:
+            return
+        self._announced = True
+        rate = self._embedded / max(self._embedding_seconds, 1e-9)
+        remaining = (self._work_total - self._stored_so_far) / rate
+        if remaining > ANNOUNCE_AFTER_S:
+            log.info(
+                "embedding %d images at %.1f images/s: about %d minutes left",
+                self._work_total - self._stored_so_far, rate, round(remaining / 60) or 1,
+            )
 
     @staticmethod
     def _row(prepared: Prepared, vector: Any) -> NewRow:

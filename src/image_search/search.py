@@ -123,15 +123,15 @@ class Searcher:
 
     def by_image(self, image_path: Path, top_k: int | None = None) -> SearchResult:
         """Search with an image file: preprocessed and embedded exactly as indexed images are."""
-        prepared = prepare_file(image_path, resize_spec(self.settings))
+        image = prepare_file(image_path, resize_spec(self.settings))
         info = self._table_info()
-        vector = self.embedder.embed_images([prepared.image])[0]
+        vector = self.embedder.embed_images([image])[0]
         matches = self.store.nearest(vector, top_k or self.settings.top_k)
         folder, warnings = write_result_folder(
             self.settings,
             matches,
             info.images,
-            lambda f: save_jpeg(prepared.image, f / QUERY_IMAGE_FILE),
+            lambda f: save_jpeg(image, f / QUERY_IMAGE_FILE),
         )
         return SearchResult(folder, info.images, matches, warnings)
 

@@ -229,10 +229,20 @@ def _migration_1(conn: psycopg.Connection, table: str, dimension: int) -> None:
             name=sql.Identifier(f"{table}_content_hash"), table=sql.Identifier(table)
         )
     )
+    create_vector_index(conn, table)
+
+
+def vector_index_name(table: str) -> str:
+    return f"{table}_embedding_hnsw"
+
+
+def create_vector_index(conn: psycopg.Connection, table: str) -> None:
+    """The HNSW index for cosine search; building it once after a bulk load is far cheaper
+    than growing it row by row."""
     conn.execute(
         sql.SQL(
             "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw (embedding vector_cosine_ops)"
-        ).format(name=sql.Identifier(f"{table}_embedding_hnsw"), table=sql.Identifier(table))
+        ).format(name=sql.Identifier(vector_index_name(table)), table=sql.Identifier(table))
     )
 
 
@@ -426,6 +436,24 @@ class Store:
             )
         self.table = target
         self._ident = sql.Identifier(target)
+
+    def drop_vector_index(self) -> None:
+        self.conn.execute(
+            sql.SQL("DROP INDEX IF EXISTS {name}").format(
+                name=sql.Identifier(vector_index_name(self.table))
+            )
+        )
+
+    def ensure_vector_index(self) -> None:
+        """Build the HNSW index if it is missing (after a bulk load, or one that was killed)."""
+
+        def build() -> None:
+            with self.conn.transaction():
+                self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
+                self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+                create_vector_index(self.conn, self.table)
+
+        self._retrying(build)
 
     def mark_indexed(self) -> None:
         query = sql.SQL("UPDATE {meta} SET last_indexed_at = now() WHERE table_name = %s").format(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -59,6 +60,11 @@ class Embedder:
         self._model: EmbeddingModel | None = None
         self._lock = threading.Lock()
 
+    @functools.cached_property
+    def resolved_device(self) -> str:
+        """The device the model runs on: `auto` and absent accelerators resolved (once)."""
+        return resolve_device(self.device)
+
     @property
     def loaded(self) -> bool:
         return self._model is not None
@@ -67,7 +73,7 @@ class Embedder:
         with self._lock:  # two web requests must not load it twice
             if self._model is None:
                 started = time.perf_counter()
-                self._model = self._loader(self.model_name, self.device)
+                self._model = self._loader(self.model_name, self.resolved_device)
                 log.info(
                     "loaded model %s in %.1f s", self.model_name, time.perf_counter() - started
                 )

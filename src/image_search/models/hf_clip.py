@@ -22,7 +22,8 @@ class HuggingFaceClip:
         from transformers import AutoModel, AutoProcessor
 
         model = AutoModel.from_pretrained(name).to(device).eval()
-        processor = AutoProcessor.from_pretrained(name)
+        # The fast (torchvision) image processor is about 3x quicker than the PIL one.
+        processor = AutoProcessor.from_pretrained(name, use_fast=True)
         return cls(name, model, processor, device)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:

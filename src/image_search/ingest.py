@@ -162,14 +162,10 @@ class Indexer:
     def run(self, root: str, keep_missing: bool) -> IndexReport:
         stored = self.store.stored_files(root)
         own_folders = (self.settings.output_directory, self.settings.data_directory)
-        scanned = list(
-            tqdm(
-                scan_images(Path(root), exclude=own_folders),
-                desc="Scanning",
-                unit="file",
-                disable=not self.show_progress,
-            )
-        )
+        found = scan_images(Path(root), exclude=own_folders)
+        if self.show_progress:
+            found = tqdm(found, desc="Scanning", unit="file")
+        scanned = list(found)
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
         if len(work) >= BULK_LOAD_ROWS and self.store.count() == 0:

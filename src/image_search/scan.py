@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+    {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif"}
 )
 
 
@@ -26,7 +26,8 @@ class ScannedFile:
 
 
 def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    stem, dot, extension = name.rpartition(".")
+    return bool(dot and stem) and extension.lower() in IMAGE_EXTENSIONS
 
 
 def _visible(name: str) -> bool:

@@ -46,7 +46,6 @@ class StoredFile:
     size: int
     mtime_ns: int
     content_hash: str
-    processed_path: str
 
 
 @dataclass(frozen=True)
@@ -474,7 +473,7 @@ class Store:
         """Rows whose file lies under the folder `under`, by file path."""
         prefix = under.rstrip(os.sep) + os.sep
         query = sql.SQL(
-            "SELECT id, file_path, file_size, file_mtime_ns, content_hash, processed_path "
+            "SELECT id, file_path, file_size, file_mtime_ns, content_hash "
             "FROM {table} WHERE left(file_path, %s) = %s"
         ).format(table=self._ident)
         rows = self.conn.execute(query, [len(prefix), prefix]).fetchall()

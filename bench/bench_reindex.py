@@ -1,0 +1,73 @@
+"""No-op re-index: `index` over 10,000 unchanged files against a bare os.walk + stat.
+
+    uv run python bench/bench_reindex.py [--files 10000] [--runs 5]
+
+The first index (with the tiny test model) is set-up and not timed. The timed runs use a fresh
+Embedder each and check that it never loaded its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import DATA, jpeg_folder, median_of, timed
+from tiny_models import build_tiny_clip
+
+from image_search.config import Settings
+from image_search.ingest import run_index
+from image_search.models import Embedder
+
+
+def bare_walk(root: Path) -> int:
+    count = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            os.stat(os.path.join(directory, name))
+            count += 1
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    folder = jpeg_folder(f"small-{args.files}", args.files, size=(64, 48))
+    model = DATA / "tiny-clip"
+    if not (model / "config.json").exists():
+        build_tiny_clip(model)
+    settings = Settings(
+        source_directory=folder, data_directory=DATA / "reindex-db", model_name=str(model),
+        dimension=64, device="cpu", batch_size=64, table_name="bench_reindex",
+    )
+    first = run_index(settings, Embedder(model.as_posix(), "cpu", 64), show_progress=False)
+    print(f"set-up index: {first.summary()}")
+
+    walk_runs, index_runs = [], []
+    for _ in range(args.runs):  # interleaved, so that noise hits both alike
+        walk_runs += timed(lambda: bare_walk(folder), 1)
+        embedder = Embedder(settings.model_name, "cpu", settings.dimension)
+        started = time.perf_counter()
+        report = run_index(settings, embedder, show_progress=False)
+        index_runs.append(time.perf_counter() - started)
+        assert report.unchanged == args.files and not embedder.loaded, report.summary()
+    cli = timed(lambda: subprocess.run(
+        [sys.executable, "-m", "image_search", "index", "--json",
+         *[f"--{k}={v}" for k, v in settings.to_dict().items() if v is not None]],
+        check=True, capture_output=True), 1)[0]
+    walk, index = median_of(walk_runs), median_of(index_runs)
+    print(f"files: {args.files}, runs: {args.runs}")
+    print(f"bare os.walk + stat:   {walk * 1000:7.1f} ms")
+    print(f"no-op index (in process): {index * 1000:7.1f} ms   model loaded: no")
+    print(f"ratio index / walk:     {index / walk:.2f}  (target <= 3)")
+    print(f"whole CLI process, for reference (imports included): {cli:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

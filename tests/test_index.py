@@ -151,3 +151,16 @@ def test_keep_missing_keeps_rows_of_deleted_files(
     report = run_index(settings, shared_embedder, keep_missing=True, show_progress=False)
     assert report.removed == 0
     assert len(stored_rows(settings)) == len(photos)
+
+
+def test_a_long_run_announces_how_long_it_will_take(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, monkeypatch, caplog
+) -> None:
+    from image_search import ingest
+
+    monkeypatch.setattr(ingest, "ANNOUNCE_AFTER_S", 0.0)
+    caplog.set_level("INFO", logger="image_search")
+    run_index(settings, shared_embedder, show_progress=False)
+    announcements = [r.message for r in caplog.records if "minutes left" in r.message]
+    assert len(announcements) == 1
+    assert f"embedding {len(photos) - settings.batch_size} images at" in announcements[0]

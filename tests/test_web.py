@@ -157,3 +157,42 @@ def test_the_page_never_shows_the_password(
         app.close()
     assert all(secret not in page for page in pages)
     assert secret not in json.dumps(answer, default=str)
+
+
+def test_the_default_command_indexes_then_serves_until_ctrl_c(
+    settings: Settings, photos: list[Path], tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import row_count
+
+    config = write_config(tmp_path / "config.json", settings)
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "image_search", "--env", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert row_count(settings) == len(photos)  # indexed before serving
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        *_, results = client.predict(handle_file(str(photos[4])), "", 2, api_name="/search")
+        assert results["results"][0]["file_path"] == str(photos[4])
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert f"Indexed: {len(photos)} scanned, {len(photos)} added" in out

@@ -162,31 +162,29 @@ def print_index_report(report: IndexReport, as_json: bool) -> None:
 def command_index(args: argparse.Namespace, settings: Settings) -> int:
     embedder = make_embedder(settings)
     source = getattr(args, "source", None)
-    report = run_index(
-        settings,
-        embedder,
-        source=source,
-        keep_missing=args.keep_missing,
-        reindex=args.reindex,
-        show_progress=not args.json,
-    )
-    print_index_report(report, args.json)
-    if args.watch:
-        from .watch import watch_folder
 
-        def index_again() -> None:
-            again = run_index(
-                settings,
-                embedder,
-                source=source,
-                keep_missing=args.keep_missing,
-                show_progress=False,
-            )
-            print_index_report(again, args.json)
+    def index_once(reindex: bool = False) -> None:
+        report = run_index(
+            settings, embedder, source=source, keep_missing=args.keep_missing, reindex=reindex,
+            show_progress=not args.json and not args.watch,
+        )
+        print_index_report(report, args.json)
 
-        print(f"Watching {source or settings.source_directory} (Ctrl-C to stop)", file=sys.stderr)
-        watch_folder(Path(source or settings.source_directory), index_again)
-        print("Stopped watching.", file=sys.stderr)
+    if not args.watch:
+        index_once(args.reindex)
+        return 0
+    from .watch import FolderWatcher
+
+    folder = Path(source or settings.source_directory)
+    with FolderWatcher(folder) as watcher:
+        index_once(args.reindex)
+        print(f"Watching {folder} for changes (Ctrl-C to stop)", file=sys.stderr)
+        try:
+            while watcher.wait_for_changes():
+                index_once()
+        except KeyboardInterrupt:
+            pass
+    print("Stopped watching.", file=sys.stderr)
     return 0
 
 

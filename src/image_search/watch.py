@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -48,24 +48,33 @@ class ChangeRecorder(FileSystemEventHandler):
             return True
 
 
-def watch_folder(
-    root: Path,
-    on_change: Callable[[], None],
-    debounce: float = DEBOUNCE_S,
-    stop: threading.Event | None = None,
-) -> None:
-    """Call `on_change` after each burst of changes under `root`, until Ctrl-C or `stop`."""
-    recorder = ChangeRecorder(root)
-    observer = Observer()
-    observer.schedule(recorder, str(root), recursive=True)
-    observer.start()
-    stop = stop or threading.Event()
-    try:
+class FolderWatcher:
+    """Watches `root` from the moment it is entered, so that nothing that changes during the
+    first index run is missed."""
+
+    def __init__(self, root: Path, debounce: float = DEBOUNCE_S) -> None:
+        self.debounce = debounce
+        self._recorder = ChangeRecorder(root)
+        self._observer = Observer()
+        self._observer.schedule(self._recorder, str(root), recursive=True)
+
+    def __enter__(self) -> FolderWatcher:
+        self._observer.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._observer.stop()
+        self._observer.join()
+
+    def wait_for_changes(self, stop: threading.Event | None = None) -> bool:
+        """Block until a burst of changes has settled (True) or `stop` is set (False)."""
+        stop = stop or threading.Event()
         while not stop.wait(POLL_S):
-            if recorder.settled(debounce):
-                on_change()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        observer.stop()
-        observer.join()
+            if self._recorder.settled(self.debounce):
+                return True
+        return False

@@ -220,3 +220,20 @@ def many_photos(folder: Path, count: int) -> list[Path]:
     return [
         write_photo(folder / f"p{i:04d}.jpg", seed=i, width=640, height=480) for i in range(count)
     ]
+
+
+@pytest.fixture
+def make_server_settings(password_server: dict, make_settings) -> Callable[..., Settings]:
+    """Settings that reach the password-protected server through the postgres-* keys (the
+    password itself is left out: tests pass it the way they mean to)."""
+
+    def make(**overrides: object) -> Settings:
+        return make_settings(
+            postgres_host=password_server["host"],
+            postgres_port=password_server["port"],
+            postgres_user=password_server["user"],
+            postgres_database=password_server["database"],
+            **overrides,
+        )
+
+    return make

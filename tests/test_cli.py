@@ -94,15 +94,10 @@ def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
 
 
 def test_server_path_with_password(
-    password_server: dict, make_settings, photos: list[Path], tmp_path: Path
+    password_server: dict, make_server_settings, photos: list[Path], tmp_path: Path
 ) -> None:
     server = password_server
-    settings = make_settings(
-        postgres_host=server["host"],
-        postgres_port=server["port"],
-        postgres_user=server["user"],
-        postgres_database=server["database"],
-    )
+    settings = make_server_settings()
     settings.source_directory.mkdir(exist_ok=True)
     config = write_config(tmp_path / "config.json", settings)
     env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": server["password"]}

@@ -106,15 +106,10 @@ def test_two_concurrent_runs_store_every_image_once(make_settings, tmp_path: Pat
 
 
 def test_a_database_restart_mid_run_is_survived(
-    password_server: dict, make_settings, tmp_path: Path
+    password_server: dict, make_server_settings, tmp_path: Path
 ) -> None:
     server = password_server
-    settings = make_settings(
-        postgres_host=server["host"],
-        postgres_port=server["port"],
-        postgres_user=server["user"],
-        batch_size=2,
-    )
+    settings = make_server_settings(batch_size=2)
     files = many_photos(settings.source_directory, 120)
     config = write_config(tmp_path / "config.json", settings)
     env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": server["password"]}
@@ -134,12 +129,10 @@ def test_a_database_restart_mid_run_is_survived(
 
 @pytest.mark.parametrize("command", ["status", "index", "search"])
 def test_the_password_never_leaks(
-    password_server: dict, make_settings, tmp_path: Path, command: str
+    password_server: dict, make_server_settings, tmp_path: Path, command: str
 ) -> None:
     server = password_server
-    settings = make_settings(
-        postgres_host=server["host"], postgres_port=server["port"], postgres_user=server["user"]
-    )
+    settings = make_server_settings()
     write_photo(settings.source_directory / "one.jpg", seed=1)
     config = write_config(
         tmp_path / "config.json", settings, **{"postgres-password": server["password"]}

@@ -138,18 +138,12 @@ class WebApp:
                     )
                     with gr.Accordion("Ranked results as JSON", open=False):
                         results = gr.JSON(elem_id="results-json")
-            search.click(
-                self.search,
+            gr.on(
+                triggers=[search.click, text.submit],
+                fn=self.search,
                 inputs=[image, text, top_k],
                 outputs=[best, gallery, note, results],
                 api_name="search",
-                preprocess=False,
-            )
-            text.submit(
-                self.search,
-                inputs=[image, text, top_k],
-                outputs=[best, gallery, note, results],
-                api_visibility="private",
                 preprocess=False,
             )
             rescan.click(self.rescan, outputs=[rescan_note, status], api_name="rescan")

@@ -164,3 +164,17 @@ def test_a_long_run_announces_how_long_it_will_take(
     announcements = [r.message for r in caplog.records if "minutes left" in r.message]
     assert len(announcements) == 1
     assert f"embedding {len(photos) - settings.batch_size} images at" in announcements[0]
+
+
+def test_an_absent_gpu_gives_one_warning_and_the_cpu(caplog) -> None:
+    import torch
+
+    from image_search.models import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # CI and development machines have none
+    caplog.set_level("WARNING")
+    assert resolve_device("cuda") == "cpu"
+    assert resolve_device("auto") == "cpu"
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "cuda" in caplog.records[0].message

@@ -196,3 +196,38 @@ def test_the_default_command_indexes_then_serves_until_ctrl_c(
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert f"Indexed: {len(photos)} scanned, {len(photos)} added" in out
+
+
+def test_rescan_indexes_new_files_and_updates_the_count(
+    page_url: str, photos: list[Path], settings: Settings
+) -> None:
+    from imagegen import write_photo
+
+    write_photo(settings.source_directory / "later.png", seed=50)
+    client = Client(page_url, verbose=False)
+    summary, status = client.predict(api_name="/rescan")
+    assert "1 added" in summary
+    assert f"**{len(photos) + 1}** images indexed" in status
+
+
+def test_auth_protects_the_page_and_its_api(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    run_index(settings, shared_embedder, show_progress=False)
+    protected = dataclasses.replace(settings, server_auth="alice:Wonder-land-9")
+    port = free_port()
+    app = launch(protected, shared_embedder, "127.0.0.1", port, block=False)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - refused, however gradio_client says it
+            Client(url, verbose=False).predict(None, "cat", 2, api_name="/search")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url + "gradio_api/info")
+        client = Client(url, auth=("alice", "Wonder-land-9"), verbose=False)
+        *_, results = client.predict(None, "cat", 2, api_name="/search")
+        assert len(results["results"]) == 2
+    finally:
+        app.close()

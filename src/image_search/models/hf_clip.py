@@ -40,7 +40,8 @@ class HuggingFaceClip:
         inputs = self._processor(
             text=texts,
             return_tensors="pt",
-            padding=True,
+            # SigLIP was trained on texts padded to full length; others pad to the longest.
+            padding="max_length" if self._model.config.model_type.startswith("siglip") else True,
             truncation=True,
             max_length=self._text_length(),
         ).to(self._device)

@@ -26,7 +26,7 @@ from common import (
 from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.store import open_store
+from image_search.store import VectorSpec, open_store
 
 BATCH = 16
 
@@ -55,7 +55,7 @@ def reference_preprocess_seconds(paths: list, sample: int) -> float:
 def index_seconds(settings: Settings, embedder: Embedder, run: int) -> float:
     table = f"bench_ingest_{run}"
     with open_store(settings, table) as store:
-        store.drop_if_other_model("", 0)  # any leftover of an earlier benchmark goes
+        store.drop_if_other_model(VectorSpec("", 0))  # a leftover of an earlier run goes
     fresh = Settings(**{**settings.__dict__, "table_name": table})
     started = time.perf_counter()
     report = run_index(fresh, embedder, show_progress=False)
@@ -70,12 +70,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    folder = jpeg_folder("twelve-mp", args.images)
+    folder = jpeg_folder(f"twelve-mp-{args.images}", args.images)
     paths = sorted(folder.iterdir())[: args.images]
     model_folder = vit_b32_folder()
     settings = Settings(
-        source_directory=folder, data_directory=DATA / "ingest-db", model_name=str(model_folder),
-        dimension=512, device="cpu", batch_size=BATCH,
+        source_directory=folder,
+        data_directory=DATA / "ingest-db",
+        model_name=str(model_folder),
+        dimension=512,
+        device="cpu",
+        batch_size=BATCH,
     )
     embedder = Embedder(settings.model_name, "cpu", settings.dimension)
     started = time.perf_counter()
@@ -94,10 +98,14 @@ def main() -> None:
     print(f"bare model forward:     {model_s:6.1f} s  ({len(paths) / model_s:5.1f} img/s)")
     print(f"reference preprocess:   {pre_s:6.1f} s  (one core / {cores()})")
     print(f"sum of parts:           {parts:6.1f} s")
-    print(f"image-search index:     {index_s:6.1f} s  ({len(paths) / index_s:5.1f} img/s)"
-          f"  runs: {', '.join(f'{r:.1f}' for r in index_runs)}")
-    print(f"index / sum of parts:   {index_s / parts:.3f}  (target <= 1.11; "
-          f"efficiency {parts / index_s:.2f})")
+    print(
+        f"image-search index:     {index_s:6.1f} s  ({len(paths) / index_s:5.1f} img/s)"
+        f"  runs: {', '.join(f'{r:.1f}' for r in index_runs)}"
+    )
+    print(
+        f"index / sum of parts:   {index_s / parts:.3f}  (target <= 1.11; "
+        f"efficiency {parts / index_s:.2f})"
+    )
     print(f"throughput / bare model: {model_s / index_s:.2f}")
 
 

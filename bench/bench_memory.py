@@ -28,11 +28,20 @@ sys.exit(code)
 def peak_rss_mb(count: int, model: str) -> tuple[float, dict]:
     folder = jpeg_folder(f"one-mp-{count}", count, size=(1280, 800))
     table = f"bench_memory_{count}"
-    args = ["index", "--json", f"--source-directory={folder}", f"--model-name={model}",
-            "--dimension=64", "--device=cpu", f"--data-directory={DATA / 'memory-db'}",
-            f"--table-name={table}", "--reindex"]
-    done = subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True,
-                          check=True)
+    args = [
+        "index",
+        "--json",
+        f"--source-directory={folder}",
+        f"--model-name={model}",
+        "--dimension=64",
+        "--device=cpu",
+        f"--data-directory={DATA / 'memory-db'}",
+        f"--table-name={table}",
+        "--reindex",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, check=True
+    )
     return int(done.stderr.strip().splitlines()[-1]) / 1024, json.loads(done.stdout)
 
 

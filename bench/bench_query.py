@@ -18,7 +18,7 @@ import numpy as np
 from common import DATA, median_of
 
 from image_search.config import Settings
-from image_search.store import MIN_EF_SEARCH, Store, open_store
+from image_search.store import MIN_EF_SEARCH, Store, VectorSpec, open_store
 
 DIMENSION = 512
 TOP_K = 10
@@ -34,24 +34,29 @@ def clustered_vectors(count: int, seed: int) -> np.ndarray:
 
 
 def load(store: Store, vectors: np.ndarray) -> None:
-    store.ensure_schema("bench/random-512", DIMENSION)
+    store.ensure_schema(VectorSpec("bench/random-512", DIMENSION))
     if store.count() == len(vectors):
         return
     store.conn.execute(f'TRUNCATE "{store.table}"')
     store.drop_vector_index()
-    columns = ("file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
-               "processed_path, model_name, embedding")
-    with store.conn.cursor() as cursor, cursor.copy(
-        f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
-    ) as copy:
+    columns = (
+        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
+        "processed_path, model_name, embedding"
+    )
+    with (
+        store.conn.cursor() as cursor,
+        cursor.copy(f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)') as copy,
+    ):
         copy.set_types(["text", "text", "text", "text", "int8", "int8", "text", "text", "vector"])
         for i, vector in enumerate(vectors):
             name = f"v{i:06d}.jpg"
             copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "bench", vector])
     started = time.perf_counter()
     store.ensure_vector_index()
-    print(f"set-up: loaded {len(vectors)} vectors, HNSW built in "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"set-up: loaded {len(vectors)} vectors, HNSW built in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
 
 
 def exact(store: Store, query: np.ndarray) -> list[str]:
@@ -110,19 +115,31 @@ def main() -> None:
         faiss_times.append(time.perf_counter() - started)
         faiss_recalls.append(len(set(ids[0].tolist()) & truth) / TOP_K)
 
-    print(f"vectors: {args.vectors} x {DIMENSION}, queries: {args.queries}, k={TOP_K}, "
-          f"HNSW m={HNSW_M} ef_construction={HNSW_EF_CONSTRUCTION} ef_search={MIN_EF_SEARCH}")
-    for label, samples in (("image-search (pgvector HNSW)", ours),
-                           ("PostgreSQL exact scan", scan),
-                           ("FAISS HNSW in process", faiss_times)):
-        print(f"{label:30s} p50 {percentile_ms(samples, 50):8.2f} ms   "
-              f"p95 {percentile_ms(samples, 95):8.2f} ms")
-    print(f"recall@{TOP_K} vs exact: image-search {np.mean(recalls):.3f}  (target >= 0.95), "
-          f"FAISS {np.mean(faiss_recalls):.3f}")
-    print(f"exact scan / image-search (p50): {median_of(scan) / median_of(ours):.1f}x  "
-          "(target >= 20x)")
-    print(f"image-search / FAISS (p50): {median_of(ours) / median_of(faiss_times):.1f}x  "
-          f"(FAISS build {build:.0f} s)")
+    print(
+        f"vectors: {args.vectors} x {DIMENSION}, queries: {args.queries}, k={TOP_K}, "
+        f"HNSW m={HNSW_M} ef_construction={HNSW_EF_CONSTRUCTION} ef_search={MIN_EF_SEARCH}"
+    )
+    for label, samples in (
+        ("image-search (pgvector HNSW)", ours),
+        ("PostgreSQL exact scan", scan),
+        ("FAISS HNSW in process", faiss_times),
+    ):
+        print(
+            f"{label:30s} p50 {percentile_ms(samples, 50):8.2f} ms   "
+            f"p95 {percentile_ms(samples, 95):8.2f} ms"
+        )
+    print(
+        f"recall@{TOP_K} vs exact: image-search {np.mean(recalls):.3f}  (target >= 0.95), "
+        f"FAISS {np.mean(faiss_recalls):.3f}"
+    )
+    print(
+        f"exact scan / image-search (p50): {median_of(scan) / median_of(ours):.1f}x  "
+        "(target >= 20x)"
+    )
+    print(
+        f"image-search / FAISS (p50): {median_of(ours) / median_of(faiss_times):.1f}x  "
+        f"(FAISS build {build:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

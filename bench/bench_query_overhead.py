@@ -37,12 +37,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
 
-    folder = jpeg_folder("twelve-mp", 300)
+    folder = jpeg_folder("twelve-mp-300", 300)
     query = sorted(folder.iterdir())[7]
     output = Path(tempfile.mkdtemp(prefix="bench-query-"))
     settings = Settings(
-        source_directory=folder, output_directory=output, data_directory=DATA / "ingest-db",
-        model_name=str(vit_b32_folder()), dimension=512, device="cpu", batch_size=16,
+        source_directory=folder,
+        output_directory=output,
+        data_directory=DATA / "ingest-db",
+        model_name=str(vit_b32_folder()),
+        dimension=512,
+        device="cpu",
+        batch_size=16,
         table_name="bench_ingest_0",
     )
     embedder = Embedder(settings.model_name, "cpu", settings.dimension)

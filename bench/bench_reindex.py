@@ -43,8 +43,13 @@ def main() -> None:
     if not (model / "config.json").exists():
         build_tiny_clip(model)
     settings = Settings(
-        source_directory=folder, data_directory=DATA / "reindex-db", model_name=str(model),
-        dimension=64, device="cpu", batch_size=64, table_name="bench_reindex",
+        source_directory=folder,
+        data_directory=DATA / "reindex-db",
+        model_name=str(model),
+        dimension=64,
+        device="cpu",
+        batch_size=64,
+        table_name="bench_reindex",
     )
     first = run_index(settings, Embedder(model.as_posix(), "cpu", 64), show_progress=False)
     print(f"set-up index: {first.summary()}")
@@ -57,10 +62,21 @@ def main() -> None:
         report = run_index(settings, embedder, show_progress=False)
         index_runs.append(time.perf_counter() - started)
         assert report.unchanged == args.files and not embedder.loaded, report.summary()
-    cli = timed(lambda: subprocess.run(
-        [sys.executable, "-m", "image_search", "index", "--json",
-         *[f"--{k}={v}" for k, v in settings.to_dict().items() if v is not None]],
-        check=True, capture_output=True), 1)[0]
+    cli = timed(
+        lambda: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "image_search",
+                "index",
+                "--json",
+                *[f"--{k}={v}" for k, v in settings.to_dict().items() if v is not None],
+            ],
+            check=True,
+            capture_output=True,
+        ),
+        1,
+    )[0]
     walk, index = median_of(walk_runs), median_of(index_runs)
     print(f"files: {args.files}, runs: {args.runs}")
     print(f"bare os.walk + stat:   {walk * 1000:7.1f} ms")

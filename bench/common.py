@@ -52,8 +52,9 @@ def vit_b32_folder() -> Path:
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    processor.update(size={"shortest_edge": MODEL_INPUT},
-                     crop_size={"height": MODEL_INPUT, "width": MODEL_INPUT})
+    processor.update(
+        size={"shortest_edge": MODEL_INPUT}, crop_size={"height": MODEL_INPUT, "width": MODEL_INPUT}
+    )
     (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     return folder
 

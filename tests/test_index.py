@@ -178,3 +178,24 @@ def test_an_absent_gpu_gives_one_warning_and_the_cpu(caplog) -> None:
     assert resolve_device("auto") == "cpu"
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "cuda" in caplog.records[0].message
+
+
+def test_halfvec_storage_still_finds_each_image_first(
+    make_settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    settings = make_settings(vector_type="halfvec")
+    run_index(settings, shared_embedder, show_progress=False)
+    with open_store(settings) as store:
+        column = store.conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
+            [settings.table_name],
+        ).fetchone()[0]
+        assert column == f"halfvec({EMBEDDING_DIM})"
+        for row in stored_rows(settings):
+            best = store.nearest(row["embedding"], 1)[0]
+            assert best.file_path == row["file_path"]
+            assert best.score == pytest.approx(1.0, abs=1e-3)
+    as_float32 = dataclasses.replace(settings, vector_type="vector")
+    with pytest.raises(ConfigError, match="stored as halfvec"):
+        run_index(as_float32, shared_embedder, show_progress=False)

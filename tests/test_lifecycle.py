@@ -50,7 +50,11 @@ def test_reindex_switches_the_table_to_the_new_model(
     assert report.added == len(photos)
     with open_store(other) as store:
         info = store.info()
-        assert (info.model_name, info.dimension, info.images) == (other.model_name, 32, len(photos))
+        assert (info.spec.model_name, info.spec.dimension, info.images) == (
+            other.model_name,
+            32,
+            len(photos),
+        )
         result = Searcher(other, store, embedder).by_image(photos[2])
         assert result.results[0].file_path == str(photos[2])
         with pytest.raises(ConfigError, match="--reindex"):
@@ -80,7 +84,7 @@ def test_a_killed_reindex_leaves_the_old_vectors_searchable(
     done = run_cli("index", "--env", str(new_config), "--reindex", "--json")
     assert done.returncode == 0, done.stderr
     with open_store(new) as store:
-        assert store.info().model_name == new.model_name
+        assert store.info().spec.model_name == new.model_name
         assert store.count() == len(files)
     assert row_count(shadow) == 0  # the shadow table became the table
 
@@ -120,7 +124,7 @@ def test_migrations_run_step_by_step(
     run_index(settings, shared_embedder, show_progress=False)
     applied: list[int] = []
 
-    def add_note_column(conn, table: str, dimension: int) -> None:
+    def add_note_column(conn, table: str, spec: object) -> None:
         applied.append(2)
         conn.execute(f'ALTER TABLE "{table}" ADD COLUMN note text')
 

@@ -176,7 +176,10 @@ def test_the_default_command_indexes_then_serves_until_ctrl_c(
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "image_search", "--env", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
     )
     try:
         deadline = time.monotonic() + 120

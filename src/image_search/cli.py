@@ -19,7 +19,7 @@ from .config import Settings, all_keys, attribute_of, load_settings
 from .errors import ConfigError, ImageError, ImageSearchError
 from .ingest import IndexReport, run_index
 from .models import Embedder
-from .store import describe_location, open_store, redact
+from .store import VectorSpec, describe_location, open_store, redact
 
 log = logging.getLogger("image_search")
 
@@ -42,6 +42,7 @@ KEY_HELP = {
     "top-k": "how many results a search returns (default: 10)",
     "batch-size": "images per model batch and per database transaction (default: 16)",
     "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
+    "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
     "server-auth": "user:password protecting the web page (default: none)",
 }
 
@@ -165,7 +166,11 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
 
     def index_once(reindex: bool = False) -> None:
         report = run_index(
-            settings, embedder, source=source, keep_missing=args.keep_missing, reindex=reindex,
+            settings,
+            embedder,
+            source=source,
+            keep_missing=args.keep_missing,
+            reindex=reindex,
             show_progress=not args.json and not args.watch,
         )
         print_index_report(report, args.json)
@@ -215,11 +220,13 @@ def status_of(settings: Settings) -> dict[str, Any]:
     with open_store(settings) as store:
         info = store.info()
         size = store.database_size()
+    spec = info.spec if info else VectorSpec.of(settings)
     return {
         "database": describe_location(settings),
         "table": settings.table_name,
-        "model": info.model_name if info else settings.model_name,
-        "dimension": info.dimension if info else settings.dimension,
+        "model": spec.model_name,
+        "dimension": spec.dimension,
+        "vector_type": spec.kind,
         "images": info.images if info else 0,
         "last_indexed_at": info.last_indexed_at.isoformat()
         if info and info.last_indexed_at

@@ -18,6 +18,7 @@ ENV_PREFIX = "IMAGE_SEARCH_"
 REDACTED = "***"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESIZE_MODES = ("fit", "stretch")
+VECTOR_TYPES = ("vector", "halfvec")
 SECRET_KEYS = ("postgres-password", "server-auth")
 # Lower-case identifiers only: a table name is an SQL identifier, never free text.
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -45,6 +46,7 @@ class Settings:
     top_k: int = 10
     batch_size: int = 16
     max_image_pixels: int = 100_000_000
+    vector_type: str = "vector"
     server_auth: str | None = None
 
     @property
@@ -180,6 +182,11 @@ def validate(settings: Settings) -> None:
         settings.resize_mode in RESIZE_MODES,
         "resize-mode",
         f"must be one of {', '.join(RESIZE_MODES)}",
+    )
+    _require(
+        settings.vector_type in VECTOR_TYPES,
+        "vector-type",
+        f"must be one of {', '.join(VECTOR_TYPES)}",
     )
     for key in (
         "dimension",

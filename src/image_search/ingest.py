@@ -27,7 +27,7 @@ from .images import (
 )
 from .models import Embedder
 from .scan import ScannedFile, scan_images
-from .store import NewRow, Store, StoredFile, open_store
+from .store import NewRow, Store, StoredFile, VectorSpec, open_store
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,9 @@ class Indexer:
         if remaining > ANNOUNCE_AFTER_S:
             log.info(
                 "embedding %d images at %.1f images/s: about %d minutes left",
-                self._work_total - self._stored_so_far, rate, round(remaining / 60) or 1,
+                self._work_total - self._stored_so_far,
+                rate,
+                round(remaining / 60) or 1,
             )
 
     @staticmethod
@@ -354,9 +356,10 @@ def run_index(
     root = os.path.abspath(source if source is not None else settings.source_directory)
     table = shadow_table_name(settings.table_name) if reindex else settings.table_name
     with open_store(settings, table) as store:
+        wanted = VectorSpec.of(settings)
         if reindex:
-            store.drop_if_other_model(settings.model_name, settings.dimension)
-        store.ensure_schema(settings.model_name, settings.dimension)
+            store.drop_if_other_model(wanted)
+        store.ensure_schema(wanted)
         indexer = Indexer(settings, store, embedder, show_progress, on_progress)
         report = indexer.run(root, keep_missing=keep_missing and not reindex)
         if reindex:

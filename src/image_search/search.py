@@ -16,7 +16,7 @@ from .errors import ConfigError, ImageSearchError
 from .images import prepare_file, save_jpeg
 from .ingest import resize_spec
 from .models import Embedder
-from .store import Match, Store, TableInfo
+from .store import Match, Store, TableInfo, VectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Searcher:
     def _table_info(self) -> TableInfo:
         """The table's size, checked before any model is loaded: refuse an empty index
         or one made with another model."""
-        info = self.store.check_compatible(self.settings.model_name, self.settings.dimension)
+        info = self.store.check_compatible(VectorSpec.of(self.settings))
         if info is None or info.images == 0:
             raise ImageSearchError(
                 f"no images are indexed in table '{self.settings.table_name}' yet; "

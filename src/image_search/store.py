@@ -70,9 +70,26 @@ class Match:
 
 
 @dataclass(frozen=True)
-class TableInfo:
+class VectorSpec:
+    """What a table's vectors are: which model made them, their size and their storage
+    (`vector`: float32; `halfvec`: float16, half the space)."""
+
     model_name: str
     dimension: int
+    kind: str = "vector"
+
+    @classmethod
+    def of(cls, settings: Settings) -> VectorSpec:
+        return cls(settings.model_name, settings.dimension, settings.vector_type)
+
+    def describe(self) -> str:
+        storage = "" if self.kind == "vector" else f" stored as {self.kind}"
+        return f"{self.dimension}-d vectors of model '{self.model_name}'{storage}"
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    spec: VectorSpec
     schema_version: int
     images: int
     last_indexed_at: datetime | None
@@ -202,7 +219,7 @@ def open_store(settings: Settings, table: str | None = None) -> Iterator[Store]:
 # ---------------------------------------------------------------- schema
 
 
-def _migration_1(conn: psycopg.Connection, table: str, dimension: int) -> None:
+def _migration_1(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
     """The first schema: one row per source file, plus the HNSW index for cosine search."""
     conn.execute(
         sql.SQL(
@@ -218,30 +235,38 @@ def _migration_1(conn: psycopg.Connection, table: str, dimension: int) -> None:
                 file_mtime_ns bigint NOT NULL,
                 processed_path text NOT NULL,
                 model_name text NOT NULL,
-                embedding vector({dimension}) NOT NULL
+                embedding {kind}({dimension}) NOT NULL
             )
             """
-        ).format(table=sql.Identifier(table), dimension=sql.Literal(dimension))
+        ).format(
+            table=sql.Identifier(table),
+            kind=sql.SQL(spec.kind),
+            dimension=sql.Literal(spec.dimension),
+        )
     )
     conn.execute(
         sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {table} (content_hash)").format(
             name=sql.Identifier(f"{table}_content_hash"), table=sql.Identifier(table)
         )
     )
-    create_vector_index(conn, table)
+    create_vector_index(conn, table, spec.kind)
 
 
 def vector_index_name(table: str) -> str:
     return f"{table}_embedding_hnsw"
 
 
-def create_vector_index(conn: psycopg.Connection, table: str) -> None:
+def create_vector_index(conn: psycopg.Connection, table: str, kind: str) -> None:
     """The HNSW index for cosine search; building it once after a bulk load is far cheaper
     than growing it row by row."""
     conn.execute(
         sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw (embedding vector_cosine_ops)"
-        ).format(name=sql.Identifier(vector_index_name(table)), table=sql.Identifier(table))
+            "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw (embedding {opclass})"
+        ).format(
+            name=sql.Identifier(vector_index_name(table)),
+            table=sql.Identifier(table),
+            opclass=sql.SQL(f"{kind}_cosine_ops"),
+        )
     )
 
 
@@ -249,7 +274,8 @@ def create_vector_index(conn: psycopg.Connection, table: str) -> None:
 INDEX_SUFFIXES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
 
 # MIGRATIONS[n] brings a table from schema version n to n + 1.
-MIGRATIONS: list[Callable[[psycopg.Connection, str, int], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[psycopg.Connection, str, VectorSpec], None]] = [_migration_1]
+VECTOR_KINDS = ("vector", "halfvec")
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -266,6 +292,14 @@ class Store:
         self.table = table
         self._ident = sql.Identifier(table)
         self._reconnect = reconnect
+        self._kind: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The table's vector storage (`vector` or `halfvec`), read once."""
+        if self._kind is None:
+            self._kind = self._stored_kind()
+        return self._kind
 
     def _retrying(self, action: Callable[[], T]) -> T:
         """Run an idempotent write again after a lost connection (server restarted) or a
@@ -326,28 +360,36 @@ class Store:
             [self.table],
         ).fetchone()
 
-    def ensure_schema(self, model_name: str, dimension: int) -> None:
-        """Create or upgrade the table for this model; refuse a different model or dimension."""
+    def _stored_kind(self) -> str:
+        """The table's vector storage, as its column type says."""
+        row = self.conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
+            [self._ident.as_string(self.conn)],
+        ).fetchone()
+        return "halfvec" if row and row[0].startswith("halfvec") else "vector"
+
+    def ensure_schema(self, wanted: VectorSpec) -> None:
+        """Create or upgrade the table for these vectors; refuse a table of other vectors."""
         with self.conn.transaction():
             # One process at a time creates or migrates: CREATE ... IF NOT EXISTS can race.
             self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [META_TABLE])
             self._create_meta_table()
-            row = self._meta_row()
-            if row is None:
-                self._migrate(0, dimension)
+            info = self.info()
+            if info is None:
+                self._migrate(0, wanted)
                 self.conn.execute(
                     sql.SQL(
                         "INSERT INTO {meta} (table_name, model_name, dimension, schema_version) "
                         "VALUES (%s, %s, %s, %s)"
                     ).format(meta=sql.Identifier(META_TABLE)),
-                    [self.table, model_name, dimension, SCHEMA_VERSION],
+                    [self.table, wanted.model_name, wanted.dimension, SCHEMA_VERSION],
                 )
                 return
-            stored_model, stored_dimension, version, _ = row
-            self._refuse_mismatch(stored_model, stored_dimension, model_name, dimension)
-            self._migrate(version, stored_dimension)
+            self._refuse_mismatch(info.spec, wanted)
+            self._migrate(info.schema_version, info.spec)
 
-    def _migrate(self, version: int, dimension: int) -> None:
+    def _migrate(self, version: int, spec: VectorSpec) -> None:
         if version > SCHEMA_VERSION:
             raise ImageSearchError(
                 f"table '{self.table}' has schema version {version}, newer than this "
@@ -355,7 +397,7 @@ class Store:
             )
         for step in range(version, SCHEMA_VERSION):
             log.debug("migrating table %s from schema %d to %d", self.table, step, step + 1)
-            MIGRATIONS[step](self.conn, self.table, dimension)
+            MIGRATIONS[step](self.conn, self.table, spec)
         if version and version < SCHEMA_VERSION:
             self.conn.execute(
                 sql.SQL("UPDATE {meta} SET schema_version = %s WHERE table_name = %s").format(
@@ -364,36 +406,34 @@ class Store:
                 [SCHEMA_VERSION, self.table],
             )
 
-    def _refuse_mismatch(
-        self, stored_model: str, stored_dimension: int, model_name: str, dimension: int
-    ) -> None:
-        if stored_model == model_name and stored_dimension == dimension:
+    def _refuse_mismatch(self, stored: VectorSpec, wanted: VectorSpec) -> None:
+        if stored == wanted:
             return
         raise ConfigError(
-            f"table '{self.table}' holds {stored_dimension}-d vectors of model "
-            f"'{stored_model}', but the settings ask for {dimension}-d vectors of "
-            f"'{model_name}'. Use another table (--table-name NEW) to keep both, or "
+            f"table '{self.table}' holds {stored.describe()}, but the settings ask for "
+            f"{wanted.describe()}. Use another table (--table-name NEW) to keep both, or "
             "re-embed this one (image-search index --reindex)"
         )
 
     def info(self) -> TableInfo | None:
-        """The table's model, dimension and size; None if nothing was ever indexed here."""
+        """The table's vectors, schema and size; None if nothing was ever indexed here."""
         row = self._meta_row()
         if row is None:
             return None
         model_name, dimension, version, last_indexed_at = row
-        return TableInfo(model_name, dimension, version, self.count(), last_indexed_at)
+        spec = VectorSpec(model_name, dimension, self._stored_kind())
+        return TableInfo(spec, version, self.count(), last_indexed_at)
 
-    def check_compatible(self, model_name: str, dimension: int) -> TableInfo | None:
+    def check_compatible(self, wanted: VectorSpec) -> TableInfo | None:
         info = self.info()
         if info is not None:
-            self._refuse_mismatch(info.model_name, info.dimension, model_name, dimension)
+            self._refuse_mismatch(info.spec, wanted)
         return info
 
-    def drop_if_other_model(self, model_name: str, dimension: int) -> None:
-        """Drop this table if it was made for another model (a stale re-index)."""
+    def drop_if_other_model(self, wanted: VectorSpec) -> None:
+        """Drop this table if it was made for other vectors (a stale re-index)."""
         info = self.info()
-        if info is None or (info.model_name, info.dimension) == (model_name, dimension):
+        if info is None or info.spec == wanted:
             return
         with self.conn.transaction():
             self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=self._ident))
@@ -435,6 +475,7 @@ class Store:
             )
         self.table = target
         self._ident = sql.Identifier(target)
+        self._kind = None
 
     def drop_vector_index(self) -> None:
         self.conn.execute(
@@ -450,7 +491,7 @@ class Store:
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
                 self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
-                create_vector_index(self.conn, self.table)
+                create_vector_index(self.conn, self.table, self._stored_kind())
 
         self._retrying(build)
 
@@ -499,14 +540,14 @@ class Store:
             """
             INSERT INTO {table} (file_path, file_name, path_hash, content_hash, file_size,
                                  file_mtime_ns, processed_path, model_name, embedding)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::{kind})
             ON CONFLICT (path_hash) DO UPDATE SET
                 content_hash = EXCLUDED.content_hash, file_size = EXCLUDED.file_size,
                 file_mtime_ns = EXCLUDED.file_mtime_ns, processed_path = EXCLUDED.processed_path,
                 model_name = EXCLUDED.model_name, embedding = EXCLUDED.embedding,
                 registered_at = now()
             """
-        ).format(table=self._ident)
+        ).format(table=self._ident, kind=sql.SQL(self.kind))
         params = [
             (
                 r.file_path,
@@ -561,9 +602,9 @@ class Store:
     def nearest(self, vector: np.ndarray, k: int) -> list[Match]:
         """The k rows most similar to `vector` by cosine similarity, best first (HNSW)."""
         query = sql.SQL(
-            "SELECT file_name, file_path, processed_path, 1 - (embedding <=> %s) AS score "
-            "FROM {table} ORDER BY embedding <=> %s LIMIT %s"
-        ).format(table=self._ident)
+            "SELECT file_name, file_path, processed_path, 1 - (embedding <=> %s::{kind}) "
+            "FROM {table} ORDER BY embedding <=> %s::{kind} LIMIT %s"
+        ).format(table=self._ident, kind=sql.SQL(self.kind))
         ef_search = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k))
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])

@@ -31,8 +31,8 @@ def status_markdown(settings: Settings) -> str:
             f"to index `{settings.source_directory}`, or run `image-search index`."
         )
     return (
-        f"**{info.images}** images indexed with `{info.model_name}` "
-        f"({info.dimension}-d) in table `{settings.table_name}`."
+        f"**{info.images}** images indexed with `{info.spec.model_name}` "
+        f"({info.spec.dimension}-d) in table `{settings.table_name}`."
     )
 
 

@@ -52,12 +52,9 @@ class IndexReport:
     unchanged: int = 0
     removed: int = 0
     failed: list[Failure] = field(default_factory=list)
-    model_loaded: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["model_loaded"]
-        return data
+        return asdict(self)
 
     def summary(self) -> str:
         return (
@@ -144,8 +141,6 @@ class Indexer:
         self.report = IndexReport()
         self._work_total = 0
         self._stored_so_far = 0
-        self._embedding_seconds = 0.0
-        self._embedded = 0
         self._announced = False
 
     def _bar(self, total: int, description: str, position: int) -> tqdm:
@@ -175,7 +170,6 @@ class Indexer:
             self._remove(missing, folder_is_empty=not scanned)
         self.store.ensure_vector_index()
         self.store.mark_indexed()
-        self.report.model_loaded = self.embedder.loaded
         return self.report
 
     # -- the pipeline -------------------------------------------------------
@@ -281,23 +275,19 @@ class Indexer:
                 self.report.updated += 1
 
     def _note_rate(self, embedded: int, seconds: float, batch: int) -> None:
-        """Once the model's pace is known, say how long a long run will take."""
+        """After the first batch through the model, say how long a long run will take."""
         self._stored_so_far += batch
-        if not embedded:
-            return
-        self._embedded += embedded
-        self._embedding_seconds += seconds
-        if self._announced:
+        if self._announced or not embedded:
             return
         self._announced = True
-        rate = self._embedded / max(self._embedding_seconds, 1e-9)
-        remaining = (self._work_total - self._stored_so_far) / rate
-        if remaining > ANNOUNCE_AFTER_S:
+        rate = embedded / max(seconds, 1e-9)
+        left = self._work_total - self._stored_so_far
+        if left / rate > ANNOUNCE_AFTER_S:
             log.info(
                 "embedding %d images at %.1f images/s: about %d minutes left",
-                self._work_total - self._stored_so_far,
+                left,
                 rate,
-                round(remaining / 60) or 1,
+                round(left / rate / 60) or 1,
             )
 
     @staticmethod

@@ -199,3 +199,17 @@ def test_halfvec_storage_still_finds_each_image_first(
     as_float32 = dataclasses.replace(settings, vector_type="vector")
     with pytest.raises(ConfigError, match="stored as halfvec"):
         run_index(as_float32, shared_embedder, show_progress=False)
+
+
+def test_an_empty_table_follows_a_new_model(make_settings, photos: list[Path], tmp_path) -> None:
+    from image_search.errors import ImageSearchError
+
+    broken = make_settings(model_name=str(tmp_path / "no-such-model"), dimension=1024)
+    with pytest.raises(ImageSearchError, match="cannot load model") as failed:
+        run_index(broken, fresh_embedder(broken), show_progress=False)
+    assert "\n" not in str(failed.value)  # one line, whatever the library said
+    settings = make_settings()  # the same table, now with a model that loads
+    report = run_index(settings, fresh_embedder(settings), show_progress=False)
+    assert report.added == len(photos)
+    with open_store(settings) as store:
+        assert store.info().spec.dimension == settings.dimension

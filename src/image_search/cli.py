@@ -279,8 +279,9 @@ def configure_logging(debug: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("image_search").setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:  # transformers' advice is for model authors, not for photo folders
+    if not debug:  # the libraries' advice and retries are for model authors, not photo folders
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

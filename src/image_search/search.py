@@ -113,12 +113,13 @@ class Searcher:
     def _table_info(self) -> TableInfo:
         """The table's size, checked before any model is loaded: refuse an empty index
         or one made with another model."""
-        info = self.store.check_compatible(VectorSpec.of(self.settings))
+        info = self.store.info()
         if info is None or info.images == 0:
             raise ImageSearchError(
                 f"no images are indexed in table '{self.settings.table_name}' yet; "
                 "run `image-search index` (or press Rescan on the page) first"
             )
+        self.store.refuse_other_vectors(info.spec, VectorSpec.of(self.settings))
         return info
 
     def by_image(self, image_path: Path, top_k: int | None = None) -> SearchResult:

@@ -378,16 +378,37 @@ class Store:
             info = self.info()
             if info is None:
                 self._migrate(0, wanted)
-                self.conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {meta} (table_name, model_name, dimension, schema_version) "
-                        "VALUES (%s, %s, %s, %s)"
-                    ).format(meta=sql.Identifier(META_TABLE)),
-                    [self.table, wanted.model_name, wanted.dimension, SCHEMA_VERSION],
-                )
+                self._insert_meta(wanted)
                 return
-            self._refuse_mismatch(info.spec, wanted)
+            if info.spec != wanted and info.images == 0:
+                # Nothing stored yet (say, a first run whose model failed to load): nothing
+                # to protect, so the table simply starts again for the vectors asked for.
+                self._drop()
+                self._migrate(0, wanted)
+                self._insert_meta(wanted)
+                return
+            self.refuse_other_vectors(info.spec, wanted)
             self._migrate(info.schema_version, info.spec)
+
+    def _insert_meta(self, spec: VectorSpec) -> None:
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO {meta} (table_name, model_name, dimension, schema_version) "
+                "VALUES (%s, %s, %s, %s)"
+            ).format(meta=sql.Identifier(META_TABLE)),
+            [self.table, spec.model_name, spec.dimension, SCHEMA_VERSION],
+        )
+
+    def _drop(self) -> None:
+        """Drop the table and its meta row (inside the caller's transaction)."""
+        self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=self._ident))
+        self.conn.execute(
+            sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(
+                meta=sql.Identifier(META_TABLE)
+            ),
+            [self.table],
+        )
+        self._kind = None
 
     def _migrate(self, version: int, spec: VectorSpec) -> None:
         if version > SCHEMA_VERSION:
@@ -406,7 +427,8 @@ class Store:
                 [SCHEMA_VERSION, self.table],
             )
 
-    def _refuse_mismatch(self, stored: VectorSpec, wanted: VectorSpec) -> None:
+    def refuse_other_vectors(self, stored: VectorSpec, wanted: VectorSpec) -> None:
+        """A ConfigError naming both ways out, unless the two are the same vectors."""
         if stored == wanted:
             return
         raise ConfigError(
@@ -424,25 +446,13 @@ class Store:
         spec = VectorSpec(model_name, dimension, self._stored_kind())
         return TableInfo(spec, version, self.count(), last_indexed_at)
 
-    def check_compatible(self, wanted: VectorSpec) -> TableInfo | None:
-        info = self.info()
-        if info is not None:
-            self._refuse_mismatch(info.spec, wanted)
-        return info
-
     def drop_if_other_model(self, wanted: VectorSpec) -> None:
         """Drop this table if it was made for other vectors (a stale re-index)."""
         info = self.info()
         if info is None or info.spec == wanted:
             return
         with self.conn.transaction():
-            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=self._ident))
-            self.conn.execute(
-                sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(
-                    meta=sql.Identifier(META_TABLE)
-                ),
-                [self.table],
-            )
+            self._drop()
 
     def take_over(self, target: str) -> None:
         """Replace table `target` with this one, its indexes and its meta row, atomically."""

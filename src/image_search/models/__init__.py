@@ -36,8 +36,9 @@ def load_model(name: str, device: str) -> EmbeddingModel:
         adapter = RemoteCodeModel if uses_remote_code(name) else HuggingFaceClip
         return adapter.load(name, resolved)
     except (OSError, ValueError, ImportError, KeyError, AttributeError) as exc:
+        reason = " ".join(str(exc).split()).rstrip(".")  # one line, however the library wrote it
         raise ImageSearchError(
-            f"cannot load model '{name}': {exc}. Check the model-name key "
+            f"cannot load model '{name}': {reason}. Check the model-name key "
             "(a Hugging Face id reachable from here, or a local folder)"
         ) from exc
 

@@ -132,7 +132,6 @@ class WebApp:
                     gallery = gr.Gallery(
                         label="Ranked results",
                         columns=5,
-                        height="auto",
                         object_fit="contain",
                         elem_id="gallery",
                     )

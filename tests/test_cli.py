@@ -137,7 +137,17 @@ def test_help_lists_commands_and_keys() -> None:
     for word in ("index", "search", "serve", "status", "--env"):
         assert word in done.stdout
     index_help = run_cli("index", "--help").stdout
-    for flag in ("--source", "--json", "--model-name", "--postgres-host", "--keep-missing"):
+    for flag in (
+        "--source",
+        "--json",
+        "--model-name",
+        "--postgres-host",
+        "--keep-missing",
+        "--server-auth",
+        "--vector-type",
+        "--reindex",
+        "--watch",
+    ):
         assert flag in index_help
 
 

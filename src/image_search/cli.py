@@ -62,8 +62,6 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     keys = common.add_argument_group("configuration keys (override the file and IMAGE_SEARCH_*)")
     for key in all_keys():
-        if key == "server-auth":
-            continue  # given as serve's --auth
         keys.add_argument(
             f"--{key}", dest=attribute_of(key), metavar=_metavar(key), help=KEY_HELP.get(key)
         )

@@ -184,3 +184,24 @@ def test_status_shows_last_index_time_and_database_size(
     status = json.loads(done.stdout)
     assert status["images"] == len(photos)
     assert status["last_indexed_at"] and status["database_size"] > 0
+
+
+def test_reindex_keeps_images_indexed_from_other_folders(
+    settings: Settings,
+    photos: list[Path],
+    shared_embedder: Embedder,
+    remote_code_model: Path,
+    tmp_path: Path,
+) -> None:
+    elsewhere = [write_photo(tmp_path / "elsewhere" / f"e{i}.png", seed=60 + i) for i in range(3)]
+    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder, source=tmp_path / "elsewhere", show_progress=False)
+    elsewhere[0].unlink()  # gone since: a re-index drops it like any index would
+    other = dataclasses.replace(settings, model_name=str(remote_code_model))
+    embedder = Embedder(other.model_name, "cpu", other.dimension)
+
+    report = run_index(other, embedder, reindex=True, show_progress=False)
+
+    assert report.added == len(photos) + 2
+    kept = sorted(str(p) for p in [*photos, *elsewhere[1:]])
+    assert sorted(r["file_path"] for r in stored_rows(other)) == kept

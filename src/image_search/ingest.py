@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from .images import (
     save_jpeg,
 )
 from .models import Embedder
-from .scan import ScannedFile, scan_images
+from .scan import ScannedFile, scan_images, stat_file
 from .store import NewRow, Store, StoredFile, VectorSpec, open_store
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,16 @@ class Indexer:
             dynamic_ncols=True,
         )
 
-    def run(self, root: str, keep_missing: bool) -> IndexReport:
+    def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
+        """Make the table match the folder `root`, plus the files `also` (outside it)."""
         stored = self.store.stored_files(root)
+        if also:
+            stored.update(self.store.stored_files_at(also))
         own_folders = (self.settings.output_directory, self.settings.data_directory)
         found = scan_images(Path(root), exclude=own_folders)
         if self.show_progress:
             found = tqdm(found, desc="Scanning", unit="file")
-        scanned = list(found)
+        scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
         if len(work) >= BULK_LOAD_ROWS and self.store.count() == 0:
@@ -345,16 +348,23 @@ def run_index(
     """
     root = os.path.abspath(source if source is not None else settings.source_directory)
     table = shadow_table_name(settings.table_name) if reindex else settings.table_name
+    # A re-index re-embeds every stored image, those indexed from other folders too.
+    others = files_indexed_outside(settings, root) if reindex else []
     with open_store(settings, table) as store:
         wanted = VectorSpec.of(settings)
         if reindex:
             store.drop_if_other_model(wanted)
         store.ensure_schema(wanted)
         indexer = Indexer(settings, store, embedder, show_progress, on_progress)
-        report = indexer.run(root, keep_missing=keep_missing and not reindex)
+        report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)
         if reindex:
             store.take_over(settings.table_name)
         return report
+
+
+def files_indexed_outside(settings: Settings, root: str) -> list[str]:
+    with open_store(settings) as live:
+        return live.file_paths_outside(root) if live.info() is not None else []
 
 
 def shadow_table_name(table: str) -> str:

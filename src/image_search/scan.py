@@ -63,9 +63,15 @@ def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Iterator[ScannedFil
         for name in sorted(files):
             if not (_visible(name) and is_image_name(name)):
                 continue
-            path = os.path.join(directory, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            yield ScannedFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+            found = stat_file(os.path.join(directory, name))
+            if found is not None:
+                yield found
+
+
+def stat_file(path: str) -> ScannedFile | None:
+    """The file's size and mtime; None if it is gone or cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return ScannedFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)

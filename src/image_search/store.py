@@ -523,12 +523,26 @@ class Store:
     def stored_files(self, under: str) -> dict[str, StoredFile]:
         """Rows whose file lies under the folder `under`, by file path."""
         prefix = under.rstrip(os.sep) + os.sep
+        return self._stored_where(sql.SQL("left(file_path, %s) = %s"), [len(prefix), prefix])
+
+    def stored_files_at(self, paths: Sequence[str]) -> dict[str, StoredFile]:
+        """Rows of these file paths, by file path."""
+        return self._stored_where(sql.SQL("file_path = ANY(%s)"), [list(paths)])
+
+    def _stored_where(self, condition: sql.Composable, params: list) -> dict[str, StoredFile]:
         query = sql.SQL(
             "SELECT id, file_path, file_size, file_mtime_ns, content_hash "
-            "FROM {table} WHERE left(file_path, %s) = %s"
-        ).format(table=self._ident)
-        rows = self.conn.execute(query, [len(prefix), prefix]).fetchall()
-        return {row[1]: StoredFile(*row) for row in rows}
+            "FROM {table} WHERE {where}"
+        ).format(table=self._ident, where=condition)
+        return {row[1]: StoredFile(*row) for row in self.conn.execute(query, params)}
+
+    def file_paths_outside(self, folder: str) -> list[str]:
+        """Stored files that do not lie under `folder` (indexed with another --source)."""
+        prefix = folder.rstrip(os.sep) + os.sep
+        query = sql.SQL("SELECT file_path FROM {table} WHERE left(file_path, %s) <> %s").format(
+            table=self._ident
+        )
+        return [row[0] for row in self.conn.execute(query, [len(prefix), prefix])]
 
     def vectors_by_content(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """A stored vector for each content hash already embedded (copies, moves)."""

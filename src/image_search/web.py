@@ -36,6 +36,12 @@ def status_markdown(settings: Settings) -> str:
     )
 
 
+def page_error(message: str) -> gr.Error:
+    """A message for the page, logged as one line rather than Gradio's full traceback."""
+    log.warning("%s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def uploaded_path(payload: Any) -> Path | None:
     """The server-side path of an uploaded image (the event runs with preprocess=False,
     so that an unreadable upload reaches our own error message, not Gradio's)."""
@@ -61,15 +67,15 @@ class WebApp:
         path = uploaded_path(image)
         query = (text or "").strip()
         if path is None and not query:
-            raise gr.Error("Drop an image (or type a text query) first, then press Search.")
+            raise page_error("Drop an image (or type a text query) first, then press Search.")
         try:
             with open_store(self.settings) as store:
                 searcher = Searcher(self.settings, store, self.embedder)
                 result = searcher.by_image(path, k) if path else searcher.by_text(query, k)
         except ImageError as exc:
-            raise gr.Error(f"That file cannot be used as a query image: {exc}.") from None
+            raise page_error(f"That file cannot be used as a query image: {exc}.") from None
         except ImageSearchError as exc:
-            raise gr.Error(str(exc)) from None
+            raise page_error(str(exc)) from None
         best = result.results[0].processed_path if result.results else None
         note = f"Searched **{result.searched}** images. Result folder: `{result.output_dir}`"
         for warning in result.warnings:
@@ -85,7 +91,7 @@ class WebApp:
                 self.settings, self.embedder, show_progress=False, on_progress=report
             )
         except ImageSearchError as exc:
-            raise gr.Error(str(exc)) from None
+            raise page_error(str(exc)) from None
         return f"Rescan finished: {summary.summary()}.", status_markdown(self.settings)
 
     def status(self) -> str:

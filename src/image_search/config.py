@@ -19,7 +19,6 @@ REDACTED = "***"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
-SECRET_KEYS = ("postgres-password", "server-auth")
 # Lower-case identifiers only: a table name is an SQL identifier, never free text.
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -64,10 +63,9 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """`to_dict()` with every secret replaced by "***": safe to write or show."""
         values = self.to_dict()
-        for key in SECRET_KEYS:
-            if values[key] is not None:
-                values[key] = REDACTED
-        values["postgres-password"] = REDACTED
+        values["postgres-password"] = REDACTED  # set or not, as the result-folder contract says
+        if values["server-auth"] is not None:
+            values["server-auth"] = REDACTED
         return values
 
 

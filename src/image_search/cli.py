@@ -16,7 +16,7 @@ import psycopg
 
 from . import __version__
 from .config import Settings, all_keys, attribute_of, load_settings
-from .errors import ConfigError, ImageError, ImageSearchError
+from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .ingest import IndexReport, run_index
 from .models import Embedder
 from .store import VectorSpec, describe_location, open_store, redact
@@ -296,8 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageSearchError as exc:
         return _fail(str(exc), exc.exit_code, settings, debug)
     except psycopg.Error as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return _fail(f"database error: {first_line}", 1, settings, debug)
+        return _fail(f"database error: {one_line(exc)}", 1, settings, debug)
     except Exception as exc:  # a bug or an unforeseen fault: still one line, no traceback
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
         return _fail(message, 1, settings, debug)

@@ -15,3 +15,8 @@ class ConfigError(ImageSearchError):
 
 class ImageError(Exception):
     """One file could not be read or decoded. Not a failure of the run: it is reported."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, however the library wrote it."""
+    return " ".join(str(error).split()).rstrip(".") or type(error).__name__

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,14 +206,17 @@ class Indexer:
         size = self.settings.batch_size
         chunks = [work[i : i + size] for i in range(0, len(work), size)]
         overlap = self.embedder.resolved_device != "cpu"
-        pending = [pool.submit(self._prepare, item) for item in chunks[0]]
-        for index in range(len(chunks)):
+
+        def submit(chunk: list[WorkItem]) -> list[Future[Prepared | Unchanged | Failure]]:
+            return [pool.submit(self._prepare, item) for item in chunk]
+
+        pending = submit(chunks[0])
+        for following in [*chunks[1:], []]:
             results = [future.result() for future in pending]
-            following = chunks[index + 1] if index + 1 < len(chunks) else []
-            pending = [pool.submit(self._prepare, item) for item in following] if overlap else []
+            pending = submit(following) if overlap else []
             yield results
             if not overlap:
-                pending = [pool.submit(self._prepare, item) for item in following]
+                pending = submit(following)
 
     def _process(self, work: list[WorkItem]) -> None:
         if not work:

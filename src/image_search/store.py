@@ -22,7 +22,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from .config import REDACTED, Settings
-from .errors import ConfigError, ImageSearchError
+from .errors import ConfigError, ImageSearchError, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,9 +198,7 @@ def connect(settings: Settings) -> psycopg.Connection:
         register_vector(conn)
         return conn
     except psycopg.Error as exc:
-        reason = redact(
-            str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), settings
-        )
+        reason = redact(one_line(exc), settings)
         raise ImageSearchError(
             f"cannot connect to {describe_location(settings)}: {reason}. Check the "
             "postgres-* settings and that the server is running (docker compose up -d)"
@@ -252,6 +250,11 @@ def _migration_1(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None
     create_vector_index(conn, table, spec.kind)
 
 
+def folder_prefix(folder: str) -> str:
+    """What the paths of files inside `folder` start with."""
+    return folder.rstrip(os.sep) + os.sep
+
+
 def vector_index_name(table: str) -> str:
     return f"{table}_embedding_hnsw"
 
@@ -275,7 +278,6 @@ INDEX_SUFFIXES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
 
 # MIGRATIONS[n] brings a table from schema version n to n + 1.
 MIGRATIONS: list[Callable[[psycopg.Connection, str, VectorSpec], None]] = [_migration_1]
-VECTOR_KINDS = ("vector", "halfvec")
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -313,7 +315,7 @@ class Store:
             except psycopg.OperationalError as exc:
                 if self._reconnect is None or attempt == RETRY_ATTEMPTS:
                     raise ImageSearchError(
-                        f"lost the connection to the database ({exc}). Everything stored "
+                        f"lost the connection to the database ({one_line(exc)}). Everything stored "
                         "before is kept: run the command again to finish"
                     ) from None
                 log.warning("lost the database connection; reconnecting (%d)", attempt)
@@ -376,21 +378,20 @@ class Store:
             self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [META_TABLE])
             self._create_meta_table()
             info = self.info()
-            if info is None:
-                self._migrate(0, wanted)
-                self._insert_meta(wanted)
-                return
-            if info.spec != wanted and info.images == 0:
+            if info is not None and info.spec != wanted and info.images == 0:
                 # Nothing stored yet (say, a first run whose model failed to load): nothing
                 # to protect, so the table simply starts again for the vectors asked for.
                 self._drop()
-                self._migrate(0, wanted)
-                self._insert_meta(wanted)
+                info = None
+            if info is None:
+                self._create(wanted)
                 return
             self.refuse_other_vectors(info.spec, wanted)
             self._migrate(info.schema_version, info.spec)
 
-    def _insert_meta(self, spec: VectorSpec) -> None:
+    def _create(self, spec: VectorSpec) -> None:
+        """A new table at the current schema version, and its meta row."""
+        self._migrate(0, spec)
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {meta} (table_name, model_name, dimension, schema_version) "
@@ -443,7 +444,7 @@ class Store:
         if row is None:
             return None
         model_name, dimension, version, last_indexed_at = row
-        spec = VectorSpec(model_name, dimension, self._stored_kind())
+        spec = VectorSpec(model_name, dimension, self.kind)
         return TableInfo(spec, version, self.count(), last_indexed_at)
 
     def drop_if_other_model(self, wanted: VectorSpec) -> None:
@@ -501,7 +502,7 @@ class Store:
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
                 self.conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
-                create_vector_index(self.conn, self.table, self._stored_kind())
+                create_vector_index(self.conn, self.table, self.kind)
 
         self._retrying(build)
 
@@ -522,7 +523,7 @@ class Store:
 
     def stored_files(self, under: str) -> dict[str, StoredFile]:
         """Rows whose file lies under the folder `under`, by file path."""
-        prefix = under.rstrip(os.sep) + os.sep
+        prefix = folder_prefix(under)
         return self._stored_where(sql.SQL("left(file_path, %s) = %s"), [len(prefix), prefix])
 
     def stored_files_at(self, paths: Sequence[str]) -> dict[str, StoredFile]:
@@ -538,7 +539,7 @@ class Store:
 
     def file_paths_outside(self, folder: str) -> list[str]:
         """Stored files that do not lie under `folder` (indexed with another --source)."""
-        prefix = folder.rstrip(os.sep) + os.sep
+        prefix = folder_prefix(folder)
         query = sql.SQL("SELECT file_path FROM {table} WHERE left(file_path, %s) <> %s").format(
             table=self._ident
         )
@@ -587,12 +588,7 @@ class Store:
             for r in rows
         ]
         params.sort(key=lambda row: row[2])  # one lock order for concurrent runs
-
-        def write() -> None:
-            with self.conn.transaction(), self.conn.cursor() as cursor:
-                cursor.executemany(query, params)
-
-        self._retrying(write)
+        self._write_many(query, params)
 
     def update_stat(self, changes: Sequence[tuple[int, int, int]]) -> None:
         """Record a new size and mtime for rows whose content did not change: (id, size, mtime)."""
@@ -601,7 +597,10 @@ class Store:
         query = sql.SQL(
             "UPDATE {table} SET file_size = %s, file_mtime_ns = %s WHERE id = %s"
         ).format(table=self._ident)
-        params = [(size, mtime, row_id) for row_id, size, mtime in sorted(changes)]
+        self._write_many(query, [(size, mtime, row_id) for row_id, size, mtime in sorted(changes)])
+
+    def _write_many(self, query: sql.Composable, params: list[tuple]) -> None:
+        """One statement for many rows in one transaction, retried as a whole."""
 
         def write() -> None:
             with self.conn.transaction(), self.conn.cursor() as cursor:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageSearchError
+from ..errors import ImageSearchError, one_line
 from .base import EmbeddingModel, normalise, resolve_device
 from .hf_clip import HuggingFaceClip
 from .remote_code import RemoteCodeModel
@@ -36,9 +36,8 @@ def load_model(name: str, device: str) -> EmbeddingModel:
         adapter = RemoteCodeModel if uses_remote_code(name) else HuggingFaceClip
         return adapter.load(name, resolved)
     except (OSError, ValueError, ImportError, KeyError, AttributeError) as exc:
-        reason = " ".join(str(exc).split()).rstrip(".")  # one line, however the library wrote it
         raise ImageSearchError(
-            f"cannot load model '{name}': {reason}. Check the model-name key "
+            f"cannot load model '{name}': {one_line(exc)}. Check the model-name key "
             "(a Hugging Face id reachable from here, or a local folder)"
         ) from exc
 

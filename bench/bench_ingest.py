@@ -55,10 +55,10 @@ def reference_preprocess_seconds(paths: list, sample: int) -> float:
 def index_seconds(settings: Settings, embedder: Embedder, run: int) -> float:
     table = f"bench_ingest_{run}"
     with open_store(settings, table) as store:
-        store.drop_if_other_model(VectorSpec("", 0))  # a leftover of an earlier run goes
+        store.schema.drop_if_other_vectors(VectorSpec("", 0))  # a leftover of an earlier run goes
     fresh = Settings(**{**settings.__dict__, "table_name": table})
     started = time.perf_counter()
-    report = run_index(fresh, embedder, show_progress=False)
+    report = run_index(fresh, embedder)
     elapsed = time.perf_counter() - started
     assert report.added == report.scanned and not report.failed, report.summary()
     return elapsed

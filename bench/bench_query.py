@@ -18,7 +18,8 @@ import numpy as np
 from common import DATA, median_of
 
 from image_search.config import Settings
-from image_search.store import MIN_EF_SEARCH, Store, VectorSpec, open_store
+from image_search.store import Store, VectorSpec, open_store
+from image_search.store.rows import MIN_EF_SEARCH
 
 DIMENSION = 512
 TOP_K = 10
@@ -34,25 +35,28 @@ def clustered_vectors(count: int, seed: int) -> np.ndarray:
 
 
 def load(store: Store, vectors: np.ndarray) -> None:
-    store.ensure_schema(VectorSpec("bench/random-512", DIMENSION))
-    if store.count() == len(vectors):
+    store.schema.ensure(VectorSpec("bench/random-512", DIMENSION))
+    if store.info().images == len(vectors):
         return
-    store.conn.execute(f'TRUNCATE "{store.table}"')
-    store.drop_vector_index()
+    with store.database.connection() as conn:
+        conn.execute(f'TRUNCATE "{store.table}"')
+    store.schema.drop_vector_index()
     columns = (
         "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
         "processed_path, model_name, embedding"
     )
     with (
-        store.conn.cursor() as cursor,
+        store.database.connection() as conn,
+        conn.cursor() as cursor,
         cursor.copy(f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)') as copy,
     ):
         copy.set_types(["text", "text", "text", "text", "int8", "int8", "text", "text", "vector"])
         for i, vector in enumerate(vectors):
             name = f"v{i:06d}.jpg"
             copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "bench", vector])
+    store.schema.recount()
     started = time.perf_counter()
-    store.ensure_vector_index()
+    store.schema.ensure_vector_index()
     print(
         f"set-up: loaded {len(vectors)} vectors, HNSW built in "
         f"{time.perf_counter() - started:.0f} s"
@@ -60,9 +64,9 @@ def load(store: Store, vectors: np.ndarray) -> None:
 
 
 def exact(store: Store, query: np.ndarray) -> list[str]:
-    with store.conn.transaction():
-        store.conn.execute("SET LOCAL enable_indexscan = off")
-        rows = store.conn.execute(
+    with store.database.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute(
             f'SELECT file_path FROM "{store.table}" ORDER BY embedding <=> %s LIMIT %s',
             [query, TOP_K],
         ).fetchall()
@@ -92,7 +96,7 @@ def main() -> None:
         ours, scan, recalls, truths = [], [], [], []
         for query in queries:  # interleaved, so that noise hits both alike
             started = time.perf_counter()
-            found = [m.file_path for m in store.nearest(query, TOP_K)]
+            found = [m.file_path for m in store.rows.nearest(query, TOP_K)]
             ours.append(time.perf_counter() - started)
             started = time.perf_counter()
             truth = exact(store, query)

@@ -51,7 +51,7 @@ def main() -> None:
         table_name="bench_ingest_0",
     )
     embedder = Embedder(settings.model_name, "cpu", settings.dimension)
-    run_index(settings, embedder, show_progress=False)  # no-op if bench_ingest.py ran
+    run_index(settings, embedder)  # no-op if bench_ingest.py ran
     import torch
 
     model = embedder.model()._model

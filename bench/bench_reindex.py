@@ -51,7 +51,7 @@ def main() -> None:
         batch_size=64,
         table_name="bench_reindex",
     )
-    first = run_index(settings, Embedder(model.as_posix(), "cpu", 64), show_progress=False)
+    first = run_index(settings, Embedder(model.as_posix(), "cpu", 64))
     print(f"set-up index: {first.summary()}")
 
     walk_runs, index_runs = [], []
@@ -59,7 +59,7 @@ def main() -> None:
         walk_runs += timed(lambda: bare_walk(folder), 1)
         embedder = Embedder(settings.model_name, "cpu", settings.dimension)
         started = time.perf_counter()
-        report = run_index(settings, embedder, show_progress=False)
+        report = run_index(settings, embedder)
         index_runs.append(time.perf_counter() - started)
         assert report.unchanged == args.files and not embedder.loaded, report.summary()
     cli = timed(

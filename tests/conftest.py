@@ -91,8 +91,8 @@ def photos(settings: Settings) -> list[Path]:
 
 
 def stored_rows(settings: Settings) -> list[dict]:
-    with open_store(settings) as store:
-        cursor = store.conn.execute(
+    with open_store(settings) as store, store.database.connection() as conn:
+        cursor = conn.execute(
             f"SELECT file_path, file_name, path_hash, content_hash, processed_path, embedding "
             f"FROM {settings.table_name} ORDER BY file_path"
         )
@@ -185,13 +185,15 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def row_count(settings: Settings) -> int:
     with open_store(settings) as store:
-        return store.count() if store.info() else 0
+        info = store.info()
+        return info.images if info else 0
 
 
 def assert_one_row_per_file(settings: Settings, files: list[Path]) -> None:
     rows = stored_rows(settings)
     assert sorted(r["file_path"] for r in rows) == sorted(str(p) for p in files)
     assert all(Path(r["processed_path"]).is_file() for r in rows)
+    assert row_count(settings) == len(rows)  # the count kept in the meta table is exact
 
 
 def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:

@@ -24,7 +24,7 @@ def fresh_embedder(settings: Settings) -> Embedder:
 
 
 def test_mixed_folder_gives_one_row_per_image(settings: Settings, photos: list[Path]) -> None:
-    report = run_index(settings, fresh_embedder(settings), show_progress=False)
+    report = run_index(settings, fresh_embedder(settings))
 
     assert (report.scanned, report.added, report.failed) == (len(photos), len(photos), [])
     rows = stored_rows(settings)
@@ -42,11 +42,11 @@ def test_mixed_folder_gives_one_row_per_image(settings: Settings, photos: list[P
 def test_second_run_adds_nothing_and_never_loads_the_model(
     settings: Settings, photos: list[Path]
 ) -> None:
-    run_index(settings, fresh_embedder(settings), show_progress=False)
+    run_index(settings, fresh_embedder(settings))
     originals = {p: p.read_bytes() for p in photos}
     again = fresh_embedder(settings)
 
-    report = run_index(settings, again, show_progress=False)
+    report = run_index(settings, again)
 
     assert (report.added, report.updated, report.unchanged) == (0, 0, len(photos))
     assert not again.loaded
@@ -58,7 +58,7 @@ def test_vectors_are_unit_length_of_the_configured_dimension(
     make_settings, photos: list[Path]
 ) -> None:
     settings = make_settings(dimension=32)  # Matryoshka cut of the 64-d model
-    run_index(settings, fresh_embedder(settings), show_progress=False)
+    run_index(settings, fresh_embedder(settings))
     vectors = np.array([r["embedding"] for r in stored_rows(settings)])
     assert vectors.shape == (len(photos), 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -67,10 +67,10 @@ def test_vectors_are_unit_length_of_the_configured_dimension(
 def test_each_image_is_its_own_nearest_neighbour(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     with open_store(settings) as store:
         for row in stored_rows(settings):
-            best = store.nearest(row["embedding"], 1)[0]
+            best = store.rows.nearest(row["embedding"], 1)[0]
             assert best.file_path == row["file_path"]
             assert best.score == pytest.approx(1.0, abs=1e-4)
 
@@ -79,7 +79,7 @@ def test_broken_files_are_reported_and_the_run_goes_on(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
     broken = write_broken_files(settings.source_directory / "broken")
-    report = run_index(settings, shared_embedder, show_progress=False)
+    report = run_index(settings, shared_embedder)
     assert report.added == len(photos)
     assert sorted(f.path for f in report.failed) == sorted(str(p) for p in broken)
     assert all(f.error for f in report.failed)
@@ -89,12 +89,12 @@ def test_broken_files_are_reported_and_the_run_goes_on(
 def test_a_different_model_or_dimension_is_refused(
     settings: Settings, photos: list[Path], shared_embedder: Embedder, remote_code_model: Path
 ) -> None:
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     for change in ({"model_name": str(remote_code_model)}, {"dimension": 32}):
         other = dataclasses.replace(settings, **change)
         embedder = fresh_embedder(other)
         with pytest.raises(ConfigError, match="--table-name") as refused:
-            run_index(other, embedder, show_progress=False)
+            run_index(other, embedder)
         assert "--reindex" in str(refused.value)
         assert not embedder.loaded
 
@@ -104,7 +104,7 @@ def test_a_dimension_above_the_models_is_a_configuration_error(
 ) -> None:
     settings = make_settings(dimension=EMBEDDING_DIM * 2)
     with pytest.raises(ConfigError, match="dimension"):
-        run_index(settings, fresh_embedder(settings), show_progress=False)
+        run_index(settings, fresh_embedder(settings))
 
 
 def test_remote_code_model_folder_loads_and_embeds(
@@ -112,7 +112,7 @@ def test_remote_code_model_folder_loads_and_embeds(
 ) -> None:
     settings = make_settings(model_name=str(remote_code_model))
     embedder = fresh_embedder(settings)
-    report = run_index(settings, embedder, show_progress=False)
+    report = run_index(settings, embedder)
     assert report.added == len(photos)
     assert type(embedder.model()).__name__ == "RemoteCodeModel"
     text = embedder.embed_texts(["赤いりんご"])  # a Japanese query goes through the text tower
@@ -120,7 +120,7 @@ def test_remote_code_model_folder_loads_and_embeds(
 
 
 def test_changed_deleted_moved_and_copied_files(settings: Settings, photos: list[Path]) -> None:
-    run_index(settings, fresh_embedder(settings), show_progress=False)
+    run_index(settings, fresh_embedder(settings))
     folder = settings.source_directory
     changed, deleted, moved = photos[0], photos[1], photos[2]
     write_photo(changed, seed=100)
@@ -135,7 +135,7 @@ def test_changed_deleted_moved_and_copied_files(settings: Settings, photos: list
     embedder = fresh_embedder(settings)
     original = embedder.embed_images
     embedder.embed_images = lambda images: calls.append(len(images)) or original(images)
-    report = run_index(settings, embedder, show_progress=False)
+    report = run_index(settings, embedder)
 
     assert (report.added, report.updated, report.removed) == (2, 1, 2)
     assert sum(calls) == 1  # only the changed content went through the model
@@ -146,9 +146,9 @@ def test_changed_deleted_moved_and_copied_files(settings: Settings, photos: list
 def test_keep_missing_keeps_rows_of_deleted_files(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     photos[0].unlink()
-    report = run_index(settings, shared_embedder, keep_missing=True, show_progress=False)
+    report = run_index(settings, shared_embedder, keep_missing=True)
     assert report.removed == 0
     assert len(stored_rows(settings)) == len(photos)
 
@@ -160,7 +160,7 @@ def test_a_long_run_announces_how_long_it_will_take(
 
     monkeypatch.setattr(ingest, "ANNOUNCE_AFTER_S", 0.0)
     caplog.set_level("INFO", logger="image_search")
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     announcements = [r.message for r in caplog.records if "minutes left" in r.message]
     assert len(announcements) == 1
     assert f"embedding {len(photos) - settings.batch_size} images at" in announcements[0]
@@ -184,21 +184,21 @@ def test_halfvec_storage_still_finds_each_image_first(
     make_settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
     settings = make_settings(vector_type="halfvec")
-    run_index(settings, shared_embedder, show_progress=False)
-    with open_store(settings) as store:
-        column = store.conn.execute(
+    run_index(settings, shared_embedder)
+    with open_store(settings) as store, store.database.connection() as conn:
+        column = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
             [settings.table_name],
         ).fetchone()[0]
         assert column == f"halfvec({EMBEDDING_DIM})"
         for row in stored_rows(settings):
-            best = store.nearest(row["embedding"], 1)[0]
+            best = store.rows.nearest(row["embedding"], 1)[0]
             assert best.file_path == row["file_path"]
             assert best.score == pytest.approx(1.0, abs=1e-3)
     as_float32 = dataclasses.replace(settings, vector_type="vector")
     with pytest.raises(ConfigError, match="stored as halfvec"):
-        run_index(as_float32, shared_embedder, show_progress=False)
+        run_index(as_float32, shared_embedder)
 
 
 def test_an_empty_table_follows_a_new_model(make_settings, photos: list[Path], tmp_path) -> None:
@@ -206,10 +206,10 @@ def test_an_empty_table_follows_a_new_model(make_settings, photos: list[Path], t
 
     broken = make_settings(model_name=str(tmp_path / "no-such-model"), dimension=1024)
     with pytest.raises(ImageSearchError, match="cannot load model") as failed:
-        run_index(broken, fresh_embedder(broken), show_progress=False)
+        run_index(broken, fresh_embedder(broken))
     assert "\n" not in str(failed.value)  # one line, whatever the library said
     settings = make_settings()  # the same table, now with a model that loads
-    report = run_index(settings, fresh_embedder(settings), show_progress=False)
+    report = run_index(settings, fresh_embedder(settings))
     assert report.added == len(photos)
     with open_store(settings) as store:
         assert store.info().spec.dimension == settings.dimension

@@ -21,13 +21,13 @@ from conftest import (
 )
 from imagegen import write_photo
 
-from image_search import store as store_module
 from image_search.config import Settings
 from image_search.errors import ConfigError, ImageSearchError
 from image_search.ingest import run_index, shadow_table_name
 from image_search.models import Embedder
 from image_search.search import Searcher
 from image_search.store import open_store
+from image_search.store import schema as schema_module
 
 
 def counting(embedder: Embedder) -> list[int]:
@@ -41,11 +41,11 @@ def counting(embedder: Embedder) -> list[int]:
 def test_reindex_switches_the_table_to_the_new_model(
     settings: Settings, photos: list[Path], shared_embedder: Embedder, remote_code_model: Path
 ) -> None:
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     other = dataclasses.replace(settings, model_name=str(remote_code_model), dimension=32)
     embedder = Embedder(other.model_name, "cpu", other.dimension)
 
-    report = run_index(other, embedder, reindex=True, show_progress=False)
+    report = run_index(other, embedder, reindex=True)
 
     assert report.added == len(photos)
     with open_store(other) as store:
@@ -85,7 +85,7 @@ def test_a_killed_reindex_leaves_the_old_vectors_searchable(
     assert done.returncode == 0, done.stderr
     with open_store(new) as store:
         assert store.info().spec.model_name == new.model_name
-        assert store.count() == len(files)
+        assert store.info().images == len(files)
     assert row_count(shadow) == 0  # the shadow table became the table
 
 
@@ -98,7 +98,7 @@ def test_copies_run_the_model_once_per_content(settings: Settings) -> None:
     embedder = Embedder(settings.model_name, "cpu", settings.dimension)
     calls = counting(embedder)
 
-    report = run_index(settings, embedder, show_progress=False)
+    report = run_index(settings, embedder)
 
     assert report.added == 4
     assert sum(calls) == 2
@@ -108,34 +108,35 @@ def test_copies_run_the_model_once_per_content(settings: Settings) -> None:
 def test_a_database_newer_than_the_code_is_refused(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
-    run_index(settings, shared_embedder, show_progress=False)
-    with open_store(settings) as store:
-        store.conn.execute(
+    run_index(settings, shared_embedder)
+    with open_store(settings) as store, store.database.connection() as conn:
+        conn.execute(
             "UPDATE image_search_meta SET schema_version = 99 WHERE table_name = %s",
             [settings.table_name],
         )
     with pytest.raises(ImageSearchError, match="newer"):
-        run_index(settings, shared_embedder, show_progress=False)
+        run_index(settings, shared_embedder)
 
 
 def test_migrations_run_step_by_step(
     settings: Settings, photos: list[Path], shared_embedder: Embedder, monkeypatch
 ) -> None:
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     applied: list[int] = []
 
     def add_note_column(conn, table: str, spec: object) -> None:
-        applied.append(2)
+        applied.append(3)
         conn.execute(f'ALTER TABLE "{table}" ADD COLUMN note text')
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, add_note_column])
-    report = run_index(settings, shared_embedder, show_progress=False)
+    current = schema_module.SCHEMA_VERSION
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(schema_module, "MIGRATIONS", [*schema_module.MIGRATIONS, add_note_column])
+    report = run_index(settings, shared_embedder)
 
-    assert applied == [2] and report.unchanged == len(photos)
-    with open_store(settings) as store:
-        assert store.info().schema_version == 2
-        store.conn.execute(f'SELECT note FROM "{settings.table_name}"')
+    assert applied == [3] and report.unchanged == len(photos)
+    with open_store(settings) as store, store.database.connection() as conn:
+        assert store.info().schema_version == current + 1
+        conn.execute(f'SELECT note FROM "{settings.table_name}"')
 
 
 def test_watch_mode_follows_the_folder_and_stops_on_ctrl_c(
@@ -168,10 +169,10 @@ def test_results_and_data_inside_the_source_folder_are_not_indexed(
 ) -> None:
     base = make_settings()
     settings = dataclasses.replace(base, output_directory=base.source_directory / "results")
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     with open_store(settings) as store:
         Searcher(settings, store, shared_embedder).by_image(photos[0])
-    report = run_index(settings, shared_embedder, show_progress=False)
+    report = run_index(settings, shared_embedder)
     assert (report.scanned, report.added) == (len(photos), 0)
 
 
@@ -194,13 +195,13 @@ def test_reindex_keeps_images_indexed_from_other_folders(
     tmp_path: Path,
 ) -> None:
     elsewhere = [write_photo(tmp_path / "elsewhere" / f"e{i}.png", seed=60 + i) for i in range(3)]
-    run_index(settings, shared_embedder, show_progress=False)
-    run_index(settings, shared_embedder, source=tmp_path / "elsewhere", show_progress=False)
+    run_index(settings, shared_embedder)
+    run_index(settings, shared_embedder, source=tmp_path / "elsewhere")
     elsewhere[0].unlink()  # gone since: a re-index drops it like any index would
     other = dataclasses.replace(settings, model_name=str(remote_code_model))
     embedder = Embedder(other.model_name, "cpu", other.dimension)
 
-    report = run_index(other, embedder, reindex=True, show_progress=False)
+    report = run_index(other, embedder, reindex=True)
 
     assert report.added == len(photos) + 2
     kept = sorted(str(p) for p in [*photos, *elsewhere[1:]])

@@ -70,7 +70,7 @@ def test_a_file_deleted_between_scan_and_read_is_reported(
         return iter(found)
 
     monkeypatch.setattr(ingest, "scan_images", scan_then_delete)
-    report = run_index(settings, shared_embedder, show_progress=False)
+    report = run_index(settings, shared_embedder)
     assert [f.path for f in report.failed] == [str(photos[0])]
     assert report.added == len(photos) - 1
 

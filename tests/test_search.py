@@ -14,8 +14,8 @@ from PIL import Image
 
 from image_search.config import Settings
 from image_search.errors import ImageSearchError
-from image_search.images import prepare_file
-from image_search.ingest import resize_spec, run_index
+from image_search.images import ResizeSpec, prepare_file
+from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.search import Searcher, make_result_folder
 from image_search.store import open_store
@@ -25,7 +25,7 @@ SECRET = "s3cret-Pa55word"
 
 @pytest.fixture
 def indexed(settings: Settings, photos: list[Path], shared_embedder: Embedder) -> Settings:
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     return settings
 
 
@@ -53,7 +53,7 @@ def test_ranking_equals_brute_force_cosine(
 
     rows = stored_rows(indexed)
     vectors = np.array([r["embedding"] for r in rows])
-    vector = shared_embedder.embed_images([prepare_file(query, resize_spec(indexed))])[0]
+    vector = shared_embedder.embed_images([prepare_file(query, ResizeSpec.of(indexed))])[0]
     scores = vectors @ vector
     order = np.argsort(-scores)
     assert [r.file_path for r in result.results] == [rows[i]["file_path"] for i in order]
@@ -64,7 +64,7 @@ def test_result_folder_holds_exactly_the_contract_files(
     make_settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
     settings = make_settings(postgres_password=SECRET)  # embedded: unused, but must not leak
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     result = search_image(settings, shared_embedder, photos[1])
 
     folder = result.output_dir

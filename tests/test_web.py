@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,20 +15,29 @@ from gradio_client import Client, handle_file
 from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder
+from image_search.store import Database, open_store
 from image_search.web import is_loopback, launch
 
 CHROMIUM = "/usr/bin/chromium"
 
 
+@contextmanager
+def running_page(settings: Settings, embedder: Embedder) -> Iterator[str]:
+    """The page served on a free local port, as `serve` does it; its URL."""
+    port = free_port()
+    with Database(settings) as database:
+        app = launch(settings, embedder, database, "127.0.0.1", port, block=False)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            app.close()
+
+
 @pytest.fixture
 def page_url(settings: Settings, photos: list[Path], shared_embedder: Embedder) -> Iterator[str]:
-    run_index(settings, shared_embedder, show_progress=False)
-    port = free_port()
-    app = launch(settings, shared_embedder, "127.0.0.1", port, block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
+    run_index(settings, shared_embedder)
+    with running_page(settings, shared_embedder) as url:
+        yield url
 
 
 def test_browser_upload_search_shows_gallery_and_folder(
@@ -93,14 +103,10 @@ def test_an_empty_index_says_how_to_fill_it(
     settings: Settings, shared_embedder: Embedder, photos: list[Path]
 ) -> None:
     empty = dataclasses.replace(settings, table_name=settings.table_name + "_none")
-    port = free_port()
-    app = launch(empty, shared_embedder, "127.0.0.1", port, block=False)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with running_page(empty, shared_embedder) as url:
+        client = Client(url, verbose=False)
         with pytest.raises(Exception, match="image-search index"):
             client.predict(handle_file(str(photos[0])), "", 3, api_name="/search")
-    finally:
-        app.close()
 
 
 def test_only_loopback_counts_as_private() -> None:
@@ -142,19 +148,14 @@ def test_the_page_never_shows_the_password(
 
     secret = "page-secret-Pw"
     with_password = dataclasses.replace(settings, postgres_password=secret)
-    run_index(with_password, shared_embedder, show_progress=False)
-    port = free_port()
-    app = launch(with_password, shared_embedder, "127.0.0.1", port, block=False)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        client = Client(url + "/", verbose=False)
+    run_index(with_password, shared_embedder)
+    with running_page(with_password, shared_embedder) as url:
+        client = Client(url, verbose=False)
         answer = client.predict(handle_file(str(photos[0])), "", 3, api_name="/search")
         pages = [
             urllib.request.urlopen(f"{url}{path}").read().decode()
-            for path in ("/", "/config", "/gradio_api/info")
+            for path in ("", "config", "gradio_api/info")
         ]
-    finally:
-        app.close()
     assert all(secret not in page for page in pages)
     assert secret not in json.dumps(answer, default=str)
 
@@ -219,12 +220,9 @@ def test_auth_protects_the_page_and_its_api(
     import urllib.error
     import urllib.request
 
-    run_index(settings, shared_embedder, show_progress=False)
+    run_index(settings, shared_embedder)
     protected = dataclasses.replace(settings, server_auth="alice:Wonder-land-9")
-    port = free_port()
-    app = launch(protected, shared_embedder, "127.0.0.1", port, block=False)
-    url = f"http://127.0.0.1:{port}/"
-    try:
+    with running_page(protected, shared_embedder) as url:
         with pytest.raises(Exception):  # noqa: B017 - refused, however gradio_client says it
             Client(url, verbose=False).predict(None, "cat", 2, api_name="/search")
         with pytest.raises(urllib.error.HTTPError):
@@ -232,5 +230,16 @@ def test_auth_protects_the_page_and_its_api(
         client = Client(url, auth=("alice", "Wonder-land-9"), verbose=False)
         *_, results = client.predict(None, "cat", 2, api_name="/search")
         assert len(results["results"]) == 2
-    finally:
-        app.close()
+
+
+def test_a_database_error_reaches_the_page_as_one_readable_line(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    run_index(settings, shared_embedder)
+    with running_page(settings, shared_embedder) as url:
+        with open_store(settings) as store, store.database.connection() as conn:
+            conn.execute(f'ALTER TABLE "{settings.table_name}" RENAME COLUMN embedding TO lost')
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="database error: .*embedding") as raised:
+            client.predict(None, "a cat", 2, api_name="/search")
+        assert "\n" not in str(raised.value).strip()

@@ -9,17 +9,18 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
 from . import __version__
 from .config import Settings, all_keys, attribute_of, load_settings
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
-from .ingest import IndexReport, run_index
+from .ingest import IndexReport, Progress, run_index
 from .models import Embedder
-from .store import VectorSpec, describe_location, open_store, redact
+from .scan import display_path
+from .store import Database, Store, redact
 
 log = logging.getLogger("image_search")
 
@@ -146,6 +147,16 @@ def make_embedder(settings: Settings) -> Embedder:
     return Embedder(settings.model_name, settings.device, settings.dimension)
 
 
+@dataclass(frozen=True)
+class Services:
+    """What every command works with, built once in `main`: the settings, the database (a
+    pool shared by the index run, the searcher and the page) and the lazily loaded model."""
+
+    settings: Settings
+    database: Database
+    embedder: Embedder
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -154,22 +165,23 @@ def print_index_report(report: IndexReport, as_json: bool) -> None:
         print(json.dumps(report.to_json(), ensure_ascii=False))
         return
     for failure in report.failed:
-        print(f"skipped {failure.path}: {failure.error}", file=sys.stderr)
+        print(f"skipped {display_path(failure.path)}: {failure.error}", file=sys.stderr)
     print(f"Indexed: {report.summary()}")
 
 
-def command_index(args: argparse.Namespace, settings: Settings) -> int:
-    embedder = make_embedder(settings)
+def command_index(args: argparse.Namespace, services: Services) -> int:
     source = getattr(args, "source", None)
+    show_bars = not args.json and not args.watch
 
     def index_once(reindex: bool = False) -> None:
         report = run_index(
-            settings,
-            embedder,
+            services.settings,
+            services.embedder,
+            services.database,
             source=source,
             keep_missing=args.keep_missing,
             reindex=reindex,
-            show_progress=not args.json and not args.watch,
+            progress=Progress(show_bars=show_bars),
         )
         print_index_report(report, args.json)
 
@@ -178,7 +190,7 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from .watch import FolderWatcher
 
-    folder = Path(source or settings.source_directory)
+    folder = Path(source or services.settings.source_directory)
     with FolderWatcher(folder) as watcher:
         index_once(args.reindex)
         print(f"Watching {folder} for changes (Ctrl-C to stop)", file=sys.stderr)
@@ -191,73 +203,59 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def command_search(args: argparse.Namespace, settings: Settings) -> int:
+def command_search(args: argparse.Namespace, services: Services) -> int:
     from .search import Searcher
 
-    with open_store(settings) as store:
-        searcher = Searcher(settings, store, make_embedder(settings))
-        if args.image is not None:
-            try:
-                result = searcher.by_image(args.image)
-            except ImageError as exc:
-                raise ConfigError(f"cannot use query image {args.image}: {exc}") from exc
-        else:
-            result = searcher.by_text(args.text)
+    settings = services.settings
+    searcher = Searcher(settings, Store(services.database, settings.table_name), services.embedder)
+    if args.image is not None:
+        try:
+            result = searcher.by_image(args.image)
+        except ImageError as exc:
+            raise ConfigError(f"cannot use query image {args.image}: {exc}") from exc
+    else:
+        result = searcher.by_text(args.text)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
     print(f"Searched {result.searched} images. Results in {result.output_dir}")
     for match in result.results:
-        print(f"{match.rank:>3}  {match.score:.4f}  {match.file_path}")
+        print(f"{match.rank:>3}  {match.score:.4f}  {display_path(match.file_path)}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def status_of(settings: Settings) -> dict[str, Any]:
-    with open_store(settings) as store:
-        info = store.info()
-        size = store.database_size()
-    spec = info.spec if info else VectorSpec.of(settings)
-    return {
-        "database": describe_location(settings),
-        "table": settings.table_name,
-        "model": spec.model_name,
-        "dimension": spec.dimension,
-        "vector_type": spec.kind,
-        "images": info.images if info else 0,
-        "last_indexed_at": info.last_indexed_at.isoformat()
-        if info and info.last_indexed_at
-        else None,
-        "database_size": size,
-    }
+def command_status(args: argparse.Namespace, services: Services) -> int:
+    from .status import status_lines, status_of
 
-
-def command_status(args: argparse.Namespace, settings: Settings) -> int:
-    status = status_of(settings)
+    status = status_of(services.settings, services.database)
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return 0
-    for key, value in status.items():
-        print(f"{key.replace('_', ' ')}: {value if value is not None else 'never'}")
+    print("\n".join(status_lines(status)))
     return 0
 
 
-def command_serve(args: argparse.Namespace, settings: Settings) -> int:
+def command_serve(args: argparse.Namespace, services: Services) -> int:
     from .web import serve
 
-    serve(settings, make_embedder(settings), host=args.host, port=args.port)
+    serve(services.settings, services.embedder, services.database, args.host, args.port)
     return 0
 
 
-def command_run_all(args: argparse.Namespace, settings: Settings) -> int:
+def command_run_all(args: argparse.Namespace, services: Services) -> int:
     """The seed's whole run: index source-directory, then serve the page and wait."""
     from .web import serve
 
-    embedder = make_embedder(settings)
-    report = run_index(settings, embedder)
+    report = run_index(
+        services.settings,
+        services.embedder,
+        services.database,
+        progress=Progress(show_bars=True),
+    )
     print_index_report(report, as_json=False)
-    serve(settings, embedder, host=args.host, port=args.port)
+    serve(services.settings, services.embedder, services.database, args.host, args.port)
     return 0
 
 
@@ -280,6 +278,8 @@ def configure_logging(debug: bool) -> None:
     if not debug:  # the libraries' advice and retries are for model authors, not photo folders
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        # The pool's own reconnect chatter: the store says "reconnecting" once per attempt.
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,13 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = settings_from(args)
-        return COMMANDS[args.command](args, settings)
+        with Database(settings) as database:
+            services = Services(settings, database, make_embedder(settings))
+            return COMMANDS[args.command](args, services)
     except KeyboardInterrupt:
         print("image-search: interrupted", file=sys.stderr)
         return 130
     except ImageSearchError as exc:
         return _fail(str(exc), exc.exit_code, settings, debug)
-    except psycopg.Error as exc:
+    except psycopg.Error as exc:  # outside the store's own handling (it should not happen)
         return _fail(f"database error: {one_line(exc)}", 1, settings, debug)
     except Exception as exc:  # a bug or an unforeseen fault: still one line, no traceback
         message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"

@@ -20,3 +20,7 @@ class ImageError(Exception):
 def one_line(error: BaseException) -> str:
     """An exception's message on one line, however the library wrote it."""
     return " ".join(str(error).split()).rstrip(".") or type(error).__name__
+
+
+class DatabaseError(ImageSearchError):
+    """The database answered with an error, or could not be reached: exit code 1."""

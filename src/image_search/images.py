@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .config import Settings
 from .errors import ImageError
+from .scan import path_hash
 
 try:  # HEIC/HEIF support is optional at run time; the dependency is declared.
     from pillow_heif import register_heif_opener
@@ -25,8 +29,10 @@ JPEG_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# The pixel limit is ours (max-image-pixels), checked before any pixel is decoded.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on for the whole
+# process, Gradio's image handling included. Ours, max-image-pixels, is applied per file before
+# any pixel is decoded; its warning would only repeat what that check already decided.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,15 @@ class ResizeSpec:
     mode: str  # "fit" or "stretch"
     max_pixels: int
 
+    @classmethod
+    def of(cls, settings: Settings) -> ResizeSpec:
+        return cls(
+            width=settings.resize_width,
+            height=settings.resize_height,
+            mode=settings.resize_mode,
+            max_pixels=settings.max_image_pixels,
+        )
+
 
 @dataclass
 class PreparedImage:
@@ -43,6 +58,13 @@ class PreparedImage:
 
     image: Image.Image
     content_hash: str
+
+
+def processed_path_for(settings: Settings, file_path: str) -> Path:
+    """Where the processed JPEG of a source file lives: under data-directory, never beside
+    the user's originals, named by the hash of the source path."""
+    digest = path_hash(file_path)
+    return (settings.processed_directory / digest[:2] / f"{digest}.jpg").resolve()
 
 
 def content_hash_of(data: bytes) -> str:
@@ -67,24 +89,50 @@ def prepare_bytes(data: bytes, spec: ResizeSpec) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            _refuse_bombs(image, spec.max_pixels)
+        with _open_image(data, spec.max_pixels) as image:
             _draft_for(image, spec)
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image))
     except Image.UnidentifiedImageError as exc:
         raise ImageError("not an image, or a format Pillow cannot read") from exc
+    except Image.DecompressionBombError as exc:  # frames of an animation, checked by Pillow
+        raise ImageError(f"image too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"cannot decode image: {exc}") from exc
     return resize(rgb, spec)
 
 
-def _refuse_bombs(image: Image.Image, max_pixels: int) -> None:
+def _open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (read the header of) an image and apply our pixel limit.
+
+    Pillow refuses images over twice its global limit before we see their size. When
+    max-image-pixels allows such an image, it is opened again by the format's own plugin,
+    which leaves that check to us, without lowering the guard for anyone else."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        image = _open_without_pillow_limit(data)
     width, height = image.size
     if width * height > max_pixels:
+        image.close()
         raise ImageError(
             f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
         )
+    return image
+
+
+def _open_without_pillow_limit(data: bytes) -> Image.Image:
+    Image.init()
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        accepted = accept is None or accept(data[:16])
+        if not accepted or isinstance(accepted, str):  # a str is Pillow's reason for refusing
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise Image.UnidentifiedImageError("cannot identify image file")
 
 
 def _draft_for(image: Image.Image, spec: ResizeSpec) -> None:

@@ -3,15 +3,15 @@ store each batch in one transaction, remove rows of deleted files, report."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -22,16 +22,19 @@ from .images import (
     ResizeSpec,
     content_hash_of,
     prepare_bytes,
+    processed_path_for,
     read_file,
     save_jpeg,
 )
 from .models import Embedder
-from .scan import ScannedFile, scan_images, stat_file
-from .store import NewRow, Store, StoredFile, VectorSpec, open_store
+from .scan import ScannedFile, display_path, scan_images, stat_file
+from .store import Database, NewRow, Store, StoredFile, VectorSpec
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+T = TypeVar("T")
+R = TypeVar("R")
 # A first load at least this large builds the HNSW index after the rows are in.
 BULK_LOAD_ROWS = 1000
 # Runs expected to embed for longer than this say so once, with the measured rate.
@@ -54,13 +57,94 @@ class IndexReport:
     failed: list[Failure] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "scanned": self.scanned,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "failed": [{"path": display_path(f.path), "error": f.error} for f in self.failed],
+        }
 
     def summary(self) -> str:
         return (
             f"{self.scanned} scanned, {self.added} added, {self.updated} updated, "
             f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
         )
+
+
+class Progress:
+    """How an index run tells where it is: three bars in a terminal (or none), a callback
+    `(done, total)` for the page, and one line with the time left for long runs."""
+
+    STAGES = ("Converting + resizing", "Embedding", "Registering")
+
+    def __init__(self, show_bars: bool = False, callback: ProgressCallback | None = None) -> None:
+        self.show_bars = show_bars
+        self.callback = callback
+        self._bars: list[tqdm] = []
+        self._total = 0
+        self._prepared = 0
+        self._stored = 0
+        self._announced = False
+
+    def scanning(self, files: Iterable[ScannedFile]) -> Iterable[ScannedFile]:
+        return tqdm(files, desc="Scanning", unit="file") if self.show_bars else files
+
+    @contextmanager
+    def stages(self, total: int) -> Iterator[Progress]:
+        self._total = total
+        self._bars = [
+            tqdm(
+                total=total,
+                desc=stage,
+                unit="img",
+                position=position,
+                leave=True,
+                disable=not self.show_bars,
+                dynamic_ncols=True,
+            )
+            for position, stage in enumerate(self.STAGES)
+        ]
+        try:
+            yield self
+        finally:
+            for bar in self._bars:
+                bar.close()
+
+    def prepared(self) -> None:
+        self._prepared += 1
+        self._bars[0].update()
+        if self.callback:
+            self.callback(self._prepared, self._total)
+
+    def passed(self, count: int = 1) -> None:
+        """Files that need neither the model nor a new row (failed, or unchanged content)."""
+        self._bars[1].update(count)
+        self._bars[2].update(count)
+
+    def embedded(self, count: int, images: int, seconds: float) -> None:
+        self._bars[1].update(count)
+        self._announce_eta(images, seconds)
+
+    def stored(self, count: int) -> None:
+        self._stored += count
+        self._bars[2].update(count)
+
+    def _announce_eta(self, images: int, seconds: float) -> None:
+        """After the first batch through the model, say how long a long run will take."""
+        if self._announced or not images:
+            return
+        self._announced = True
+        rate = images / max(seconds, 1e-9)
+        left = self._total - self._stored - images
+        if left / rate > ANNOUNCE_AFTER_S:
+            log.info(
+                "embedding %d images at %.1f images/s: about %d minutes left",
+                left,
+                rate,
+                round(left / rate / 60) or 1,
+            )
 
 
 @dataclass(frozen=True)
@@ -85,25 +169,6 @@ class Unchanged:
     item: WorkItem
 
 
-def path_hash(file_path: str) -> str:
-    """The seed's duplicate key: a hash of the file's path and name."""
-    return hashlib.sha256(file_path.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def processed_path_for(settings: Settings, file_path: str) -> Path:
-    digest = path_hash(file_path)
-    return (settings.processed_directory / digest[:2] / f"{digest}.jpg").resolve()
-
-
-def resize_spec(settings: Settings) -> ResizeSpec:
-    return ResizeSpec(
-        width=settings.resize_width,
-        height=settings.resize_height,
-        mode=settings.resize_mode,
-        max_pixels=settings.max_image_pixels,
-    )
-
-
 def plan(
     scanned: list[ScannedFile], stored: dict[str, StoredFile]
 ) -> tuple[list[WorkItem], int, list[StoredFile]]:
@@ -121,58 +186,64 @@ def plan(
     return work, unchanged, missing
 
 
+def prepared_batches(
+    pool: Executor,
+    prepare: Callable[[T], R],
+    work: Sequence[T],
+    batch_size: int,
+    overlap: bool,
+) -> Iterator[list[R]]:
+    """`prepare` applied to `work` in the pool, yielded a batch at a time, in order.
+
+    With `overlap` (a GPU) the next batch is prepared while the caller embeds this one. On
+    the CPU the model already keeps every core busy, and decoding beside it only slows both
+    (their threads wait for each other), so the two take turns."""
+    chunks = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
+
+    def submit(chunk: Sequence[T]) -> list[Future[R]]:
+        return [pool.submit(prepare, item) for item in chunk]
+
+    pending = submit(chunks[0]) if chunks else []
+    for following in [*chunks[1:], []]:
+        results = [future.result() for future in pending]
+        pending = submit(following) if overlap else []
+        yield results
+        if not overlap:
+            pending = submit(following)
+
+
 class Indexer:
     """One index run over one source folder into one table."""
 
     def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        embedder: Embedder,
-        show_progress: bool = True,
-        on_progress: ProgressCallback | None = None,
+        self, settings: Settings, store: Store, embedder: Embedder, progress: Progress
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
-        self.show_progress = show_progress
-        self.on_progress = on_progress
-        self.spec = resize_spec(settings)
+        self.progress = progress
+        self.spec = ResizeSpec.of(settings)
         self.report = IndexReport()
-        self._work_total = 0
-        self._stored_so_far = 0
-        self._announced = False
-
-    def _bar(self, total: int, description: str, position: int) -> tqdm:
-        return tqdm(
-            total=total,
-            desc=description,
-            unit="img",
-            position=position,
-            leave=True,
-            disable=not self.show_progress,
-            dynamic_ncols=True,
-        )
 
     def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
         """Make the table match the folder `root`, plus the files `also` (outside it)."""
-        stored = self.store.stored_files(root)
+        rows = self.store.rows
+        stored = rows.stored_files(root)
         if also:
-            stored.update(self.store.stored_files_at(also))
+            stored.update(rows.stored_files_at(also))
         own_folders = (self.settings.output_directory, self.settings.data_directory)
-        found = scan_images(Path(root), exclude=own_folders)
-        if self.show_progress:
-            found = tqdm(found, desc="Scanning", unit="file")
+        found = self.progress.scanning(scan_images(Path(root), exclude=own_folders))
         scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
-        if len(work) >= BULK_LOAD_ROWS and self.store.count() == 0:
-            self.store.drop_vector_index()  # rebuilt once below, not row by row
+        info = self.store.info()
+        if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
+            self.store.schema.drop_vector_index()  # rebuilt once below, not row by row
         self._process(work)
         if not keep_missing:
             self._remove(missing, folder_is_empty=not scanned)
-        self.store.ensure_vector_index()
-        self.store.mark_indexed()
+        self.store.schema.ensure_vector_index()
+        self.store.schema.mark_indexed()
         return self.report
 
     # -- the pipeline -------------------------------------------------------
@@ -194,115 +265,65 @@ class Indexer:
             return Failure(path, f"cannot write processed JPEG: {exc}")
         return Prepared(item, prepared, str(destination))
 
-    def _prepared_chunks(
-        self, pool: Executor, work: list[WorkItem]
-    ) -> Iterator[list[Prepared | Unchanged | Failure]]:
-        """Preprocess `work` a batch at a time in the thread pool.
-
-        On a GPU the next batch is prepared while the caller embeds this one. On the CPU the
-        model already keeps every core busy, and decoding beside it only slows both (its
-        threads wait for each other), so the two take turns.
-        """
-        size = self.settings.batch_size
-        chunks = [work[i : i + size] for i in range(0, len(work), size)]
-        overlap = self.embedder.resolved_device != "cpu"
-
-        def submit(chunk: list[WorkItem]) -> list[Future[Prepared | Unchanged | Failure]]:
-            return [pool.submit(self._prepare, item) for item in chunk]
-
-        pending = submit(chunks[0])
-        for following in [*chunks[1:], []]:
-            results = [future.result() for future in pending]
-            pending = submit(following) if overlap else []
-            yield results
-            if not overlap:
-                pending = submit(following)
-
     def _process(self, work: list[WorkItem]) -> None:
         if not work:
             return
-        self._work_total = len(work)
-        bars = [
-            self._bar(len(work), "Converting + resizing", 0),
-            self._bar(len(work), "Embedding", 1),
-            self._bar(len(work), "Registering", 2),
-        ]
         touched: list[Unchanged] = []
-        done = 0
+        overlap = self.embedder.resolved_device != "cpu"
         workers = max(1, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
-            for results in self._prepared_chunks(pool, work):
+        with ExitStack() as stack:
+            progress = stack.enter_context(self.progress.stages(len(work)))
+            pool = stack.enter_context(
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+            )
+            batches = prepared_batches(
+                pool, self._prepare, work, self.settings.batch_size, overlap
+            )
+            for results in batches:
                 batch: list[Prepared] = []
                 for result in results:
-                    done += 1
-                    bars[0].update()
-                    if self.on_progress:
-                        self.on_progress(done, len(work))
+                    progress.prepared()
                     if isinstance(result, Failure):
-                        log.warning("skipped %s: %s", result.path, result.error)
+                        log.warning("skipped %s: %s", display_path(result.path), result.error)
                         self.report.failed.append(result)
-                        self._advance(bars[1:], 1)
+                        progress.passed()
                     elif isinstance(result, Unchanged):
                         touched.append(result)
-                        self._advance(bars[1:], 1)
+                        progress.passed()
                     else:
                         batch.append(result)
-                self._store_batch(batch, bars)
+                self._store_batch(batch)
         self._store_touched(touched)
-        for bar in bars:
-            bar.close()
 
-    @staticmethod
-    def _advance(bars: list[tqdm], n: int) -> None:
-        for bar in bars:
-            bar.update(n)
-
-    def _store_batch(self, batch: list[Prepared], bars: list[tqdm]) -> None:
+    def _store_batch(self, batch: list[Prepared]) -> None:
         """Embed what is new content (copies and moves reuse stored vectors), then store."""
         if not batch:
             return
-        vectors = self.store.vectors_by_content(p.image.content_hash for p in batch)
+        rows = self.store.rows
+        vectors = rows.vectors_by_content(p.image.content_hash for p in batch)
         new_content: dict[str, Prepared] = {}
         for prepared in batch:
             if prepared.image.content_hash not in vectors:
                 new_content.setdefault(prepared.image.content_hash, prepared)
         started = time.perf_counter()
         embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
-        self._note_rate(len(embedded), time.perf_counter() - started, len(batch))
+        self.progress.embedded(len(batch), len(embedded), time.perf_counter() - started)
         vectors.update(zip(new_content, embedded, strict=True))
-        bars[1].update(len(batch))
-        rows = [self._row(p, vectors[p.image.content_hash]) for p in batch]
-        self.store.upsert(rows, self.settings.model_name)
-        bars[2].update(len(batch))
+        rows.upsert(
+            [self._row(p, vectors[p.image.content_hash]) for p in batch], self.settings.model_name
+        )
+        self.progress.stored(len(batch))
         for prepared in batch:
             if prepared.item.stored is None:
                 self.report.added += 1
             else:
                 self.report.updated += 1
 
-    def _note_rate(self, embedded: int, seconds: float, batch: int) -> None:
-        """After the first batch through the model, say how long a long run will take."""
-        self._stored_so_far += batch
-        if self._announced or not embedded:
-            return
-        self._announced = True
-        rate = embedded / max(seconds, 1e-9)
-        left = self._work_total - self._stored_so_far
-        if left / rate > ANNOUNCE_AFTER_S:
-            log.info(
-                "embedding %d images at %.1f images/s: about %d minutes left",
-                left,
-                rate,
-                round(left / rate / 60) or 1,
-            )
-
     @staticmethod
     def _row(prepared: Prepared, vector: Any) -> NewRow:
         file = prepared.item.file
         return NewRow(
             file_path=file.path,
-            file_name=file.name,
-            path_hash=path_hash(file.path),
             content_hash=prepared.image.content_hash,
             size=file.size,
             mtime_ns=file.mtime_ns,
@@ -315,7 +336,7 @@ class Indexer:
         for entry in touched:
             assert entry.item.stored is not None
             changes.append((entry.item.stored.id, entry.item.file.size, entry.item.file.mtime_ns))
-        self.store.update_stat(changes)
+        self.store.rows.update_stat(changes)
         self.report.unchanged += len(touched)
 
     def _remove(self, missing: list[StoredFile], folder_is_empty: bool) -> None:
@@ -329,7 +350,7 @@ class Indexer:
                 len(missing),
             )
             return
-        for processed in self.store.delete([row.id for row in missing]):
+        for processed in self.store.rows.delete([row.id for row in missing]):
             Path(processed).unlink(missing_ok=True)
         self.report.removed = len(missing)
 
@@ -337,11 +358,11 @@ class Indexer:
 def run_index(
     settings: Settings,
     embedder: Embedder,
+    database: Database | None = None,
     source: Path | None = None,
     keep_missing: bool = False,
     reindex: bool = False,
-    show_progress: bool = True,
-    on_progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> IndexReport:
     """Index `source` (default: the source-directory key) into the configured table.
 
@@ -350,24 +371,22 @@ def run_index(
     searchable until then, and a killed re-index resumes where it stopped.
     """
     root = os.path.abspath(source if source is not None else settings.source_directory)
-    table = shadow_table_name(settings.table_name) if reindex else settings.table_name
-    # A re-index re-embeds every stored image, those indexed from other folders too.
-    others = files_indexed_outside(settings, root) if reindex else []
-    with open_store(settings, table) as store:
+    with ExitStack() as stack:
+        if database is None:  # a script or a test: open one for this run
+            database = stack.enter_context(Database(settings))
+        live = Store(database, settings.table_name)
+        store = Store(database, shadow_table_name(settings.table_name)) if reindex else live
         wanted = VectorSpec.of(settings)
+        # A re-index re-embeds every stored image, those indexed from other folders too.
+        others = live.rows.file_paths_outside(root) if reindex and live.info() else []
         if reindex:
-            store.drop_if_other_model(wanted)
-        store.ensure_schema(wanted)
-        indexer = Indexer(settings, store, embedder, show_progress, on_progress)
+            store.schema.drop_if_other_vectors(wanted)
+        store.schema.ensure(wanted)
+        indexer = Indexer(settings, store, embedder, progress or Progress())
         report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)
         if reindex:
-            store.take_over(settings.table_name)
+            store.schema.take_over(settings.table_name)
         return report
-
-
-def files_indexed_outside(settings: Settings, root: str) -> list[str]:
-    with open_store(settings) as live:
-        return live.file_paths_outside(root) if live.info() is not None else []
 
 
 def shadow_table_name(table: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ class ScannedFile:
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
+
+
+def display_path(path: str) -> str:
+    """A path as valid UTF-8 text, for people, JSON and the database: a byte of a name that
+    is not UTF-8 (old archives, Latin-1 cameras) is written as \\xNN. Valid names are unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_hash(file_path: str) -> str:
+    """The seed's duplicate key: a hash of the file's path and name (its exact bytes)."""
+    return hashlib.sha256(os.fsencode(file_path)).hexdigest()
+
+
+def folder_prefix(folder: str) -> str:
+    """What the paths of files inside `folder` start with."""
+    return folder.rstrip(os.sep) + os.sep
 
 
 def is_image_name(name: str) -> bool:

@@ -13,9 +13,9 @@ from typing import Any
 
 from .config import Settings
 from .errors import ConfigError, ImageSearchError
-from .images import prepare_file, save_jpeg
-from .ingest import resize_spec
+from .images import ResizeSpec, prepare_file, save_jpeg
 from .models import Embedder
+from .scan import display_path
 from .store import Match, Store, TableInfo, VectorSpec
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,12 @@ class SearchResult:
 
 
 def result_record(match: Match) -> dict[str, Any]:
+    """One ranked result for JSON and results.jsonl (paths as text: see scan.display_path)."""
     return {
         "rank": match.rank,
         "score": match.score,
-        "file_name": match.file_name,
-        "file_path": match.file_path,
+        "file_name": display_path(match.file_name),
+        "file_path": display_path(match.file_path),
     }
 
 
@@ -77,8 +78,14 @@ def copy_best_match(match: Match, folder: Path) -> str | None:
     processed = Path(match.processed_path)
     if processed.is_file():
         shutil.copy2(processed, folder / f"{Path(name).stem}.processed.jpg")
-        return f"original file is gone ({original}); copied its processed JPEG instead"
-    return f"original file is gone ({original}) and so is its processed JPEG; nothing copied"
+        return (
+            f"original file is gone ({display_path(str(original))}); copied its processed "
+            "JPEG instead"
+        )
+    return (
+        f"original file is gone ({display_path(str(original))}) and so is its processed "
+        "JPEG; nothing copied"
+    )
 
 
 def write_result_folder(
@@ -119,15 +126,15 @@ class Searcher:
                 f"no images are indexed in table '{self.settings.table_name}' yet; "
                 "run `image-search index` (or press Rescan on the page) first"
             )
-        self.store.refuse_other_vectors(info.spec, VectorSpec.of(self.settings))
+        info.spec.refuse_other(VectorSpec.of(self.settings), self.store.table)
         return info
 
     def by_image(self, image_path: Path, top_k: int | None = None) -> SearchResult:
         """Search with an image file: preprocessed and embedded exactly as indexed images are."""
-        image = prepare_file(image_path, resize_spec(self.settings))
+        image = prepare_file(image_path, ResizeSpec.of(self.settings))
         info = self._table_info()
         vector = self.embedder.embed_images([image])[0]
-        matches = self.store.nearest(vector, top_k or self.settings.top_k)
+        matches = self.store.rows.nearest(vector, top_k or self.settings.top_k)
         folder, warnings = write_result_folder(
             self.settings,
             matches,
@@ -142,7 +149,7 @@ class Searcher:
             raise ConfigError("the text query is empty")
         info = self._table_info()
         vector = self.embedder.embed_texts([text])[0]
-        matches = self.store.nearest(vector, top_k or self.settings.top_k)
+        matches = self.store.rows.nearest(vector, top_k or self.settings.top_k)
         folder, warnings = write_result_folder(
             self.settings,
             matches,

@@ -11,29 +11,17 @@ import gradio as gr
 
 from .config import Settings
 from .errors import ImageError, ImageSearchError
-from .ingest import run_index
+from .ingest import Progress, run_index
 from .models import Embedder
+from .scan import display_path
 from .search import Searcher, SearchResult
-from .store import open_store
+from .status import status_markdown, status_of
+from .store import Database, Store
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD = "50mb"
 MAX_TOP_K = 100
-
-
-def status_markdown(settings: Settings) -> str:
-    with open_store(settings) as store:
-        info = store.info()
-    if info is None or info.images == 0:
-        return (
-            f"**No images are indexed yet** in table `{settings.table_name}`. Press **Rescan** "
-            f"to index `{settings.source_directory}`, or run `image-search index`."
-        )
-    return (
-        f"**{info.images}** images indexed with `{info.spec.model_name}` "
-        f"({info.spec.dimension}-d) in table `{settings.table_name}`."
-    )
 
 
 def page_error(message: str) -> gr.Error:
@@ -54,13 +42,18 @@ def uploaded_path(payload: Any) -> Path | None:
 
 
 def gallery_of(result: SearchResult) -> list[tuple[str, str]]:
-    return [(m.processed_path, f"{m.score:.3f} · {m.file_name}") for m in result.results]
+    return [
+        (m.processed_path, f"{m.score:.3f} · {display_path(m.file_name)}") for m in result.results
+    ]
 
 
 class WebApp:
-    def __init__(self, settings: Settings, embedder: Embedder) -> None:
+    """The page's handlers, on the settings, model and database that `cli.main` built."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, database: Database) -> None:
         self.settings = settings
         self.embedder = embedder
+        self.database = database
 
     def search(self, image: Any, text: str | None, top_k: float) -> tuple[Any, ...]:
         k = max(1, min(MAX_TOP_K, int(top_k or self.settings.top_k)))
@@ -68,10 +61,10 @@ class WebApp:
         query = (text or "").strip()
         if path is None and not query:
             raise page_error("Drop an image (or type a text query) first, then press Search.")
+        store = Store(self.database, self.settings.table_name)
+        searcher = Searcher(self.settings, store, self.embedder)
         try:
-            with open_store(self.settings) as store:
-                searcher = Searcher(self.settings, store, self.embedder)
-                result = searcher.by_image(path, k) if path else searcher.by_text(query, k)
+            result = searcher.by_image(path, k) if path else searcher.by_text(query, k)
         except ImageError as exc:
             raise page_error(f"That file cannot be used as a query image: {exc}.") from None
         except ImageSearchError as exc:
@@ -88,15 +81,15 @@ class WebApp:
 
         try:
             summary = run_index(
-                self.settings, self.embedder, show_progress=False, on_progress=report
+                self.settings, self.embedder, self.database, progress=Progress(callback=report)
             )
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
-        return f"Rescan finished: {summary.summary()}.", status_markdown(self.settings)
+        return f"Rescan finished: {summary.summary()}.", self.status()
 
     def status(self) -> str:
         try:
-            return status_markdown(self.settings)
+            return status_markdown(status_of(self.settings, self.database), self.settings)
         except ImageSearchError as exc:
             return f"⚠️ {exc}"
 
@@ -166,7 +159,12 @@ def is_loopback(host: str) -> bool:
 
 
 def launch(
-    settings: Settings, embedder: Embedder, host: str, port: int, block: bool = True
+    settings: Settings,
+    embedder: Embedder,
+    database: Database,
+    host: str,
+    port: int,
+    block: bool = True,
 ) -> gr.Blocks:
     """Start the page; with block=False return at once (tests), else wait for Ctrl-C."""
     auth = None
@@ -179,7 +177,7 @@ def launch(
             "your photos. Use --auth USER:PASSWORD",
             host,
         )
-    app = WebApp(settings, embedder).build()
+    app = WebApp(settings, embedder, database).build()
     app.queue(default_concurrency_limit=4)
     allowed = [
         str(settings.processed_directory.resolve()),
@@ -198,6 +196,8 @@ def launch(
     return app
 
 
-def serve(settings: Settings, embedder: Embedder, host: str, port: int) -> None:
+def serve(
+    settings: Settings, embedder: Embedder, database: Database, host: str, port: int
+) -> None:
     print(f"Serving image-search on http://{host}:{port} (Ctrl-C to stop)")
-    launch(settings, embedder, host, port, block=True)
+    launch(settings, embedder, database, host, port, block=True)

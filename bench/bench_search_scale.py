@@ -1,0 +1,128 @@
+"""The database's part of one search at 1,000 and at 1,000,000 stored vectors.
+
+    uv run python bench/bench_search_scale.py [--sizes 1000,1000000] [--dimension 128]
+
+A search asks the store two things: the table's info (model, dimension, how many images were
+searched) and the k nearest rows. Both are timed together, as `Searcher` runs them, on tables
+bulk-loaded with clustered random vectors (binary COPY, then the HNSW index built once). The
+count comes from the meta table; `count(*)`, which the first version ran on every search, is
+timed beside it for comparison. Target: the search at the largest size costs at most 1.5x the
+search at the smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from common import DATA, median_of
+
+from image_search.config import Settings
+from image_search.store import Store, VectorSpec, open_store
+from image_search.store.schema import create_vector_index
+
+TOP_K = 10
+CHUNK = 100_000
+COLUMN_TYPES = ["text", "text", "text", "text", "int8", "int8", "text", "text", "vector"]
+
+
+def clustered_vectors(count: int, dimension: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, count // 100), dimension)).astype(np.float32)
+    members = centres[rng.integers(0, len(centres), count)]
+    vectors = members + 0.6 * rng.standard_normal((count, dimension)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def load(store: Store, count: int, dimension: int) -> None:
+    """Fill the table once (kept between runs); HNSW built after the load."""
+    store.schema.drop_if_other_vectors(VectorSpec("bench/random", dimension))
+    store.schema.ensure(VectorSpec("bench/random", dimension))
+    if store.info().images == count:
+        return
+    with store.database.connection() as conn:
+        conn.execute(f'TRUNCATE "{store.table}"')
+    store.schema.drop_vector_index()
+    started = time.perf_counter()
+    columns = (
+        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
+        "processed_path, model_name, embedding"
+    )
+    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
+    for first in range(0, count, CHUNK):
+        vectors = clustered_vectors(min(CHUNK, count - first), dimension, seed=first)
+        with (
+            store.database.connection() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(copy_sql) as copy,
+        ):
+            copy.set_types(COLUMN_TYPES)
+            for i, vector in enumerate(vectors, start=first):
+                name = f"v{i:07d}.jpg"
+                copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "b", vector])
+    store.schema.recount()
+    loaded = time.perf_counter() - started
+    started = time.perf_counter()
+    with store.database.connection() as conn:  # the build is set-up: give it room
+        conn.execute("SET maintenance_work_mem = '4GB'")
+        create_vector_index(conn, store.table, "vector")
+        conn.execute("RESET maintenance_work_mem")
+    print(
+        f"set-up: {count} vectors loaded in {loaded:.0f} s, HNSW built in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+
+
+def one_search(store: Store, query: np.ndarray) -> int:
+    info = store.info()
+    store.rows.nearest(query, TOP_K)
+    return info.images
+
+
+def count_star(store: Store) -> int:
+    with store.database.connection() as conn:
+        return conn.execute(f'SELECT count(*) FROM "{store.table}"').fetchone()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,1000000")
+    parser.add_argument("--dimension", type=int, default=128)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    settings = Settings(data_directory=DATA / "scale-db")
+    queries = clustered_vectors(args.queries, args.dimension, seed=999)
+    with open_store(settings, "unused") as base:
+        stores = [Store(base.database, f"bench_scale_{size}") for size in sizes]
+        for store, size in zip(stores, sizes, strict=True):
+            load(store, size, args.dimension)
+        searches: dict[int, list[float]] = {size: [] for size in sizes}
+        counts: dict[int, list[float]] = {size: [] for size in sizes}
+        for query in queries:  # interleaved, so that noise hits every size alike
+            for store, size in zip(stores, sizes, strict=True):
+                started = time.perf_counter()
+                assert one_search(store, query) == size
+                searches[size].append(time.perf_counter() - started)
+        for _ in range(5):
+            for store, size in zip(stores, sizes, strict=True):
+                started = time.perf_counter()
+                count_star(store)
+                counts[size].append(time.perf_counter() - started)
+
+    print(f"dimension {args.dimension}, k={TOP_K}, {args.queries} queries per size")
+    for size in sizes:
+        samples = np.array(searches[size]) * 1000
+        print(
+            f"{size:>9} rows: search p50 {np.percentile(samples, 50):6.2f} ms  "
+            f"p95 {np.percentile(samples, 95):6.2f} ms   "
+            f"(count(*) alone: {median_of(counts[size]) * 1000:8.1f} ms)"
+        )
+    ratio = median_of(searches[sizes[-1]]) / median_of(searches[sizes[0]])
+    print(f"search at {sizes[-1]} / at {sizes[0]} (p50): {ratio:.2f}  (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

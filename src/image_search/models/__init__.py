@@ -11,29 +11,35 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from ..config import Settings
 from ..errors import ImageSearchError, one_line
-from .base import EmbeddingModel, normalise, resolve_device
-from .hf_clip import HuggingFaceClip
-from .remote_code import RemoteCodeModel
+from .base import EmbeddingModel, ModelAdapter, normalise, resolve_device
+from .registry import ADAPTERS, adapter_for, check_trust, read_model_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingModel", "Embedder", "load_model", "normalise", "resolve_device"]
+__all__ = [
+    "ADAPTERS",
+    "EmbeddingModel",
+    "Embedder",
+    "ModelAdapter",
+    "adapter_for",
+    "load_model",
+    "normalise",
+    "read_model_config",
+    "resolve_device",
+]
+
+Loader = Callable[[str, str], EmbeddingModel]
 
 
-def uses_remote_code(name: str) -> bool:
-    """A model whose config names its own classes (`auto_map`) brings its own code."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(name, trust_remote_code=True)
-    return "AutoModel" in (getattr(config, "auto_map", None) or {})
-
-
-def load_model(name: str, device: str) -> EmbeddingModel:
-    """Load `name` (a Hugging Face id or a local folder) on `device` (auto|cpu|cuda|mps)."""
+def load_model(name: str, device: str, *, trust_remote_code: bool = True) -> EmbeddingModel:
+    """Load `name` (a Hugging Face id or a local folder) on `device` (auto|cpu|cuda|mps) with
+    the adapter that serves it. Code the model brings runs only if `trust_remote_code`."""
     resolved = resolve_device(device)
     try:
-        adapter = RemoteCodeModel if uses_remote_code(name) else HuggingFaceClip
+        adapter = adapter_for(name, read_model_config(name))
+        check_trust(name, adapter, trust_remote_code)
         return adapter.load(name, resolved)
     except (OSError, ValueError, ImportError, KeyError, AttributeError) as exc:
         raise ImageSearchError(
@@ -51,14 +57,26 @@ class Embedder:
         model_name: str,
         device: str,
         dimension: int,
-        loader: Callable[[str, str], EmbeddingModel] = load_model,
+        loader: Loader | None = None,
+        *,
+        trust_remote_code: bool = True,
     ) -> None:
         self.model_name = model_name
         self.device = device
         self.dimension = dimension
-        self._loader = loader
+        self.trust_remote_code = trust_remote_code
+        self._loader = loader or functools.partial(load_model, trust_remote_code=trust_remote_code)
         self._model: EmbeddingModel | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Embedder:
+        return cls(
+            settings.model_name,
+            settings.device,
+            settings.dimension,
+            trust_remote_code=settings.trust_remote_code,
+        )
 
     @functools.cached_property
     def resolved_device(self) -> str:

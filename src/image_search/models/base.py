@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,20 @@ class EmbeddingModel(Protocol):
     def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+class ModelAdapter(Protocol):
+    """A class that loads one family of models as an EmbeddingModel. The registry asks each
+    adapter in turn whether it `serves` a model, judged from its config.json as plain data."""
+
+    runs_remote_code: ClassVar[bool]
+    """Loading runs code that the model brings with it (trust_remote_code=True)."""
+
+    @classmethod
+    def serves(cls, config: Mapping[str, Any]) -> bool: ...
+
+    @classmethod
+    def load(cls, name: str, device: str) -> EmbeddingModel: ...
 
 
 def resolve_device(requested: str) -> str:

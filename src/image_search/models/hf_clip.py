@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import numpy as np
 from PIL import Image
 
 from .base import as_embedding_tensor
 
+# Model types of transformers' own dual encoders whose get_image_features /
+# get_text_features return one vector per input in a shared space.
+CLIP_FAMILY = ("clip", "siglip", "siglip2", "chinese_clip", "altclip")
+
 
 class HuggingFaceClip:
-    """Any model with get_image_features / get_text_features and an AutoProcessor."""
+    """transformers' own CLIP-family models (CLIP_FAMILY): get_image_features /
+    get_text_features and an AutoProcessor, no remote code."""
+
+    runs_remote_code: ClassVar[bool] = False
 
     def __init__(self, name: str, model, processor, device: str) -> None:
         self.name = name
         self._model = model
         self._processor = processor
         self._device = device
+
+    @classmethod
+    def serves(cls, config: Mapping[str, Any]) -> bool:
+        return config.get("model_type") in CLIP_FAMILY
 
     @classmethod
     def load(cls, name: str, device: str) -> HuggingFaceClip:

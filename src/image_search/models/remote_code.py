@@ -3,17 +3,30 @@ such as jinaai/jina-clip-v2."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import numpy as np
 from PIL import Image
 
-# jina-clip-v2 prefixes queries with this task's instruction; documents are images here.
+# jina-clip-v2's model card encodes search queries with this task (it prefixes the query's
+# instruction); documents, the images here, are encoded without one.
 TEXT_QUERY_TASK = "retrieval.query"
 
 
 class RemoteCodeModel:
+    """A model whose config.json names its own AutoModel class (`auto_map`)."""
+
+    runs_remote_code: ClassVar[bool] = True
+
     def __init__(self, name: str, model) -> None:
         self.name = name
         self._model = model
+
+    @classmethod
+    def serves(cls, config: Mapping[str, Any]) -> bool:
+        auto_map = config.get("auto_map")
+        return isinstance(auto_map, Mapping) and "AutoModel" in auto_map
 
     @classmethod
     def load(cls, name: str, device: str) -> RemoteCodeModel:

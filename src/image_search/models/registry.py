@@ -1,0 +1,48 @@
+"""Which adapter serves a model, decided from its config.json read as plain JSON: nothing the
+model brings with it runs before the decision (and, for remote code, before it is allowed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError, ImageSearchError
+from .base import ModelAdapter
+from .hf_clip import CLIP_FAMILY, HuggingFaceClip
+from .remote_code import RemoteCodeModel
+
+# Asked in order; the first that serves a model loads it. Remote code comes first: a config
+# naming its own AutoModel means that class, whatever its model_type says.
+ADAPTERS: tuple[type[ModelAdapter], ...] = (RemoteCodeModel, HuggingFaceClip)
+
+
+def read_model_config(name: str) -> dict[str, Any]:
+    """config.json of `name` (a local folder or a Hugging Face id, downloaded if need be)."""
+    from transformers import PretrainedConfig
+
+    # get_config_dict only finds and parses the JSON; AutoConfig would import the model's
+    # own configuration module when its auto_map names one.
+    config, _ = PretrainedConfig.get_config_dict(name)
+    return config
+
+
+def adapter_for(name: str, config: Mapping[str, Any]) -> type[ModelAdapter]:
+    """The first adapter that serves this config, or one line saying none does."""
+    for adapter in ADAPTERS:
+        if adapter.serves(config):
+            return adapter
+    model_type = config.get("model_type") or "(none)"
+    raise ImageSearchError(
+        f"model '{name}' has model type '{model_type}', which image-search cannot embed with: "
+        f"choose a CLIP-family model ({', '.join(CLIP_FAMILY)}) or one whose config.json names "
+        "its own AutoModel, and set the model-name key"
+    )
+
+
+def check_trust(name: str, adapter: type[ModelAdapter], trust_remote_code: bool) -> None:
+    if adapter.runs_remote_code and not trust_remote_code:
+        raise ConfigError(
+            f"model '{name}' brings its own code (an auto_map in its config.json), and "
+            "configuration key 'trust-remote-code' is false; set trust-remote-code to true "
+            "to run that code, or choose a model without it"
+        )

@@ -1,0 +1,76 @@
+"""Known answers with real pretrained weights, through the real CLI. Opt-in: it downloads
+jinaai/jina-clip-v2 (about 1.7 GB) and openai/clip-vit-base-patch32 from the model hub.
+
+    IMAGE_SEARCH_REAL_MODEL=1 uv run pytest tests/test_real_models.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, write_config
+
+from image_search.config import Settings
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("IMAGE_SEARCH_REAL_MODEL") != "1",
+    reason="needs the Hugging Face model hub: set IMAGE_SEARCH_REAL_MODEL=1 to run",
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_IMAGES = sorted(p.name for p in (EXAMPLES / "images").iterdir() if p.suffix != ".md")
+# The first run downloads the weights; later runs load them from the cache.
+TIMEOUT = 3600
+
+TEXT_ANSWERS = {"a cat": "chelsea.jpg", "an astronaut": "astronaut.jpg"}
+MODELS = {
+    "jinaai/jina-clip-v2": (1024, {**TEXT_ANSWERS, "宇宙飛行士": "astronaut.jpg"}),
+    "openai/clip-vit-base-patch32": (512, TEXT_ANSWERS),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS), ids=["jina-clip-v2", "clip-vit-b32"])
+def indexed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data_directory: Path
+) -> tuple[Path, dict[str, str]]:
+    """examples/images indexed with one real model into a table of its own."""
+    model = request.param
+    dimension, answers = MODELS[model]
+    folder = tmp_path_factory.mktemp("real")
+    settings = Settings(
+        source_directory=EXAMPLES / "images",
+        output_directory=folder / "output",
+        model_name=model,
+        dimension=dimension,
+        data_directory=data_directory,
+        table_name="real_" + model.split("/")[-1].replace("-", "_").replace(".", "_"),
+    )
+    config = write_config(folder / "config.json", settings)
+    done = run_cli("index", "--env", str(config), "--json", timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["failed"] == []
+    assert report["added"] == len(EXAMPLE_IMAGES)
+    return config, answers
+
+
+def best_match(config: Path, *query: str) -> str:
+    done = run_cli("search", "--env", str(config), *query, "--json", timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert len(results) == len(EXAMPLE_IMAGES)
+    return results[0]["file_name"]
+
+
+def test_the_query_photo_finds_the_same_cat(indexed: tuple[Path, dict[str, str]]) -> None:
+    config, _ = indexed
+    assert best_match(config, "--image", str(EXAMPLES / "query.jpg")) == "chelsea.jpg"
+
+
+def test_texts_find_what_they_describe(indexed: tuple[Path, dict[str, str]]) -> None:
+    config, answers = indexed
+    found = {text: best_match(config, "--text", text) for text in answers}
+    assert found == answers

@@ -16,6 +16,9 @@ from .errors import ConfigError
 DEFAULT_CONFIG_FILE = Path("config.json")
 ENV_PREFIX = "IMAGE_SEARCH_"
 REDACTED = "***"
+# IMAGE_SEARCH_* variables that are switches of their own, not configuration keys: --debug,
+# and the opt-in test with real model weights (tests/test_real_models.py).
+NOT_KEYS = (ENV_PREFIX + "DEBUG", ENV_PREFIX + "REAL_MODEL")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
@@ -98,6 +101,11 @@ def _field_kind(key: str) -> type:
     return str
 
 
+def _optional(key: str) -> bool:
+    annotation = {f.name: f.type for f in fields(Settings)}[attribute_of(key)]
+    return "None" in str(annotation)
+
+
 def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
     """JSON true/false; from the environment or a flag also the words true/false/1/0/yes/no."""
     if isinstance(value, bool):
@@ -118,7 +126,9 @@ def _coerce(key: str, value: Any, from_text: bool) -> Any:
     if kind is bool:  # never None: a switch is on or off
         return _coerce_bool(key, value, from_text)
     if value is None:
-        return None
+        if _optional(key):
+            return None
+        raise ConfigError(f"configuration key '{key}' must not be null (leave it out instead)")
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")
@@ -164,7 +174,7 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, str]:
     """IMAGE_SEARCH_<KEY> variables, under their key names. Unknown ones are errors."""
     values = {}
     for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "DEBUG":
+        if name.startswith(ENV_PREFIX) and name not in NOT_KEYS:
             values[name[len(ENV_PREFIX) :].lower().replace("_", "-")] = value
     return values
 

@@ -1,5 +1,5 @@
-"""Boolean configuration keys (trust-remote-code): JSON true/false in the file, the words
-true/false/1/0/yes/no from the environment and flags, anything else an error naming the key."""
+"""Configuration keys: booleans (trust-remote-code) take JSON true/false in the file and the
+words true/false/1/0/yes/no from the environment and flags; null and unknown keys name the key."""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def test_a_bad_value_on_the_command_line_exits_2_with_one_line(tmp_path: Path) -
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"'{KEY}'" in lines[0] and "'maybe'" in lines[0]
+
+
+@pytest.mark.parametrize("key", ["dimension", "model-name", "source-directory"])
+def test_null_for_a_key_that_needs_a_value_names_the_key(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}' must not be null"):
+        load_settings(config_file(tmp_path, {key: None}), environ={})
+
+
+def test_null_leaves_an_optional_key_unset(tmp_path: Path) -> None:
+    settings = load_settings(config_file(tmp_path, {"postgres-host": None}), environ={})
+    assert settings.postgres_host is None
+
+
+def test_the_switches_of_debug_and_the_real_model_test_are_not_keys(tmp_path: Path) -> None:
+    environ = {"IMAGE_SEARCH_REAL_MODEL": "1", "IMAGE_SEARCH_DEBUG": "1"}
+    assert load_settings(config_file(tmp_path, {}), environ=environ) == Settings()
+    with pytest.raises(ConfigError, match="unknown configuration key 'other-thing'"):
+        load_settings(config_file(tmp_path, {}), environ={"IMAGE_SEARCH_OTHER_THING": "1"})

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from image_search.config import Settings
 from image_search.models import Embedder
-from image_search.store import as_array, open_store, start_embedded_server
+from image_search.store import Database, as_array, open_store, start_embedded_server
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -24,6 +25,32 @@ from imagegen import write_photo  # noqa: E402
 from tiny_models import EMBEDDING_DIM, build_remote_code_model, build_tiny_clip  # noqa: E402
 
 _table_numbers = itertools.count(1)
+# The page tests drive Debian's Chromium (never a browser download); CHROMIUM_PATH for tests
+# of what happens when it is missing.
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the browser the page tests cannot run: stop with one line that says what to
+    install, rather than skip them or fail each with Playwright's screen of text."""
+    if any(item.get_closest_marker("browser") for item in items) and not os.path.exists(CHROMIUM):
+        pytest.exit(
+            f"the page tests need Chromium at {CHROMIUM}: apt-get install chromium", returncode=1
+        )
+
+
+@contextmanager
+def running_page(settings: Settings, embedder: Embedder) -> Iterator[str]:
+    """The page served on a free local port, as `serve` does it; its URL."""
+    from image_search.web import launch
+
+    port = free_port()
+    with Database(settings) as database:
+        app = launch(settings, embedder, database, "127.0.0.1", port)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            app.close()
 
 
 @pytest.fixture(scope="session")

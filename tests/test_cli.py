@@ -137,18 +137,14 @@ def test_help_lists_commands_and_keys() -> None:
     for word in ("index", "search", "serve", "status", "--env"):
         assert word in done.stdout
     index_help = run_cli("index", "--help").stdout
-    for flag in (
-        "--source",
-        "--json",
-        "--model-name",
-        "--postgres-host",
-        "--keep-missing",
-        "--server-auth",
-        "--vector-type",
-        "--reindex",
-        "--watch",
-    ):
+    for flag in ("--source", "--json", "--keep-missing", "--reindex", "--watch"):
         assert flag in index_help
+    keys = run_cli("help", "config").stdout  # every key, in one place
+    for key in ("model-name", "postgres-host", "server-auth", "vector-type"):
+        assert f"  {key} " in keys
+    for flag in ("--model-name", "--postgres-host", "--vector-type"):  # and a flag everywhere
+        assert "expected one argument" in run_cli("status", flag).stderr
+    assert "unrecognized arguments" in run_cli("status", "--no-such-key", "x").stderr
 
 
 def test_bad_query_image_is_a_clear_error(

@@ -6,18 +6,20 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import psycopg
 
 from . import __version__
 from .config import Settings, all_keys, attribute_of, load_settings
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
-from .ingest import IndexReport, Progress, run_index
+from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .scan import display_path
 from .store import Database, Store, redact
@@ -47,13 +49,31 @@ KEY_HELP = {
     "server-auth": "user:password protecting the web page (default: none)",
     "trust-remote-code": "true or false: may a model that brings its own code run it "
     "(default: true, which jinaai/jina-clip-v2 needs)",
+    "save-results": "true or false: write a result folder for each search (default: true)",
 }
 
 
-def _common_options() -> argparse.ArgumentParser:
+# Keys with a second, shorter flag, and placeholders that say more than the key's last word.
+KEY_ALIASES = {"server-auth": ("--auth",)}
+KEY_METAVARS = {"server-auth": "USER:PASSWORD", "trust-remote-code": "BOOL", "save-results": "BOOL"}
+KEYS_POINTER = (
+    "Every configuration key is also a flag of every command (--model-name, --table-name, "
+    "...): 'image-search help config' lists them."
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as the one line that matters and a pointer to --help, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nSee '{self.prog} --help'.\n")
+
+
+def _common_options(shown: Collection[str] = ()) -> argparse.ArgumentParser:
     """Options every command takes; defaults suppressed so that a flag given before or
-    after the command name both count."""
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    after the command name both count. Configuration keys are accepted everywhere but listed
+    in one place (`image-search help config`), except those in `shown`."""
+    common = Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument(
         "--env",
         "--config",
@@ -63,31 +83,41 @@ def _common_options() -> argparse.ArgumentParser:
         help="JSON configuration file (default: config.json)",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    keys = common.add_argument_group("configuration keys (override the file and IMAGE_SEARCH_*)")
     for key in all_keys():
-        keys.add_argument(
-            f"--{key}", dest=attribute_of(key), metavar=_metavar(key), help=KEY_HELP.get(key)
+        metavar = KEY_METAVARS.get(key, key.split("-")[-1].upper())
+        shown_help = f"{KEY_HELP.get(key)}{_alias_note(key)}"
+        common.add_argument(
+            f"--{key}",
+            dest=attribute_of(key),
+            metavar=metavar,
+            help=shown_help if key in shown else argparse.SUPPRESS,
         )
+        for alias in KEY_ALIASES.get(key, ()):  # one option, one name in the help
+            common.add_argument(alias, dest=attribute_of(key), help=argparse.SUPPRESS)
     return common
 
 
-def _metavar(key: str) -> str:
-    return key.split("-")[-1].upper()
+def _alias_note(key: str) -> str:
+    return "".join(f"; {alias} for short" for alias in KEY_ALIASES.get(key, ()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    serving = _common_options(shown={"server-auth"})
+    parser = Parser(
         prog="image-search",
-        parents=[common],
+        parents=[serving],
         description="Find the images in your folder most like a given image or text. With no "
         "command: index source-directory, then serve the web page.",
-        epilog="Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration.",
+        epilog=f"{KEYS_POINTER} Exit codes: 0 success, 1 failure at run time, 2 bad usage or "
+        "configuration.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    index = commands.add_parser("index", parents=[common], help="index the source folder")
+    index = commands.add_parser(
+        "index", parents=[common], help="index the source folder", epilog=KEYS_POINTER
+    )
     index.add_argument(
         "--source", type=Path, metavar="DIR", help="index this folder instead of source-directory"
     )
@@ -109,18 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    search = commands.add_parser("search", parents=[common], help="search by image or text")
+    search = commands.add_parser(
+        "search", parents=[common], help="search by image or text", epilog=KEYS_POINTER
+    )
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", type=Path, metavar="FILE", help="query image")
     query.add_argument("--text", metavar="QUERY", help="query text")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    serve = commands.add_parser("serve", parents=[common], help="serve the web page only")
+    serve = commands.add_parser(
+        "serve", parents=[serving], help="serve the web page only", epilog=KEYS_POINTER
+    )
     _add_serve_options(serve)
 
-    status = commands.add_parser("status", parents=[common], help="show what is indexed")
+    status = commands.add_parser(
+        "status", parents=[common], help="show what is indexed", epilog=KEYS_POINTER
+    )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    helper = commands.add_parser(
+        "help", help="help on a command, or on the configuration keys ('help config')"
+    )
+    helper.add_argument("topic", nargs="?", metavar="config|COMMAND")
     _add_serve_options(parser)
+    parser.command_parsers = dict(commands.choices)  # for `image-search help COMMAND`
     return parser
 
 
@@ -131,13 +173,35 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default: 127.0.0.1, this computer only)",
     )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument(
-        "--auth",
-        dest="server_auth",
-        metavar="USER:PASSWORD",
-        default=argparse.SUPPRESS,
-        help="protect the page with a login",
-    )
+
+
+def config_help() -> str:
+    """`image-search help config`: every key, where it can be set, what it means."""
+    lines = [
+        "Configuration keys. Set each in the JSON file (--env, default config.json) as",
+        '"key": value, as an environment variable IMAGE_SEARCH_<KEY> (upper case, - as _), or',
+        "as a flag --key VALUE on any command. A flag beats the environment, which beats the",
+        "file, which beats the default.",
+        "",
+    ]
+    width = max(map(len, all_keys()))
+    for key in all_keys():
+        lines.append(f"  {key:<{width}}  {KEY_HELP.get(key, '')}{_alias_note(key)}")
+    return "\n".join(lines)
+
+
+def show_help(parser: Parser, topic: str | None) -> int:
+    if topic == "config":
+        print(config_help())
+        return 0
+    if topic is None:
+        parser.print_help()
+        return 0
+    commands = getattr(parser, "command_parsers", {})
+    if topic not in commands:
+        parser.error(f"no help on '{topic}': try 'help config' or one of {', '.join(commands)}")
+    commands[topic].print_help()
+    return 0
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -192,7 +256,7 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
         return 0
     from .watch import FolderWatcher
 
-    folder = Path(source or services.settings.source_directory)
+    folder = Path(source_folder(services.settings, source))
     with FolderWatcher(folder) as watcher:
         index_once(args.reindex)
         print(f"Watching {folder} for changes (Ctrl-C to stop)", file=sys.stderr)
@@ -220,7 +284,8 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
-    print(f"Searched {result.searched} images. Results in {result.output_dir}")
+    saved = f" Results in {result.output_dir}" if result.output_dir else ""
+    print(f"Searched {result.searched} images.{saved}")
     for match in result.results:
         print(f"{match.rank:>3}  {match.score:.4f}  {display_path(match.file_path)}")
     for warning in result.warnings:
@@ -284,8 +349,21 @@ def configure_logging(debug: bool) -> None:
         logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, docker stop, kill): unwind like Ctrl-C, so that everything is
+    closed and the embedded PostgreSQL stopped, then exit 0."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "help":
+        return show_help(parser, args.topic)
     debug = getattr(args, "debug", False) or bool(os.environ.get("IMAGE_SEARCH_DEBUG"))
     configure_logging(debug)
     settings: Settings | None = None
@@ -294,8 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Database(settings) as database:
             services = Services(settings, database, make_embedder(settings))
             return COMMANDS[args.command](args, services)
+    except Terminated:
+        return 0
     except KeyboardInterrupt:
-        print("image-search: interrupted", file=sys.stderr)
         return 130
     except ImageSearchError as exc:
         return _fail(str(exc), exc.exit_code, settings, debug)

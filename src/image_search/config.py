@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from .errors import ConfigError
 DEFAULT_CONFIG_FILE = Path("config.json")
 ENV_PREFIX = "IMAGE_SEARCH_"
 REDACTED = "***"
+SECRET_KEYS = ("postgres-password", "server-auth")
 # IMAGE_SEARCH_* variables that are switches of their own, not configuration keys: --debug,
 # and the opt-in test with real model weights (tests/test_real_models.py).
 NOT_KEYS = (ENV_PREFIX + "DEBUG", ENV_PREFIX + "REAL_MODEL")
@@ -54,6 +56,7 @@ class Settings:
     vector_type: str = "vector"
     server_auth: str | None = None
     trust_remote_code: bool = True
+    save_results: bool = True
 
     @property
     def embedded_database(self) -> bool:
@@ -70,9 +73,9 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """`to_dict()` with every secret replaced by "***": safe to write or show."""
         values = self.to_dict()
-        values["postgres-password"] = REDACTED  # set or not, as the result-folder contract says
-        if values["server-auth"] is not None:
-            values["server-auth"] = REDACTED
+        for key in SECRET_KEYS:  # "***" where a secret is set; null where none is
+            if values[key] is not None:
+                values[key] = REDACTED
         return values
 
 
@@ -165,9 +168,15 @@ def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str,
     layer: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"unknown configuration key '{key}' in {source}")
+            raise ConfigError(f"unknown configuration key '{key}' in {source}{_suggest(key)}")
         layer[attribute_of(key)] = _coerce(key, value, from_text)
     return layer
+
+
+def _suggest(key: str) -> str:
+    """"; did you mean model-name?" for the known key nearest a misspelt one, if any is near."""
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
 
 
 def environment_values(environ: Mapping[str, str]) -> dict[str, str]:

@@ -18,8 +18,12 @@ class ImageError(Exception):
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line, however the library wrote it."""
-    return " ".join(str(error).split()).rstrip(".") or type(error).__name__
+    """An exception's message on one line, however the library wrote it: its lines become
+    sentences ("Connection refused. Is the server running ...?"), without a final full stop
+    so that the caller can go on."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines()]
+    sentences = [line if line[-1] in ".?!:;," else line + "." for line in lines if line]
+    return " ".join(sentences).rstrip(".") or type(error).__name__
 
 
 class DatabaseError(ImageSearchError):

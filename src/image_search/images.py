@@ -6,7 +6,7 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +184,9 @@ def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
 def save_jpeg(image: Image.Image, destination: Path) -> None:
     """Write atomically, so a killed run never leaves half a JPEG under that name."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, suffix=".part")
+    temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.part"
+    # Created like any other file (0666 less the umask), unlike mkstemp's private 0600.
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
             image.save(out, format="JPEG", quality=JPEG_QUALITY)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .config import Settings
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .images import (
     PreparedImage,
     ResizeSpec,
@@ -94,6 +94,8 @@ class Progress:
     @contextmanager
     def stages(self, total: int) -> Iterator[Progress]:
         self._total = total
+        if self.callback:
+            self.callback(0, total)
         self._bars = [
             tqdm(
                 total=total,
@@ -108,6 +110,10 @@ class Progress:
         ]
         try:
             yield self
+        except BaseException:
+            for bar in self._bars:  # an error is the last thing on the screen, not the bars
+                bar.leave = False
+            raise
         finally:
             for bar in self._bars:
                 bar.close()
@@ -268,6 +274,10 @@ class Indexer:
     def _process(self, work: list[WorkItem]) -> None:
         if not work:
             return
+        if any(item.stored is None for item in work):
+            # New files almost always need the model: load it before any bar is drawn, so
+            # that a model that cannot be loaded is one line, not a line between bars.
+            self.embedder.model()
         touched: list[Unchanged] = []
         overlap = self.embedder.resolved_device != "cpu"
         workers = max(1, os.cpu_count() or 1)
@@ -370,7 +380,7 @@ def run_index(
     table that replaces the old one in one transaction at the end: the old vectors stay
     searchable until then, and a killed re-index resumes where it stopped.
     """
-    root = os.path.abspath(source if source is not None else settings.source_directory)
+    root = source_folder(settings, source)
     with ExitStack() as stack:
         if database is None:  # a script or a test: open one for this run
             database = stack.enter_context(Database(settings))
@@ -387,6 +397,19 @@ def run_index(
         if reindex:
             store.schema.take_over(settings.table_name)
         return report
+
+
+def source_folder(settings: Settings, source: Path | None = None) -> str:
+    """The absolute folder to index, checked before anything is drawn or opened; the error
+    names what the user gave (the --source flag or the source-directory key)."""
+    folder = source if source is not None else settings.source_directory
+    if not os.path.isdir(folder):
+        given = f"--source {folder}" if source is not None else (
+            f"configuration key 'source-directory' ({folder})"
+        )
+        problem = "does not exist" if not os.path.exists(folder) else "is not a folder"
+        raise ConfigError(f"{given}: {os.path.abspath(folder)} {problem}")
+    return os.path.abspath(folder)
 
 
 def shadow_table_name(table: str) -> str:

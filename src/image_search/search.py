@@ -29,14 +29,14 @@ RESERVED_NAMES = {CONFIG_FILE, RESULTS_FILE, QUERY_IMAGE_FILE, QUERY_TEXT_FILE}
 
 @dataclass
 class SearchResult:
-    output_dir: Path
+    output_dir: Path | None  # None with save-results false
     searched: int
     results: list[Match]
     warnings: list[str]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "output_dir": str(self.output_dir),
+            "output_dir": str(self.output_dir) if self.output_dir else None,
             "searched": self.searched,
             "results": [result_record(m) for m in self.results],
         }
@@ -90,7 +90,10 @@ def copy_best_match(match: Match, folder: Path) -> str | None:
 
 def write_result_folder(
     settings: Settings, matches: list[Match], searched: int, write_query: Any
-) -> tuple[Path, list[str]]:
+) -> tuple[Path | None, list[str]]:
+    """The result folder (seed step ⑪) and any warnings; nothing with save-results false."""
+    if not settings.save_results:
+        return None, []
     folder = make_result_folder(settings.output_directory)
     (folder / CONFIG_FILE).write_text(
         json.dumps(settings.redacted(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

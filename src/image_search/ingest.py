@@ -205,11 +205,13 @@ def prepared_batches(
     the CPU the model already keeps every core busy, and decoding beside it only slows both
     (their threads wait for each other), so the two take turns."""
     chunks = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
+    if not chunks:  # no work: no batch at all, not one empty batch
+        return
 
     def submit(chunk: Sequence[T]) -> list[Future[R]]:
         return [pool.submit(prepare, item) for item in chunk]
 
-    pending = submit(chunks[0]) if chunks else []
+    pending = submit(chunks[0])
     for following in [*chunks[1:], []]:
         results = [future.result() for future in pending]
         pending = submit(following) if overlap else []

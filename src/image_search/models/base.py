@@ -40,6 +40,8 @@ class ModelAdapter(Protocol):
 
 def resolve_device(requested: str) -> str:
     """`auto` picks cuda, then mps, then cpu; an absent accelerator warns once and gives cpu."""
+    if requested == "cpu":  # known without importing torch (seconds) for a model never loaded
+        return "cpu"
     import torch
 
     cuda = torch.cuda.is_available()

@@ -186,15 +186,17 @@ def test_a_failure_result_does_not_stop_the_rest() -> None:
 # -- progress -----------------------------------------------------------------
 
 
-def test_progress_callback_gets_done_and_total_for_every_prepared_file() -> None:
+def test_progress_callback_counts_finished_files_from_zero_to_total() -> None:
     calls: list[tuple[int, int]] = []
     progress = Progress(callback=lambda done, total: calls.append((done, total)))
     with progress.stages(3):
         for _ in range(3):
             progress.prepared()
         progress.embedded(3, 3, 0.1)
-        progress.stored(3)
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+        assert calls == [(0, 3)]  # prepared is not finished: the bar ends when all is stored
+        progress.passed(1)
+        progress.stored(2)
+    assert calls == [(0, 3), (1, 3), (3, 3)]
 
 
 def drive_progress(progress: Progress) -> None:
@@ -459,4 +461,5 @@ def test_a_broken_file_is_reported_and_every_file_counts_in_progress(
 
     assert [failure.path for failure in report.failed] == [str(broken)]
     assert (report.scanned, report.added, model.images_embedded) == (4, 3, 3)
-    assert calls == [(done, 4) for done in range(1, 5)]
+    assert calls[0] == (0, 4) and calls[-1] == (4, 4)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)

@@ -75,7 +75,8 @@ class IndexReport:
 
 class Progress:
     """How an index run tells where it is: three bars in a terminal (or none), a callback
-    `(done, total)` for the page, and one line with the time left for long runs."""
+    `(done, total)` for the page (done: files finished, stored or passed over), and one line
+    with the time left for long runs. One object serves one run."""
 
     STAGES = ("Converting + resizing", "Embedding", "Registering")
 
@@ -84,8 +85,7 @@ class Progress:
         self.callback = callback
         self._bars: list[tqdm] = []
         self._total = 0
-        self._prepared = 0
-        self._stored = 0
+        self._finished = 0
         self._announced = False
 
     def scanning(self, files: Iterable[ScannedFile]) -> Iterable[ScannedFile]:
@@ -119,23 +119,26 @@ class Progress:
                 bar.close()
 
     def prepared(self) -> None:
-        self._prepared += 1
         self._bars[0].update()
-        if self.callback:
-            self.callback(self._prepared, self._total)
 
     def passed(self, count: int = 1) -> None:
         """Files that need neither the model nor a new row (failed, or unchanged content)."""
         self._bars[1].update(count)
         self._bars[2].update(count)
+        self._finish(count)
 
     def embedded(self, count: int, images: int, seconds: float) -> None:
         self._bars[1].update(count)
         self._announce_eta(images, seconds)
 
     def stored(self, count: int) -> None:
-        self._stored += count
         self._bars[2].update(count)
+        self._finish(count)
+
+    def _finish(self, count: int) -> None:
+        self._finished += count
+        if self.callback:
+            self.callback(self._finished, self._total)
 
     def _announce_eta(self, images: int, seconds: float) -> None:
         """After the first batch through the model, say how long a long run will take."""
@@ -143,7 +146,7 @@ class Progress:
             return
         self._announced = True
         rate = images / max(seconds, 1e-9)
-        left = self._total - self._stored - images
+        left = self._total - self._finished - images  # failed and unchanged files are done
         if left / rate > ANNOUNCE_AFTER_S:
             log.info(
                 "embedding %d images at %.1f images/s: about %d minutes left",

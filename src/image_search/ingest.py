@@ -195,6 +195,40 @@ def plan(
     return work, unchanged, missing
 
 
+def prepare_item(
+    settings: Settings, spec: ResizeSpec, item: WorkItem
+) -> Prepared | Unchanged | Failure:
+    """One file made ready for the model (any thread or process may run it): read, hash,
+    decode, resize, write the processed JPEG. Unreadable files are a Failure, not an error."""
+    path = item.file.path
+    try:
+        data = read_file(path)
+        digest = content_hash_of(data)
+        if item.stored is not None and digest == item.stored.content_hash:
+            return Unchanged(item)
+        prepared = PreparedImage(prepare_bytes(data, spec), digest)
+        destination = processed_path_for(settings, path)
+        save_jpeg(prepared.image, destination)
+    except ImageError as exc:
+        return Failure(path, str(exc))
+    except OSError as exc:  # e.g. the data directory became unwritable
+        return Failure(path, f"cannot write processed JPEG: {exc}")
+    return Prepared(item, prepared, str(destination))
+
+
+def row_for(prepared: Prepared, vector: Any) -> NewRow:
+    """The row of a prepared file, with its vector."""
+    file = prepared.item.file
+    return NewRow(
+        file_path=file.path,
+        content_hash=prepared.image.content_hash,
+        size=file.size,
+        mtime_ns=file.mtime_ns,
+        processed_path=prepared.processed_path,
+        embedding=vector,
+    )
+
+
 def prepared_batches(
     pool: Executor,
     prepare: Callable[[T], R],
@@ -260,21 +294,7 @@ class Indexer:
     # -- the pipeline -------------------------------------------------------
 
     def _prepare(self, item: WorkItem) -> Prepared | Unchanged | Failure:
-        """Runs in a worker thread: read, hash, decode, resize, write the processed JPEG."""
-        path = item.file.path
-        try:
-            data = read_file(path)
-            digest = content_hash_of(data)
-            if item.stored is not None and digest == item.stored.content_hash:
-                return Unchanged(item)
-            prepared = PreparedImage(prepare_bytes(data, self.spec), digest)
-            destination = processed_path_for(self.settings, path)
-            save_jpeg(prepared.image, destination)
-        except ImageError as exc:
-            return Failure(path, str(exc))
-        except OSError as exc:  # e.g. the data directory became unwritable
-            return Failure(path, f"cannot write processed JPEG: {exc}")
-        return Prepared(item, prepared, str(destination))
+        return prepare_item(self.settings, self.spec, item)
 
     def _process(self, work: list[WorkItem]) -> None:
         if not work:
@@ -325,7 +345,7 @@ class Indexer:
         self.progress.embedded(len(batch), len(embedded), time.perf_counter() - started)
         vectors.update(zip(new_content, embedded, strict=True))
         rows.upsert(
-            [self._row(p, vectors[p.image.content_hash]) for p in batch], self.settings.model_name
+            [row_for(p, vectors[p.image.content_hash]) for p in batch], self.settings.model_name
         )
         self.progress.stored(len(batch))
         for prepared in batch:
@@ -333,18 +353,6 @@ class Indexer:
                 self.report.added += 1
             else:
                 self.report.updated += 1
-
-    @staticmethod
-    def _row(prepared: Prepared, vector: Any) -> NewRow:
-        file = prepared.item.file
-        return NewRow(
-            file_path=file.path,
-            content_hash=prepared.image.content_hash,
-            size=file.size,
-            mtime_ns=file.mtime_ns,
-            processed_path=prepared.processed_path,
-            embedding=vector,
-        )
 
     def _store_touched(self, touched: list[Unchanged]) -> None:
         changes = []

@@ -45,9 +45,10 @@ class TinyRemoteClip(CLIPModel):
 
 
 def _byte_level_vocab() -> dict[str, int]:
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    # The 256 byte-level symbols (transformers 5 no longer exports bytes_to_unicode).
+    from tokenizers.pre_tokenizers import ByteLevel
 
-    symbols = list(bytes_to_unicode().values())
+    symbols = sorted(ByteLevel.alphabet())
     tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     return {token: i for i, token in enumerate(tokens)}
 

@@ -66,9 +66,12 @@ class OnnxClip:
 def export_clip(folder: Path, into: Path, precision: str) -> dict[str, Any]:
     """Write the two towers in `precision`, the tokenizer.json and the preprocessor config
     into `into`; return the manifest that describes them."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(folder).eval()
+    # Written from the processor, not copied: transformers 5 saves it in processor_config.json.
+    AutoImageProcessor.from_pretrained(folder).to_json_file(into / "preprocessor_config.json")
+    recipe = PixelRecipe.from_file(into / "preprocessor_config.json")
     tokenizer = AutoTokenizer.from_pretrained(folder)  # the fast one: it has a tokenizer.json
     model_type = str(model.config.model_type)
     text_config = getattr(model.config, "text_config", model.config)
@@ -76,13 +79,12 @@ def export_clip(folder: Path, into: Path, precision: str) -> dict[str, Any]:
     text_inputs = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask")]
     float_graphs = into / "fp32"
     float_graphs.mkdir()
-    _export_image_tower(model, float_graphs / IMAGE_GRAPH, _image_size(folder))
+    _export_image_tower(model, float_graphs / IMAGE_GRAPH, _image_size(recipe))
     _export_text_tower(model, tokenizer, text_inputs, float_graphs / TEXT_GRAPH)
     for graph in (IMAGE_GRAPH, TEXT_GRAPH):
         convert(float_graphs / graph, into / graph, precision)
     shutil.rmtree(float_graphs)
     tokenizer.backend_tokenizer.save(str(into / "tokenizer.json"))
-    shutil.copyfile(folder / "preprocessor_config.json", into / "preprocessor_config.json")
     return {
         "model_type": model_type,
         "precision": precision,
@@ -95,8 +97,7 @@ def export_clip(folder: Path, into: Path, precision: str) -> dict[str, Any]:
     }
 
 
-def _image_size(folder: Path) -> tuple[int, int]:
-    recipe = PixelRecipe.from_file(folder / "preprocessor_config.json")
+def _image_size(recipe: PixelRecipe) -> tuple[int, int]:
     if recipe.crop is not None:
         return recipe.crop
     if recipe.size is not None:

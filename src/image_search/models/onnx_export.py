@@ -72,8 +72,10 @@ def entry_key(name: str, files_digest: str, precision: str) -> str:
     """`<readable name>-<digest>-<precision>-opset<N>`: the digest covers the name, the files
     and the export's own version."""
     digest = hashlib.sha256(f"{name}\0{files_digest}\0{EXPORT_VERSION}".encode()).hexdigest()
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip("/").replace("/", "--"))[-48:]
-    return f"{readable.strip('-.') or 'model'}-{digest[:16]}-{precision}-opset{OPSET}"
+    # A local folder by its own name, a hub id as owner--name.
+    readable = Path(name).name if Path(name).is_dir() else name.replace("/", "--")
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", readable)[:48].strip("-.") or "model"
+    return f"{readable}-{digest[:16]}-{precision}-opset{OPSET}"
 
 
 def build_once(entry: Path, build: Callable[[Path], Mapping[str, Any]], what: str) -> Path:

@@ -1,11 +1,14 @@
 """Backends side by side: torch fp32, ONNX fp32 and ONNX int8 on the same 12-megapixel JPEGs.
 
+Also torch bf16 for the model alone (its agreement with fp32, issue 10; on a CPU its speed
+says little).
+
     uv run python bench/bench_onnx.py [--images 96] [--runs 5]
 
 For each: the model alone (the image tower's forward on the same ready pixel batches of 16),
 the whole `index` (in process, model loaded, a fresh table each run), and how far its vectors
 are from torch fp32's (cosine, mean and minimum) for the same pixels and for the whole
-embedding path (each backend's own preprocessing of the same processed JPEGs). The three are
+embedding path (each backend's own preprocessing of the same processed JPEGs). They are
 run interleaved, round after round, so that noise from a shared machine hits all alike;
 the figures are medians. Targets (issue 14): ONNX int8 >= 2x torch fp32's model throughput
 with mean cosine >= 0.98; ONNX fp32 >= 1x with cosine >= 0.9999.
@@ -33,7 +36,9 @@ VARIANTS = {
     "torch fp32": ("torch", "fp32"),
     "onnx fp32": ("onnx", "fp32"),
     "onnx int8": ("onnx", "int8"),
+    "torch bf16": ("torch", "bf16"),  # issue 10: bf16's agreement with fp32 (model alone only)
 }
+INDEXED = ("torch fp32", "onnx fp32", "onnx int8")
 
 
 def forward(embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
@@ -42,9 +47,10 @@ def forward(embedder: Embedder, pixels: np.ndarray) -> np.ndarray:
     if embedder.backend == "torch":
         import torch
 
+        inner = model._model
         with torch.inference_mode():
-            output = model._model.get_image_features(pixel_values=torch.from_numpy(pixels))
-        vectors = getattr(output, "pooler_output", output).numpy()
+            output = inner.get_image_features(pixel_values=torch.from_numpy(pixels).to(inner.dtype))
+        vectors = getattr(output, "pooler_output", output).float().numpy()
     else:
         vectors = model._image.run({"pixel_values": pixels})
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -110,12 +116,13 @@ def main() -> None:
     whole_path = {n: e.embed_images(processed) for n, e in embedders.items()}
 
     model_runs = {name: [] for name in VARIANTS}
-    index_runs = {name: [] for name in VARIANTS}
+    index_runs = {name: [] for name in INDEXED}
     for _ in range(args.runs):
         for name, embedder in embedders.items():
             per_batch = median_of(timed(lambda e=embedder: forward(e, batches[0]), 3))
             model_runs[name].append(per_batch / BATCH)
-            index_runs[name].append(index_seconds(settings, embedder, name))
+            if name in INDEXED:
+                index_runs[name].append(index_seconds(settings, embedder, name))
 
     reference = "torch fp32"
     model_rate = {n: 1 / median_of(r) for n, r in model_runs.items()}
@@ -129,10 +136,14 @@ def main() -> None:
         f"{'x torch':>8}  cosine to torch fp32, mean / min: same pixels | whole path"
     )
     for name in VARIANTS:
+        indexed = (
+            f"{index_rate[name]:12.1f} {index_rate[name] / index_rate[reference]:8.2f}"
+            if name in INDEXED
+            else f"{'-':>12} {'-':>8}"
+        )
         print(
             f"{name:12} {loads[name]:7.1f} {model_rate[name]:12.1f} "
-            f"{model_rate[name] / model_rate[reference]:8.2f} {index_rate[name]:12.1f} "
-            f"{index_rate[name] / index_rate[reference]:8.2f}  "
+            f"{model_rate[name] / model_rate[reference]:8.2f} {indexed}  "
             f"{agreement(same_pixels[name], same_pixels[reference])} | "
             f"{agreement(whole_path[name], whole_path[reference])}"
         )

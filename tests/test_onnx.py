@@ -394,6 +394,28 @@ def test_the_jina_layout_indexes_and_searches_by_text_without_its_code(
     assert result.searched == len(photos)
 
 
+def test_the_cli_indexes_searches_and_reports_with_the_onnx_backend(
+    settings: Settings, photos: list[Path], tmp_path: Path
+) -> None:
+    from conftest import run_cli, write_config
+
+    config = write_config(tmp_path / "config.json", settings)
+    flags = ("--backend", "onnx", "--precision", "int8")
+    indexed = run_cli("index", "--env", str(config), "--json", *flags)
+    assert indexed.returncode == 0, indexed.stderr
+    assert json.loads(indexed.stdout)["added"] == len(photos)
+    assert "exporting" in indexed.stderr and "to ONNX (int8)" in indexed.stderr
+    found = run_cli("search", "--env", str(config), "--image", str(photos[2]), "--json", *flags)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["results"][0]["file_path"] == str(photos[2])
+    assert "exporting" not in found.stderr  # the cache serves the second process
+    status = json.loads(run_cli("status", "--env", str(config), "--json").stdout)
+    assert (status["backend"], status["precision"]) == ("onnx", "int8")
+    torch_search = run_cli("search", "--env", str(config), "--image", str(photos[2]))
+    assert torch_search.returncode == 2
+    assert "--table-name" in torch_search.stderr and "made by onnx int8" in torch_search.stderr
+
+
 # ---------------------------------------------------------------- configuration
 
 

@@ -41,6 +41,8 @@ class OnnxClip:
     @classmethod
     def load(cls, name: str, device: str, options: LoadOptions) -> OnnxModel:
         folder = model_folder(name, MODEL_FILES)
+        if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch's own format
+            folder = model_folder(name, (*MODEL_FILES, "*.bin"))
         key = entry_key(name, fingerprint(folder), options.precision)
         entry = build_once(
             options.cache_directory / key,

@@ -22,7 +22,12 @@ from image_search.store import Database, as_array, open_store, start_embedded_se
 sys.path.insert(0, str(Path(__file__).parent))
 
 from imagegen import write_photo  # noqa: E402
-from tiny_models import EMBEDDING_DIM, build_remote_code_model, build_tiny_clip  # noqa: E402
+from tiny_models import (  # noqa: E402
+    EMBEDDING_DIM,
+    build_jina_layout_model,
+    build_remote_code_model,
+    build_tiny_clip,
+)
 
 _table_numbers = itertools.count(1)
 # The page tests drive Debian's Chromium (never a browser download); CHROMIUM_PATH for tests
@@ -61,6 +66,65 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def remote_code_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_remote_code_model(tmp_path_factory.mktemp("models") / "tiny-remote")
+
+
+@pytest.fixture(scope="session")
+def jina_layout_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_jina_layout_model(tmp_path_factory.mktemp("models") / "tiny-jina-layout")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of ONNX exports for the session (tests of the cache itself make their own)."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+# The ways of running a model that the ranking tests cover: backend, precision, model.
+RUNS = {
+    "torch-fp32": ("torch", "fp32", "tiny-clip"),
+    "torch-bf16": ("torch", "bf16", "tiny-clip"),
+    "onnx-fp32": ("onnx", "fp32", "tiny-clip"),
+    "onnx-int8": ("onnx", "int8", "tiny-clip"),
+    "onnx-jina-layout": ("onnx", "auto", "tiny-jina-layout"),
+}
+
+
+@pytest.fixture(scope="session")
+def run_embedders(
+    tiny_clip: Path, jina_layout_model: Path, model_cache: Path
+) -> Callable[[str], Embedder]:
+    """The Embedder of one of RUNS, made (and its model loaded) once per session."""
+    models = {"tiny-clip": tiny_clip, "tiny-jina-layout": jina_layout_model}
+    made: dict[str, Embedder] = {}
+
+    def embedder(run: str) -> Embedder:
+        if run not in made:
+            backend, precision, model = RUNS[run]
+            made[run] = Embedder(
+                str(models[model]),
+                "cpu",
+                EMBEDDING_DIM,
+                backend=backend,
+                precision=precision,
+                cache_directory=model_cache,
+            )
+        return made[run]
+
+    return embedder
+
+
+@pytest.fixture(params=list(RUNS))
+def run_settings(
+    request: pytest.FixtureRequest, make_settings, run_embedders
+) -> tuple[Settings, Embedder]:
+    """Settings and the matching Embedder for each of RUNS: the ranking tests run on all."""
+    embedder = run_embedders(request.param)
+    backend, precision, _ = RUNS[request.param]
+    settings = make_settings(
+        model_name=embedder.model_name, backend=backend, precision=precision
+    )
+    settings.source_directory.mkdir(parents=True, exist_ok=True)
+    return settings, embedder
 
 
 @pytest.fixture(scope="session")

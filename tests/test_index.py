@@ -65,9 +65,10 @@ def test_vectors_are_unit_length_of_the_configured_dimension(
 
 
 def test_each_image_is_its_own_nearest_neighbour(
-    settings: Settings, photos: list[Path], shared_embedder: Embedder
+    run_settings: tuple[Settings, Embedder], photos: list[Path]
 ) -> None:
-    run_index(settings, shared_embedder)
+    settings, embedder = run_settings  # each backend and precision (conftest.RUNS)
+    run_index(settings, embedder)
     with open_store(settings) as store:
         for row in stored_rows(settings):
             best = store.rows.nearest(row["embedding"], 1)[0]

@@ -1,5 +1,7 @@
-"""Known answers with real pretrained weights, through the real CLI. Opt-in: it downloads
-jinaai/jina-clip-v2 (about 1.7 GB) and openai/clip-vit-base-patch32 from the model hub.
+"""Known answers with real pretrained weights, through the real CLI, with each backend (onnx in
+int8: jina-clip-v2 through its published model_int8.onnx). Opt-in: it downloads
+jinaai/jina-clip-v2 (about 1.7 GB, and 0.9 GB of ONNX) and openai/clip-vit-base-patch32 from
+the model hub.
 
     IMAGE_SEARCH_REAL_MODEL=1 uv run pytest tests/test_real_models.py
 """
@@ -32,12 +34,19 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(MODELS), ids=["jina-clip-v2", "clip-vit-b32"])
+RUNS = [(model, backend) for model in MODELS for backend in ("torch", "onnx")]
+
+
+@pytest.fixture(
+    scope="module",
+    params=RUNS,
+    ids=[f"{model.split('/')[-1]}-{backend}" for model, backend in RUNS],
+)
 def indexed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data_directory: Path
 ) -> tuple[Path, dict[str, str]]:
-    """examples/images indexed with one real model into a table of its own."""
-    model = request.param
+    """examples/images indexed with one real model and backend into a table of its own."""
+    model, backend = request.param
     dimension, answers = MODELS[model]
     folder = tmp_path_factory.mktemp("real")
     settings = Settings(
@@ -46,7 +55,8 @@ def indexed(
         model_name=model,
         dimension=dimension,
         data_directory=data_directory,
-        table_name="real_" + model.split("/")[-1].replace("-", "_").replace(".", "_"),
+        table_name=f"real_{backend}_" + model.split("/")[-1].replace("-", "_").replace(".", "_"),
+        backend=backend,
     )
     config = write_config(folder / "config.json", settings)
     done = run_cli("index", "--env", str(config), "--json", timeout=TIMEOUT)

@@ -29,31 +29,43 @@ def indexed(settings: Settings, photos: list[Path], shared_embedder: Embedder) -
     return settings
 
 
+@pytest.fixture
+def indexed_run(
+    run_settings: tuple[Settings, Embedder], photos: list[Path]
+) -> tuple[Settings, Embedder]:
+    """`indexed` for each backend and precision (conftest.RUNS)."""
+    settings, embedder = run_settings
+    run_index(settings, embedder)
+    return settings, embedder
+
+
 def search_image(settings: Settings, embedder: Embedder, image: Path, k: int | None = None):
     with open_store(settings) as store:
         return Searcher(settings, store, embedder).by_image(image, k)
 
 
 def test_an_indexed_image_finds_itself_first(
-    indexed: Settings, photos: list[Path], shared_embedder: Embedder
+    indexed_run: tuple[Settings, Embedder], photos: list[Path]
 ) -> None:
+    indexed, embedder = indexed_run
     for photo in photos:
-        result = search_image(indexed, shared_embedder, photo)
+        result = search_image(indexed, embedder, photo)
         assert result.results[0].file_path == str(photo)
         assert result.results[0].score == pytest.approx(1.0, abs=1e-3)
         assert result.searched == len(photos)
 
 
 def test_ranking_equals_brute_force_cosine(
-    indexed: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
+    indexed_run: tuple[Settings, Embedder], photos: list[Path], tmp_path: Path
 ) -> None:
+    indexed, embedder = indexed_run
     query = tmp_path / "query.png"
     Image.open(photos[0]).rotate(20).save(query)
-    result = search_image(indexed, shared_embedder, query, k=len(photos))
+    result = search_image(indexed, embedder, query, k=len(photos))
 
     rows = stored_rows(indexed)
     vectors = np.array([r["embedding"] for r in rows])
-    vector = shared_embedder.embed_images([prepare_file(query, ResizeSpec.of(indexed))])[0]
+    vector = embedder.embed_images([prepare_file(query, ResizeSpec.of(indexed))])[0]
     scores = vectors @ vector
     order = np.argsort(-scores)
     assert [r.file_path for r in result.results] == [rows[i]["file_path"] for i in order]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 EMBEDDING_DIM = 64
@@ -29,7 +30,7 @@ class TinyRemoteClip(CLIPModel):
         pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             features = self.get_image_features(pixel_values=pixels)
-        return features.numpy()
+        return features.float().numpy()
 
     def encode_text(self, sentences, task=None, batch_size=32, **kwargs):
         _, tokenizer = self._processors()
@@ -39,14 +40,15 @@ class TinyRemoteClip(CLIPModel):
                            return_tensors="pt")
         with torch.inference_mode():
             features = self.get_text_features(**tokens)
-        return features.numpy()
+        return features.float().numpy()
 '''
 
 
 def _byte_level_vocab() -> dict[str, int]:
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    # The 256 byte-level symbols (transformers 5 no longer exports bytes_to_unicode).
+    from tokenizers.pre_tokenizers import ByteLevel
 
-    symbols = list(bytes_to_unicode().values())
+    symbols = sorted(ByteLevel.alphabet())
     tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     return {token: i for i, token in enumerate(tokens)}
 
@@ -104,6 +106,158 @@ def build_remote_code_model(folder: Path) -> Path:
     config["auto_map"] = {"AutoModel": "modeling_tiny.TinyRemoteClip"}
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return folder
+
+
+# The published-ONNX layout of jina-clip-v2 (its model card): one graph, two inputs, four outputs.
+JINA_INPUTS = ["input_ids", "pixel_values"]
+JINA_OUTPUTS = [
+    "text_embeddings",
+    "image_embeddings",
+    "l2norm_text_embeddings",
+    "l2norm_image_embeddings",
+]
+JINA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def build_jina_tokenizer(path: Path) -> dict[str, int]:
+    """A byte-level tokenizer.json made with the `tokenizers` library: every byte a token,
+    wrapped in <s> ... </s> as jina-clip-v2's XLM-RoBERTa tokenizer does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(symbols + JINA_SPECIALS)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(JINA_SPECIALS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+    )
+    tokenizer.save(str(path))
+    return vocab
+
+
+def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
+    """A tiny random dual encoder published the way jina-clip-v2 is: config.json naming its own
+    code (which does not exist here: the ONNX path must never need it), onnx/model.onnx with
+    its weights in model.onnx_data, model_fp16.onnx and model_int8.onnx, a tokenizer.json and
+    a preprocessor_config.json in jina-clip's own keys."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from transformers import CLIPConfig, CLIPModel
+
+    onnx_folder = folder / "onnx"
+    onnx_folder.mkdir(parents=True, exist_ok=True)
+    vocab = build_jina_tokenizer(folder / "tokenizer.json")
+    pad = vocab["<pad>"]
+    common = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+    text = {
+        **common,
+        "vocab_size": len(vocab),
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab["<s>"],
+        "eos_token_id": vocab["</s>"],
+        "pad_token_id": pad,
+    }
+    vision = {**common, "image_size": IMAGE_SIZE, "patch_size": 8}
+    torch.manual_seed(seed)
+    clip = CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBEDDING_DIM)
+    ).eval()
+
+    class DualEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor):
+            mask = (input_ids != pad).long()  # the graph takes no mask: padding is its pad id
+            text = _tensor(self.clip.get_text_features(input_ids=input_ids, attention_mask=mask))
+            image = _tensor(self.clip.get_image_features(pixel_values=pixel_values))
+            normalise = torch.nn.functional.normalize
+            return text, image, normalise(text, dim=-1), normalise(image, dim=-1)
+
+    axes = {"input_ids": {0: "texts", 1: "tokens"}, "pixel_values": {0: "images"}}
+    axes.update({name: {0: "texts" if "text" in name else "images"} for name in JINA_OUTPUTS})
+    exported = onnx_folder / "exported.onnx"
+    start, end = vocab["<s>"], vocab["</s>"]
+    sample_ids = torch.tensor([[start, 5, 6, end], [start, 7, end, pad]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            DualEncoder(),
+            (sample_ids, torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)),
+            str(exported),
+            input_names=JINA_INPUTS,
+            output_names=JINA_OUTPUTS,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    onnx.save(
+        convert_float_to_float16(onnx.load(str(exported)), keep_io_types=True),
+        str(onnx_folder / "model_fp16.onnx"),
+    )
+    onnx.save(  # the weights beside the graph, as the real fp32 model.onnx has them
+        onnx.load(str(exported)),
+        str(onnx_folder / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx_data",
+        size_threshold=0,
+    )
+    quantize_dynamic(
+        exported,
+        onnx_folder / "model_int8.onnx",
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+    exported.unlink()
+    _write_json(
+        folder / "config.json",
+        {
+            "model_type": "jina_clip",
+            "auto_map": {
+                "AutoConfig": "jinaai/jina-clip-implementation--configuration_clip.JinaCLIPConfig",
+                "AutoModel": "jinaai/jina-clip-implementation--modeling_clip.JinaCLIPModel",
+            },
+            "projection_dim": EMBEDDING_DIM,
+        },
+    )
+    _write_json(
+        folder / "preprocessor_config.json",
+        {
+            "image_processor_type": "JinaCLIPImageProcessor",
+            "size": IMAGE_SIZE,
+            "mean": OPENAI_MEAN,
+            "std": OPENAI_STD,
+            "resize_mode": "shortest",
+            "interpolation": "bicubic",
+            "fill_color": 0,
+        },
+    )
+    _write_json(
+        folder / "tokenizer_config.json",
+        {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "model_max_length": 77},
+    )
+    return folder
+
+
+def _tensor(output):
+    """get_*_features: a tensor in transformers 4, an output with pooler_output in 5."""
+    return output if hasattr(output, "shape") else output.pooler_output
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ KEY_HELP = {
     "trust-remote-code": "true or false: may a model that brings its own code run it "
     "(default: true, which jinaai/jina-clip-v2 needs)",
     "save-results": "true or false: write a result folder for each search (default: true)",
+    "backend": "torch (default) or onnx (ONNX Runtime: faster on CPUs, int8)",
+    "precision": "auto (default), fp32, bf16, fp16 or int8 (int8: onnx backend only)",
 }
 
 

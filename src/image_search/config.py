@@ -24,6 +24,8 @@ NOT_KEYS = (ENV_PREFIX + "DEBUG", ENV_PREFIX + "REAL_MODEL")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
+BACKENDS = ("torch", "onnx")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # How a boolean key may be written in the environment or on the command line.
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -57,6 +59,8 @@ class Settings:
     server_auth: str | None = None
     trust_remote_code: bool = True
     save_results: bool = True
+    backend: str = "torch"
+    precision: str = "auto"
 
     @property
     def embedded_database(self) -> bool:
@@ -224,6 +228,24 @@ def validate(settings: Settings) -> None:
         settings.vector_type in VECTOR_TYPES,
         "vector-type",
         f"must be one of {', '.join(VECTOR_TYPES)}",
+    )
+    _require(settings.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
+    _require(
+        settings.precision in PRECISIONS,
+        "precision",
+        f"must be one of {', '.join(PRECISIONS)}",
+    )
+    _require(
+        not (settings.precision == "int8" and settings.backend == "torch"),
+        "precision",
+        "is int8, which only the onnx backend offers; set backend to onnx, or precision to "
+        "auto, fp32, bf16 or fp16",
+    )
+    _require(
+        not (settings.precision == "bf16" and settings.backend == "onnx"),
+        "precision",
+        "is bf16, which the onnx backend does not offer; set precision to auto, fp32, fp16 "
+        "or int8, or backend to torch",
     )
     for key in (
         "dimension",

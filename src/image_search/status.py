@@ -23,6 +23,8 @@ def status_of(settings: Settings, database: Database) -> dict[str, Any]:
         "model": spec.model_name,
         "dimension": spec.dimension,
         "vector_type": spec.kind,
+        "backend": spec.backend,
+        "precision": spec.precision,
         "images": info.images if info else 0,
         "last_indexed_at": last.isoformat() if last else None,
         "database_size": database_size(database),

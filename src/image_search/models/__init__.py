@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from PIL import Image
 from ..config import Settings
 from ..errors import ImageSearchError, one_line
 from ..tensor_images import to_pil
-from .base import EmbeddingModel, ModelAdapter, normalise, resolve_device
+from .base import EmbeddingModel, LoadOptions, ModelAdapter, normalise, resolve_device
 from .hub import check_hub_for
-from .registry import ADAPTERS, adapter_for, check_trust, read_model_config
+from .precision import device_for, precision_for
+from .registry import ADAPTERS, ONNX_ADAPTERS, adapter_for, check_trust, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,9 @@ __all__ = [
     "ADAPTERS",
     "EmbeddingModel",
     "Embedder",
+    "LoadOptions",
     "ModelAdapter",
+    "ONNX_ADAPTERS",
     "adapter_for",
     "load_model",
     "normalise",
@@ -36,15 +40,25 @@ __all__ = [
 Loader = Callable[[str, str], EmbeddingModel]
 
 
-def load_model(name: str, device: str, *, trust_remote_code: bool = True) -> EmbeddingModel:
+def load_model(
+    name: str,
+    device: str,
+    *,
+    trust_remote_code: bool = True,
+    backend: str = "torch",
+    options: LoadOptions | None = None,
+) -> EmbeddingModel:
     """Load `name` (a Hugging Face id or a local folder) on `device` (auto|cpu|cuda|mps) with
-    the adapter that serves it. Code the model brings runs only if `trust_remote_code`."""
-    resolved = resolve_device(device)
+    the `backend`'s adapter that serves it. Code the model brings runs only if
+    `trust_remote_code`."""
+    resolved = device_for(backend, device)
+    if options is None:
+        options = LoadOptions(precision=precision_for(backend, "auto", resolved))
     check_hub_for(name)
     try:
-        adapter = adapter_for(name, read_model_config(name))
+        adapter = adapter_for(name, read_model_config(name), backend)
         check_trust(name, adapter, trust_remote_code)
-        return adapter.load(name, resolved)
+        return adapter.load(name, resolved, options)
     except (OSError, ValueError, ImportError, KeyError, AttributeError) as exc:
         raise ImageSearchError(
             f"cannot load model '{name}': {one_line(exc)}. Check the model-name key "
@@ -64,12 +78,18 @@ class Embedder:
         loader: Loader | None = None,
         *,
         trust_remote_code: bool = True,
+        backend: str = "torch",
+        precision: str = "auto",
+        cache_directory: Path | None = None,
     ) -> None:
         self.model_name = model_name
         self.device = device
         self.dimension = dimension
         self.trust_remote_code = trust_remote_code
-        self._loader = loader or functools.partial(load_model, trust_remote_code=trust_remote_code)
+        self.backend = backend
+        self.precision = precision
+        self.cache_directory = cache_directory or Settings().data_directory / "models"
+        self._loader = loader or self._load
         self._model: EmbeddingModel | None = None
         self._lock = threading.Lock()
 
@@ -80,12 +100,30 @@ class Embedder:
             settings.device,
             settings.dimension,
             trust_remote_code=settings.trust_remote_code,
+            backend=settings.backend,
+            precision=settings.precision,
+            cache_directory=settings.data_directory / "models",
         )
 
     @functools.cached_property
     def resolved_device(self) -> str:
         """The device the model runs on: `auto` and absent accelerators resolved (once)."""
-        return resolve_device(self.device)
+        return device_for(self.backend, self.device)
+
+    @functools.cached_property
+    def resolved_precision(self) -> str:
+        """The precision the model runs in on that device: `auto` resolved (once)."""
+        return precision_for(self.backend, self.precision, self.resolved_device)
+
+    def _load(self, name: str, device: str) -> EmbeddingModel:
+        options = LoadOptions(self.resolved_precision, self.cache_directory)
+        return load_model(
+            name,
+            device,
+            trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
+            options=options,
+        )
 
     @property
     def loaded(self) -> bool:
@@ -97,7 +135,12 @@ class Embedder:
                 started = time.perf_counter()
                 self._model = self._loader(self.model_name, self.resolved_device)
                 log.info(
-                    "loaded model %s in %.1f s", self.model_name, time.perf_counter() - started
+                    "loaded model %s (%s, %s, %s) in %.1f s",
+                    self.model_name,
+                    self.backend,
+                    self.resolved_precision,
+                    self.resolved_device,
+                    time.perf_counter() - started,
                 )
             return self._model
 

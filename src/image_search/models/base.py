@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -24,6 +26,16 @@ class EmbeddingModel(Protocol):
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model beyond its name and device."""
+
+    precision: str = "fp32"
+    """Resolved (never `auto`): fp32, bf16, fp16 or int8."""
+    cache_directory: Path = Path(".image-search/models")
+    """Where models converted for another runtime (ONNX exports) are kept."""
+
+
 class ModelAdapter(Protocol):
     """A class that loads one family of models as an EmbeddingModel. The registry asks each
     adapter in turn whether it `serves` a model, judged from its config.json as plain data."""
@@ -35,7 +47,7 @@ class ModelAdapter(Protocol):
     def serves(cls, config: Mapping[str, Any]) -> bool: ...
 
     @classmethod
-    def load(cls, name: str, device: str) -> EmbeddingModel: ...
+    def load(cls, name: str, device: str, options: LoadOptions) -> EmbeddingModel: ...
 
 
 def resolve_device(requested: str) -> str:
@@ -55,6 +67,12 @@ def resolve_device(requested: str) -> str:
         log.warning("device 'mps' was asked for but MPS is not available; using the CPU")
         return "cpu"
     return requested
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def as_embedding_tensor(output: Any) -> Any:

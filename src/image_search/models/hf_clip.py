@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from .base import as_embedding_tensor
+from .base import LoadOptions, as_embedding_tensor, torch_dtype
 
 # Model types of transformers' own dual encoders whose get_image_features /
 # get_text_features return one vector per input in a shared space.
@@ -35,10 +35,11 @@ class HuggingFaceClip:
         return config.get("model_type") in CLIP_FAMILY
 
     @classmethod
-    def load(cls, name: str, device: str) -> HuggingFaceClip:
+    def load(cls, name: str, device: str, options: LoadOptions) -> HuggingFaceClip:
         from transformers import AutoModel, AutoProcessor
 
-        model = AutoModel.from_pretrained(name).to(device).eval()
+        dtype = torch_dtype(options.precision)
+        model = AutoModel.from_pretrained(name).to(device=device, dtype=dtype).eval()
         # The fast (torchvision) image processor is about 3x quicker than the PIL one.
         processor = AutoProcessor.from_pretrained(name, use_fast=True)
         return cls(name, model, processor, device)
@@ -49,6 +50,7 @@ class HuggingFaceClip:
         on_device = {} if self._device == "cpu" else {"device": self._device}
         inputs = self._processor(images=images, return_tensors="pt", **on_device)
         inputs = inputs.to(self._device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         with torch.inference_mode():
             features = self._model.get_image_features(**inputs)
         return as_embedding_tensor(features).float().cpu().numpy()

@@ -3,32 +3,45 @@ model brings with it runs before the decision (and, for remote code, before it i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ImageSearchError
 from .base import ModelAdapter
 from .hf_clip import CLIP_FAMILY, HuggingFaceClip
+from .onnx_clip import OnnxClip
+from .onnx_published import PublishedOnnx
 from .remote_code import RemoteCodeModel
 
 # Asked in order; the first that serves a model loads it. Remote code comes first: a config
 # naming its own AutoModel means that class, whatever its model_type says.
 ADAPTERS: tuple[type[ModelAdapter], ...] = (RemoteCodeModel, HuggingFaceClip)
+# The onnx backend: a model that brings its own code is run through the ONNX graphs its
+# repository publishes (none of its code runs); standard ones are exported once.
+ONNX_ADAPTERS: tuple[type[ModelAdapter], ...] = (PublishedOnnx, OnnxClip)
 
 
 def read_model_config(name: str) -> dict[str, Any]:
-    """config.json of `name` (a local folder or a Hugging Face id, downloaded if need be)."""
-    from transformers import PretrainedConfig
+    """config.json of `name` (a local folder or a Hugging Face id, downloaded if need be),
+    parsed as plain JSON: nothing of the model is imported or run."""
+    folder = Path(name)
+    if folder.is_dir():
+        path = folder / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
 
-    # get_config_dict only finds and parses the JSON; AutoConfig would import the model's
-    # own configuration module when its auto_map names one.
-    config, _ = PretrainedConfig.get_config_dict(name)
+        path = Path(hf_hub_download(name, "config.json"))
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
     return config
 
 
-def adapter_for(name: str, config: Mapping[str, Any]) -> type[ModelAdapter]:
-    """The first adapter that serves this config, or one line saying none does."""
-    for adapter in ADAPTERS:
+def adapter_for(name: str, config: Mapping[str, Any], backend: str = "torch") -> type[ModelAdapter]:
+    """The backend's first adapter that serves this config, or one line saying none does."""
+    for adapter in ONNX_ADAPTERS if backend == "onnx" else ADAPTERS:
         if adapter.serves(config):
             return adapter
     model_type = config.get("model_type") or "(none)"

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
@@ -30,24 +30,70 @@ INDEX_ROLES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
 
 @dataclass(frozen=True)
 class VectorSpec:
-    """What a table's vectors are: which model made them, their size and their storage
-    (`vector`: float32; `halfvec`: float16, half the space)."""
+    """What a table's vectors are: which model made them, their size, their storage
+    (`vector`: float32; `halfvec`: float16, half the space), and the backend and precision
+    that ran the model.
+
+    Vectors of one model from one backend in float precisions (fp32, bf16, fp16) are the same
+    vectors to a cosine of 0.99 or better, so they share a table: a library indexed in bf16
+    on a GPU is searched in fp32 on a laptop. int8 vectors are further off (0.98 on average),
+    and another backend is another implementation of the model: either is other vectors."""
 
     model_name: str
     dimension: int
     kind: str = "vector"
+    backend: str = "torch"
+    precision: str = "fp32"
+    """fp32, bf16, fp16 or int8; `auto` in a spec made from settings where resolving it would
+    mean importing torch (it is resolved when a table is created: see `recorded`)."""
+    device: str = field(default="cpu", compare=False)
+    """The device setting the precision `auto` is resolved for."""
 
     @classmethod
     def of(cls, settings: Settings) -> VectorSpec:
-        return cls(settings.model_name, settings.dimension, settings.vector_type)
+        from ..models.precision import planned_precision
+
+        precision = planned_precision(settings.backend, settings.precision, settings.device)
+        return cls(
+            settings.model_name,
+            settings.dimension,
+            settings.vector_type,
+            settings.backend,
+            precision,
+            settings.device,
+        )
+
+    @property
+    def precision_class(self) -> str:
+        """Precisions whose vectors can share a table: int8, or the float ones."""
+        return "int8" if self.precision == "int8" else "float"
+
+    def same_vectors(self, other: VectorSpec) -> bool:
+        return (
+            self.model_name == other.model_name
+            and self.dimension == other.dimension
+            and self.kind == other.kind
+            and self.backend == other.backend
+            and self.precision_class == other.precision_class
+        )
+
+    def recorded(self) -> VectorSpec:
+        """This spec with its precision resolved, as a new table records it."""
+        if self.precision != "auto":
+            return self
+        from ..models.precision import device_for, precision_for
+
+        device = device_for(self.backend, self.device)
+        return replace(self, precision=precision_for(self.backend, self.precision, device))
 
     def describe(self) -> str:
         storage = "" if self.kind == "vector" else f" stored as {self.kind}"
-        return f"{self.dimension}-d vectors of model '{self.model_name}'{storage}"
+        made = self.backend if self.precision == "auto" else f"{self.backend} {self.precision}"
+        return f"{self.dimension}-d vectors of model '{self.model_name}'{storage} made by {made}"
 
     def refuse_other(self, wanted: VectorSpec, table: str) -> None:
         """A ConfigError naming both ways out, unless `wanted` are these same vectors."""
-        if self == wanted:
+        if self.same_vectors(wanted):
             return
         raise ConfigError(
             f"table '{table}' holds {self.describe()}, but the settings ask for "
@@ -187,6 +233,25 @@ def _create_meta_table(conn: psycopg.Connection) -> None:
     conn.execute(
         sql.SQL("ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS images bigint").format(meta=META)
     )
+    # What ran the model. NULL in a row from before these columns: torch in fp32, the only
+    # way vectors were made then.
+    for column in ("backend", "precision"):
+        conn.execute(
+            sql.SQL("ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS {column} text").format(
+                meta=META, column=_ident(column)
+            )
+        )
+
+
+def _info_query(with_backend: bool) -> sql.Composed:
+    backend = "m.backend, m.precision" if with_backend else "NULL, NULL"
+    return sql.SQL(
+        "SELECT m.model_name, m.dimension, m.schema_version, m.last_indexed_at, m.images, "
+        + backend
+        + ", (SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "   WHERE attrelid = to_regclass(quote_ident(m.table_name)) AND attname = 'embedding')"
+        " FROM {meta} m WHERE m.table_name = %s"
+    ).format(meta=META)
 
 
 class Schema:
@@ -214,24 +279,25 @@ class Schema:
         return info
 
     def _info(self, conn: psycopg.Connection) -> TableInfo | None:
-        query = sql.SQL(
-            "SELECT m.model_name, m.dimension, m.schema_version, m.last_indexed_at, m.images, "
-            "  (SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-            "   WHERE attrelid = to_regclass(quote_ident(m.table_name)) AND attname = 'embedding')"
-            " FROM {meta} m WHERE m.table_name = %s"
-        ).format(meta=META)
         try:
-            row = conn.execute(query, [self.table]).fetchone()
+            row = conn.execute(_info_query(with_backend=True), [self.table]).fetchone()
         except psycopg.errors.UndefinedTable:  # no table was ever made in this database
             return None
+        except psycopg.errors.UndefinedColumn:
+            # A meta table that no run of this version has written to yet (autocommit: the
+            # failed statement leaves nothing to roll back).
+            row = conn.execute(_info_query(with_backend=False), [self.table]).fetchone()
         if row is None:
             return None
-        model_name, dimension, version, last_indexed_at, images, column_type = row
+        model_name, dimension, version, last_indexed_at, images, backend, precision, column = row
         if images is None:  # not migrated yet (see _create_meta_table): count this once
             count = sql.SQL("SELECT count(*) FROM {}").format(_ident(self.table))
             images = conn.execute(count).fetchone()[0]
-        kind = "halfvec" if (column_type or "").startswith("halfvec") else "vector"
-        return TableInfo(VectorSpec(model_name, dimension, kind), version, images, last_indexed_at)
+        kind = "halfvec" if (column or "").startswith("halfvec") else "vector"
+        # NULL backend and precision: a table filled before they were recorded, by torch in
+        # fp32, the only way vectors were made then.
+        spec = VectorSpec(model_name, dimension, kind, backend or "torch", precision or "fp32")
+        return TableInfo(spec, version, images, last_indexed_at)
 
     def ensure(self, wanted: VectorSpec) -> None:
         """Create or upgrade the table for these vectors; refuse a table of other vectors."""
@@ -241,7 +307,7 @@ class Schema:
                 _lock_schema(conn)  # one process at a time: CREATE ... IF NOT EXISTS can race
                 _create_meta_table(conn)
                 info = self._info(conn)
-                if info is not None and info.spec != wanted and info.images == 0:
+                if info is not None and not info.spec.same_vectors(wanted) and info.images == 0:
                     # Nothing stored yet (say, a first run whose model failed to load): nothing
                     # to protect, so the table simply starts again for the vectors asked for.
                     self._drop(conn)
@@ -257,12 +323,20 @@ class Schema:
 
     def _create(self, conn: psycopg.Connection, spec: VectorSpec) -> None:
         """A new table at the current schema version, and its meta row."""
+        spec = spec.recorded()
         conn.execute(
             sql.SQL(
-                "INSERT INTO {meta} (table_name, model_name, dimension, schema_version, images) "
-                "VALUES (%s, %s, %s, %s, 0)"
+                "INSERT INTO {meta} (table_name, model_name, dimension, schema_version, images, "
+                "backend, precision) VALUES (%s, %s, %s, %s, 0, %s, %s)"
             ).format(meta=META),
-            [self.table, spec.model_name, spec.dimension, SCHEMA_VERSION],
+            [
+                self.table,
+                spec.model_name,
+                spec.dimension,
+                SCHEMA_VERSION,
+                spec.backend,
+                spec.precision,
+            ],
         )
         self._migrate(conn, 0, spec)
 
@@ -294,7 +368,7 @@ class Schema:
     def drop_if_other_vectors(self, wanted: VectorSpec) -> None:
         """Drop this table if it was made for other vectors (a stale re-index)."""
         info = self.info()
-        if info is None or info.spec == wanted:
+        if info is None or info.spec.same_vectors(wanted):
             return
 
         def drop(conn: psycopg.Connection) -> None:

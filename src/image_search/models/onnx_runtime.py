@@ -1,0 +1,281 @@
+"""What the onnx backend needs at run time, and nothing more: ONNX Runtime sessions, the model's
+image preprocessing in numpy and Pillow, and its tokenizer through the `tokenizers` library.
+Neither torch nor transformers is imported here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .precision import CUDA_PROVIDER
+
+log = logging.getLogger(__name__)
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def open_session(
+    graph: Path, device: str, external_data: Path | None = None
+) -> Any:  # onnxruntime.InferenceSession
+    """A session for `graph` on `device`. `external_data`: the folder holding the weights the
+    graph refers to, where that is not the graph's own folder."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads would keep both cores busy between batches, while an index run
+    # decodes the next batch on them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = [CUDA_PROVIDER, "CPUExecutionProvider"] if device == "cuda" else None
+    providers = providers or ["CPUExecutionProvider"]
+    if external_data is None:
+        session = ort.InferenceSession(str(graph), options, providers=providers)
+    else:
+        # ORT refuses weights outside the graph's folder (symbolic links resolved), so the
+        # graph is handed over as bytes with the folder its weights live in.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(external_data)
+        )
+        session = ort.InferenceSession(graph.read_bytes(), options, providers=providers)
+    if device == "cuda" and CUDA_PROVIDER not in session.get_providers():
+        log.warning("ONNX Runtime could not start CUDA for %s; running on the CPU", graph.name)
+    return session
+
+
+class Tower:
+    """One graph (an image or a text tower): opened on first use, so that an index run never
+    loads the text tower and a text query never loads the image tower."""
+
+    def __init__(
+        self, graph: Path, output: str, device: str, external_data: Path | None = None
+    ) -> None:
+        self.graph = graph
+        self.output = output
+        self.device = device
+        self.external_data = external_data
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def session(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                self._session = open_session(self.graph, self.device, self.external_data)
+            return self._session
+
+    def input_type(self, name: str) -> str:
+        return next(i.type for i in self.session().get_inputs() if i.name == name)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        session = self.session()
+        wanted = {i.name for i in session.get_inputs()}
+        (vectors,) = session.run([self.output], {k: v for k, v in feeds.items() if k in wanted})
+        return np.asarray(vectors, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class PixelRecipe:
+    """A model's image preprocessing, read from its preprocessor_config.json: the Hugging Face
+    keys (CLIPImageProcessor, SiglipImageProcessor, ...) or jina-clip's own."""
+
+    shortest_edge: int | None  # resize so that the shorter side has this length
+    size: tuple[int, int] | None  # or resize to exactly (height, width)
+    crop: tuple[int, int] | None  # then cut the centre (height, width)
+    resample: int
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # torchvision's CenterCrop (jina-clip) rounds the offset; transformers' floors it.
+    round_crop: bool = False
+
+    @classmethod
+    def from_file(cls, path: Path) -> PixelRecipe:
+        return cls.from_config(json.loads(path.read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PixelRecipe:
+        if "resize_mode" in config or "interpolation" in config:
+            return cls._jina(config)
+        return cls._hugging_face(config)
+
+    @classmethod
+    def _hugging_face(cls, config: Mapping[str, Any]) -> PixelRecipe:
+        shortest, exact = None, None
+        if config.get("do_resize", True):
+            size = config.get("size", 224)
+            if isinstance(size, int):
+                shortest = size
+            elif "shortest_edge" in size:
+                shortest = int(size["shortest_edge"])
+            else:
+                exact = (int(size["height"]), int(size["width"]))
+        crop = None
+        if config.get("do_center_crop", False):
+            crop_size = config.get("crop_size", shortest or 224)
+            crop = (
+                (crop_size, crop_size)
+                if isinstance(crop_size, int)
+                else (int(crop_size["height"]), int(crop_size["width"]))
+            )
+        normalise = config.get("do_normalize", True)
+        return cls(
+            shortest_edge=shortest,
+            size=exact,
+            crop=crop,
+            resample=int(config.get("resample", Image.Resampling.BICUBIC)),
+            scale=float(config.get("rescale_factor", 1 / 255))
+            if config.get("do_rescale", True)
+            else 1.0,
+            mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)) if normalise else (0.0,) * 3,
+            std=tuple(config.get("image_std", OPENAI_CLIP_STD)) if normalise else (1.0,) * 3,
+        )
+
+    @classmethod
+    def _jina(cls, config: Mapping[str, Any]) -> PixelRecipe:
+        """jina-clip's processor (open_clip's image_transform): `shortest` resizes the shorter
+        side and crops the centre square; `squash` resizes to the square."""
+        size = int(config.get("size", 224))
+        mode = config.get("resize_mode", "shortest")
+        if mode not in ("shortest", "squash"):
+            raise ValueError(f"preprocessor_config.json: resize_mode '{mode}' is not supported")
+        interpolation = str(config.get("interpolation", "bicubic"))
+        return cls(
+            shortest_edge=size if mode == "shortest" else None,
+            size=(size, size) if mode == "squash" else None,
+            crop=(size, size) if mode == "shortest" else None,
+            resample=RESAMPLING[interpolation],
+            scale=1 / 255,
+            mean=tuple(config.get("mean", OPENAI_CLIP_MEAN)),
+            std=tuple(config.get("std", OPENAI_CLIP_STD)),
+            round_crop=True,
+        )
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """A float32 batch (n, 3, height, width), normalised."""
+        batch = np.stack([self._pixels(image) for image in images])
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        return (batch * np.float32(self.scale) - mean) / std
+
+    def _pixels(self, image: Image.Image) -> np.ndarray:
+        image = image.convert("RGB")
+        if self.shortest_edge is not None:
+            image = image.resize(shortest_edge_size(image.size, self.shortest_edge), self.resample)
+        elif self.size is not None:
+            image = image.resize((self.size[1], self.size[0]), self.resample)
+        if self.crop is not None:
+            image = self._centre(image, *self.crop)
+        return np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+
+    def _centre(self, image: Image.Image, height: int, width: int) -> Image.Image:
+        if self.round_crop:
+            top = int(round((image.height - height) / 2.0))
+            left = int(round((image.width - width) / 2.0))
+        else:
+            top, left = (image.height - height) // 2, (image.width - width) // 2
+        # PIL pads with black where the crop is larger than the image, as both libraries do.
+        return image.crop((left, top, left + width, top + height))
+
+
+def shortest_edge_size(size: tuple[int, int], edge: int) -> tuple[int, int]:
+    """(width, height) with the shorter side `edge` and the aspect ratio kept, the longer
+    side truncated as transformers and torchvision both do."""
+    width, height = size
+    if width <= height:
+        return edge, int(edge * height / width)
+    return int(edge * width / height), edge
+
+
+# ---------------------------------------------------------------- texts
+
+
+class TextTokenizer:
+    """A tokenizer.json run by the `tokenizers` library: ids and attention mask, padded to the
+    longest text (or to `max_length`, as SigLIP was trained) and cut at `max_length`."""
+
+    def __init__(
+        self, path: Path, max_length: int, pad_token: str | None, pad_to_max_length: bool = False
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        pad_id = self._tokenizer.token_to_id(pad_token) if pad_token else None
+        self._tokenizer.enable_padding(
+            pad_id=pad_id or 0,
+            pad_token=pad_token or "[PAD]",
+            length=max_length if pad_to_max_length else None,
+        )
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return {
+            "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+
+
+def pad_token_of(folder: Path) -> str | None:
+    """The pad token named by tokenizer_config.json or special_tokens_map.json, if any."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            token = json.loads(path.read_text(encoding="utf-8")).get("pad_token")
+            if isinstance(token, Mapping):
+                token = token.get("content")
+            if isinstance(token, str):
+                return token
+    return None
+
+
+# ---------------------------------------------------------------- the model
+
+
+class OnnxModel:
+    """An EmbeddingModel made of an image tower and a text tower in ONNX Runtime."""
+
+    def __init__(
+        self,
+        name: str,
+        image: Tower,
+        text: Tower,
+        pixels: PixelRecipe,
+        tokenizer: TextTokenizer,
+        query_prefix: str = "",
+    ) -> None:
+        self.name = name
+        self._image = image
+        self._text = text
+        self._pixels = pixels
+        self._tokenizer = tokenizer
+        self._query_prefix = query_prefix
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        pixel_values = self._pixels(images)
+        if self._image.input_type("pixel_values") == "tensor(float16)":
+            pixel_values = pixel_values.astype(np.float16)
+        return self._image.run({"pixel_values": pixel_values})
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self._text.run(self._tokenizer([self._query_prefix + t for t in texts]))

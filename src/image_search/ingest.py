@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from .errors import ImageError
 from .images import (
     PreparedImage,
     ResizeSpec,
+    capture_time,
     content_hash_of,
     prepare_bytes,
     processed_path_for,
@@ -39,6 +41,8 @@ R = TypeVar("R")
 BULK_LOAD_ROWS = 1000
 # Runs expected to embed for longer than this say so once, with the measured rate.
 ANNOUNCE_AFTER_S = 60.0
+# Capture dates filled for rows stored before schema 3 are written this many at a time.
+DATES_PER_WRITE = 1000
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class IndexReport:
     unchanged: int = 0
     removed: int = 0
     failed: list[Failure] = field(default_factory=list)
+    dated: int = 0  # stored rows that gained a capture date from their file's header
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,10 +72,13 @@ class IndexReport:
         }
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.scanned} scanned, {self.added} added, {self.updated} updated, "
             f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
         )
+        if self.dated:
+            text += f"; capture dates filled for {self.dated} stored images"
+        return text
 
 
 class Progress:
@@ -160,6 +168,7 @@ class Prepared:
     item: WorkItem
     image: PreparedImage
     processed_path: str
+    taken_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,7 @@ class Indexer:
         info = self.store.info()
         if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
             self.store.schema.drop_vector_index()  # rebuilt once below, not row by row
+        self._fill_dates(scanned, stored)
         self._process(work)
         if not keep_missing:
             self._remove(missing, folder_is_empty=not scanned)
@@ -263,7 +273,27 @@ class Indexer:
             return Failure(path, str(exc))
         except OSError as exc:  # e.g. the data directory became unwritable
             return Failure(path, f"cannot write processed JPEG: {exc}")
-        return Prepared(item, prepared, str(destination))
+        taken_at = capture_time(data, item.file.mtime_ns)
+        return Prepared(item, prepared, str(destination), taken_at)
+
+    def _fill_dates(self, scanned: list[ScannedFile], stored: dict[str, StoredFile]) -> None:
+        """Capture dates for rows stored before there was a column for them, from the
+        files' headers: no decode, no model."""
+        undated = [
+            (row.id, file)
+            for file in scanned
+            if (row := stored.get(file.path)) is not None and row.undated
+        ]
+        if not undated:
+            return
+        files = [file for _, file in undated]
+        workers = max(1, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dates") as pool:
+            dates = list(pool.map(lambda file: capture_time(file.path, file.mtime_ns), files))
+        changes = [(row_id, taken) for (row_id, _), taken in zip(undated, dates, strict=True)]
+        for start in range(0, len(changes), DATES_PER_WRITE):
+            self.store.rows.set_taken_at(changes[start : start + DATES_PER_WRITE])
+        self.report.dated = len(changes)
 
     def _process(self, work: list[WorkItem]) -> None:
         if not work:
@@ -329,6 +359,7 @@ class Indexer:
             mtime_ns=file.mtime_ns,
             processed_path=prepared.processed_path,
             embedding=vector,
+            taken_at=prepared.taken_at,
         )
 
     def _store_touched(self, touched: list[Unchanged]) -> None:

@@ -93,7 +93,7 @@ def test_result_folder_holds_exactly_the_contract_files(
     lines = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
     assert [line["rank"] for line in lines] == list(range(1, settings.top_k + 1))
     assert {tuple(sorted(line)) for line in lines} == {
-        ("file_name", "file_path", "rank", "score", "searched")
+        ("file_name", "file_path", "rank", "score", "searched", "taken_at")
     }
     assert all(line["searched"] == len(photos) for line in lines)
     with Image.open(folder / "query.jpg") as query:

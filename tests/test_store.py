@@ -21,7 +21,14 @@ from image_search.errors import DatabaseError
 from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.search import Searcher
-from image_search.store import Database, Store, VectorSpec, index_name, open_store
+from image_search.store import (
+    SCHEMA_VERSION,
+    Database,
+    Store,
+    VectorSpec,
+    index_name,
+    open_store,
+)
 from image_search.store.connection import HANDLE_PIDS_FILE, start_embedded_server
 from image_search.store.schema import INDEX_ROLES, _migration_1
 
@@ -160,7 +167,7 @@ def test_a_table_of_the_first_schema_is_migrated_with_its_rows(
     assert report.added == len(photos)
     with open_store(settings) as store:
         info = store.info()
-    assert info.schema_version == 2
+    assert info.schema_version == SCHEMA_VERSION
     assert info.images == len(photos) + 1 == len(stored_rows(settings))
 
 

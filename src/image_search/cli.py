@@ -18,10 +18,12 @@ import psycopg
 
 from . import __version__
 from .config import Settings, all_keys, attribute_of, load_settings
+from .duplicates import DEFAULT_THRESHOLD
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .scan import display_path
+from .search import DEFAULT_TEXT_WEIGHT
 from .store import Database, Store, redact
 
 log = logging.getLogger("image_search")
@@ -143,12 +145,15 @@ def build_parser() -> Parser:
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     search = commands.add_parser(
-        "search", parents=[common], help="search by image or text", epilog=KEYS_POINTER
+        "search",
+        parents=[common],
+        help="search by image, text, both, or like a stored image",
+        epilog=KEYS_POINTER,
     )
-    query = search.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", type=Path, metavar="FILE", help="query image")
-    query.add_argument("--text", metavar="QUERY", help="query text")
+    _add_query_options(search)
     search.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    _add_duplicates_command(commands, common)
 
     serve = commands.add_parser(
         "serve", parents=[serving], help="serve the web page only", epilog=KEYS_POINTER
@@ -167,6 +172,67 @@ def build_parser() -> Parser:
     _add_serve_options(parser)
     parser.command_parsers = dict(commands.choices)  # for `image-search help COMMAND`
     return parser
+
+
+def _add_query_options(search: argparse.ArgumentParser) -> None:
+    query = search.add_argument_group("query (--image, --text, both, or --like)")
+    query.add_argument("--image", type=Path, metavar="FILE", help="query image")
+    query.add_argument("--text", metavar="QUERY", help="query text")
+    query.add_argument(
+        "--like",
+        metavar="FILE",
+        help="images like this file: an indexed file is searched by its stored vector "
+        "(no model needed); any other file is embedded as with --image",
+    )
+    query.add_argument(
+        "--text-weight",
+        type=float,
+        default=DEFAULT_TEXT_WEIGHT,
+        metavar="W",
+        help="with --image and --text: the text's share of the query, 0 to 1 "
+        f"(default: {DEFAULT_TEXT_WEIGHT})",
+    )
+    filters = search.add_argument_group("filters")
+    _add_under_option(filters, "only files under this folder (repeat for several)")
+    filters.add_argument(
+        "--taken-after",
+        metavar="DATE",
+        help="taken on or after DATE (2024, 2024-05, 2024-05-31 or 2024-05-31T18:30); the "
+        "capture date is EXIF DateTimeOriginal, else the file's modification time",
+    )
+    filters.add_argument("--taken-before", metavar="DATE", help="taken before DATE")
+    filters.add_argument(
+        "--min-score", type=float, metavar="S", help="only results with a score of at least S"
+    )
+
+
+def _add_under_option(parser: argparse._ActionsContainer, text: str) -> None:
+    parser.add_argument(
+        "--under", action="append", default=[], type=Path, metavar="DIR", help=text
+    )
+
+
+def _add_duplicates_command(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
+    duplicates = commands.add_parser(
+        "duplicates",
+        parents=[common],
+        help="list groups of near-identical images (never deletes anything)",
+        description="List groups of near-identical images: copies, resized or re-encoded "
+        "copies, burst shots. The first of each group is the one to keep (most pixels, then "
+        "oldest). Nothing is deleted or moved.",
+    )
+    duplicates.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="T",
+        help=f"how alike two images must be, cosine similarity 0 to 1 (default: "
+        f"{DEFAULT_THRESHOLD})",
+    )
+    _add_under_option(duplicates, "only images under this folder (repeat for several)")
+    duplicates.add_argument("--json", action="store_true", help="print the groups as JSON")
 
 
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -273,26 +339,41 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_search(args: argparse.Namespace, services: Services) -> int:
-    from .search import Searcher
+    from .search import Query, Searcher, build_filters
 
     settings = services.settings
     searcher = Searcher(settings, Store(services.database, settings.table_name), services.embedder)
-    if args.image is not None:
-        try:
-            result = searcher.by_image(args.image)
-        except ImageError as exc:
-            raise ConfigError(f"cannot use query image {args.image}: {exc}") from exc
-    else:
-        result = searcher.by_text(args.text)
+    query = Query(args.image, args.text, args.like, args.text_weight)
+    filters = build_filters(args.under, args.taken_after, args.taken_before, args.min_score)
+    try:
+        result = searcher.search(query, filters=filters)
+    except ImageError as exc:
+        flag, path = ("--like", args.like) if args.like is not None else ("--image", args.image)
+        raise ConfigError(f"cannot use {flag} {path}: {exc}") from exc
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
     saved = f" Results in {result.output_dir}" if result.output_dir else ""
-    print(f"Searched {result.searched} images.{saved}")
+    print(f"Searched {result.searched} images for {result.description}.{saved}")
     for match in result.results:
         print(f"{match.rank:>3}  {match.score:.4f}  {display_path(match.file_path)}")
+    if not result.results:
+        print("No stored image passes these filters.")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def command_duplicates(args: argparse.Namespace, services: Services) -> int:
+    from .duplicates import find_duplicates, report_lines
+    from .search import build_filters
+
+    store = Store(services.database, services.settings.table_name)
+    report = find_duplicates(store, args.threshold, build_filters(args.under))
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        print("\n".join(report_lines(report)))
     return 0
 
 
@@ -332,6 +413,7 @@ def command_run_all(args: argparse.Namespace, services: Services) -> int:
 COMMANDS = {
     "index": command_index,
     "search": command_search,
+    "duplicates": command_duplicates,
     "serve": command_serve,
     "status": command_status,
     None: command_run_all,

@@ -10,11 +10,12 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from .config import Settings
 from .errors import ImageError
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover
 JPEG_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
+EXIF_DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on for the whole
 # process, Gradio's image handling included. Ours, max-image-pixels, is applied per file before
@@ -207,3 +209,27 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:
+    """When a photo was taken: EXIF DateTimeOriginal (the camera's wall-clock time), else the
+    file's mtime in this computer's local time. Reads the header only, never the pixels."""
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        with handle, Image.open(handle) as image:
+            taken = _exif_capture_time(image)
+    except Exception:  # an untrusted header: any failure only means "no EXIF date"
+        taken = None
+    return taken or datetime.fromtimestamp(mtime_ns / 1e9)
+
+
+def _exif_capture_time(image: Image.Image) -> datetime | None:
+    if image.format == "PNG" and "exif" not in image.info:
+        return None  # Pillow would decode the whole image to look for EXIF after the pixels
+    original = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
+    if not isinstance(original, str):
+        return None
+    try:  # cameras pad with NULs or spaces, and write 0000:00:00 when the clock was unset
+        return datetime.strptime(original.strip("\x00 ")[:19], EXIF_DATE_FORMAT)
+    except ValueError:
+        return None

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .config import Settings
 from .errors import ConfigError
-from .images import ResizeSpec
+from .images import ResizeSpec, capture_time
 from .models import Embedder
 from .pipeline import (
     BackgroundWriter,
@@ -48,6 +48,8 @@ GPU_SMALL_BATCH_SIZE = 32
 GIB = 1024**3
 # Runs expected to embed for longer than this say so once, with the measured rate.
 ANNOUNCE_AFTER_S = 60.0
+# Capture dates filled for rows stored before schema 3 are written this many at a time.
+DATES_PER_WRITE = 1000
 
 
 @dataclass
@@ -58,6 +60,7 @@ class IndexReport:
     unchanged: int = 0
     removed: int = 0
     failed: list[Failure] = field(default_factory=list)
+    dated: int = 0  # stored rows that gained a capture date from their file's header
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,10 +73,13 @@ class IndexReport:
         }
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.scanned} scanned, {self.added} added, {self.updated} updated, "
             f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
         )
+        if self.dated:
+            text += f"; capture dates filled for {self.dated} stored images"
+        return text
 
 
 class Progress:
@@ -203,6 +209,7 @@ class Indexer:
         info = self.store.info()
         if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
             self.store.schema.drop_vector_index()  # rebuilt once below, not row by row
+        self._fill_dates(scanned, stored)
         self._process(work)
         if not keep_missing:
             self._remove(missing, folder_is_empty=not scanned)
@@ -214,6 +221,25 @@ class Indexer:
 
     def _prepare(self, item: WorkItem) -> Prepared | Unchanged | Failure:
         return prepare_item(self.settings, self.spec, item)
+
+    def _fill_dates(self, scanned: list[ScannedFile], stored: dict[str, StoredFile]) -> None:
+        """Capture dates for rows stored before there was a column for them, from the
+        files' headers: no decode, no model."""
+        undated = [
+            (row.id, file)
+            for file in scanned
+            if (row := stored.get(file.path)) is not None and row.undated
+        ]
+        if not undated:
+            return
+        files = [file for _, file in undated]
+        workers = max(1, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dates") as pool:
+            dates = list(pool.map(lambda file: capture_time(file.path, file.mtime_ns), files))
+        changes = [(row_id, taken) for (row_id, _), taken in zip(undated, dates, strict=True)]
+        for start in range(0, len(changes), DATES_PER_WRITE):
+            self.store.rows.set_taken_at(changes[start : start + DATES_PER_WRITE])
+        self.report.dated = len(changes)
 
     def _process(self, work: list[WorkItem]) -> None:
         """Prepare, embed and store `work`: on a GPU the three overlap (batches prepared

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from .config import Settings
@@ -19,6 +20,7 @@ from .errors import ImageError
 from .images import (
     PreparedImage,
     ResizeSpec,
+    capture_time,
     content_hash_of,
     prepare_bytes,
     processed_path_for,
@@ -61,6 +63,7 @@ class Prepared:
     item: WorkItem
     image: PreparedImage
     processed_path: str
+    taken_at: datetime | None = None  # the capture date: EXIF DateTimeOriginal, else mtime
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def prepare_item(
         return Failure(path, str(exc))
     except OSError as exc:  # e.g. the data directory became unwritable
         return Failure(path, f"cannot write processed JPEG: {exc}")
-    return Prepared(item, prepared, str(destination))
+    return Prepared(item, prepared, str(destination), capture_time(data, item.file.mtime_ns))
 
 
 def row_for(prepared: Prepared, vector: Any) -> NewRow:
@@ -101,6 +104,7 @@ def row_for(prepared: Prepared, vector: Any) -> NewRow:
         mtime_ns=file.mtime_ns,
         processed_path=prepared.processed_path,
         embedding=vector,
+        taken_at=prepared.taken_at,
     )
 
 
@@ -203,7 +207,9 @@ class DevicePreparer:
             return Failure(path, str(exc))
         except OSError as exc:
             return Failure(path, f"cannot write processed JPEG: {exc}")
-        return Prepared(read.item, PreparedImage(image, read.digest), str(destination))
+        return Prepared(
+            read.item, PreparedImage(image, read.digest), str(destination), self._taken_at(read)
+        )
 
     def _with_device(self, reads: list[_Read]) -> dict[int, Prepared | Failure]:
         """Decode, turn upright and resize on the device; encode the processed JPEGs there
@@ -232,7 +238,13 @@ class DevicePreparer:
             write_atomically(destination, lambda out: out.write(data))
         except OSError as exc:
             return Failure(read.item.file.path, f"cannot write processed JPEG: {exc}")
-        return Prepared(read.item, PreparedImage(pixels, read.digest), str(destination))
+        return Prepared(
+            read.item, PreparedImage(pixels, read.digest), str(destination), self._taken_at(read)
+        )
+
+    @staticmethod
+    def _taken_at(read: _Read) -> datetime | None:
+        return capture_time(read.data, read.item.file.mtime_ns)
 
     def _balance(self, cpu_seconds: float, device_seconds: float) -> None:
         """Give the CPU more JPEGs when it waited for the GPU, fewer when the GPU waited."""

@@ -5,18 +5,33 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from .config import Settings
-from .errors import ConfigError, ImageSearchError
+from .errors import ConfigError, ImageError, ImageSearchError
 from .images import ResizeSpec, prepare_file, save_jpeg
 from .models import Embedder
 from .scan import display_path
-from .store import Match, Store, TableInfo, VectorSpec
+from .store import (
+    NO_FILTERS,
+    SCHEMA_VERSION,
+    Filters,
+    Match,
+    Store,
+    StoredImage,
+    TableInfo,
+    VectorSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +40,104 @@ RESULTS_FILE = "results.jsonl"
 QUERY_IMAGE_FILE = "query.jpg"
 QUERY_TEXT_FILE = "query.txt"
 RESERVED_NAMES = {CONFIG_FILE, RESULTS_FILE, QUERY_IMAGE_FILE, QUERY_TEXT_FILE}
+DEFAULT_TEXT_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to search for: an image file, a text, both (one combined query), or `like` a
+    file (its stored vector when it is indexed, else the file embedded as an image)."""
+
+    image: Path | None = None
+    text: str | None = None
+    like: str | None = None
+    text_weight: float = DEFAULT_TEXT_WEIGHT
+
+    def check(self) -> None:
+        """A ConfigError for a query that cannot run, naming what to fix."""
+        if self.like is not None and (self.image is not None or self.text is not None):
+            raise ConfigError("--like searches by one file alone; leave out --image and --text")
+        if self.text is not None and not self.text.strip():
+            raise ConfigError("the text query is empty")
+        if self.image is None and self.text is None and self.like is None:
+            raise ConfigError("give a query: --image FILE, --text TEXT, both, or --like FILE")
+        if not 0 <= self.text_weight <= 1:
+            raise ConfigError(f"--text-weight must be between 0 and 1, got {self.text_weight}")
+
+    def describe(self) -> str:
+        """What was searched, in words: "image", "text 'a cat'", "like chelsea.jpg"."""
+        if self.like is not None:
+            return f"like {display_path(os.path.basename(self.like))}"
+        if self.image is not None and self.text is not None:
+            return f"image + text '{self.text}'"
+        return "image" if self.image is not None else f"text '{self.text}'"
+
+
+def combine(image_vector: np.ndarray, text_vector: np.ndarray, text_weight: float) -> np.ndarray:
+    """One query from an image and a text: the normalised weighted sum of their unit vectors."""
+    mixed = (1 - text_weight) * image_vector + text_weight * text_vector
+    return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
+
+
+DATE_FORMATS = {  # the shorter forms start at the beginning of their year, month or day
+    re.compile(r"\d{4}"): "%Y",
+    re.compile(r"\d{4}-\d{2}"): "%Y-%m",
+}
+
+
+def parse_date(name: str, text: str) -> datetime:
+    """A date or date and time from a user: 2024, 2024-05, 2024-05-31, 2024-05-31T18:30.
+    Capture dates are wall-clock times, so a time zone given is turned into local time."""
+    text = text.strip()
+    for pattern, form in DATE_FORMATS.items():
+        if pattern.fullmatch(text):
+            return datetime.strptime(text, form)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected a date like 2024-05-31 (or 2024, 2024-05, 2024-05-31T18:30), "
+            f"got {text!r}"
+        ) from None
+    return value.astimezone().replace(tzinfo=None) if value.tzinfo else value
+
+
+def build_filters(
+    under: Iterable[str | Path] = (),
+    taken_after: str | None = None,
+    taken_before: str | None = None,
+    min_score: float | None = None,
+    prefix: str = "--",
+) -> Filters:
+    """Filters from what a user typed (command line or page); a ConfigError names the
+    option (`prefix` + its name) that needs fixing."""
+    folders = tuple(
+        os.path.abspath(os.path.expanduser(str(folder))) for folder in under if str(folder).strip()
+    )
+    after = parse_date(f"{prefix}taken-after", taken_after) if taken_after else None
+    before = parse_date(f"{prefix}taken-before", taken_before) if taken_before else None
+    if after is not None and before is not None and after >= before:
+        raise ConfigError(
+            f"{prefix}taken-after ({after:%Y-%m-%d %H:%M}) must be earlier than "
+            f"{prefix}taken-before ({before:%Y-%m-%d %H:%M}): no photo can match both"
+        )
+    if min_score is not None and not -1 <= min_score <= 1:
+        raise ConfigError(f"{prefix}min-score must be between -1 and 1, got {min_score}")
+    return Filters(folders, after, before, min_score)
+
+
+def describe_filters(filters: Filters) -> str:
+    """The filters in words ("" for none), for the page's note."""
+    parts = []
+    if filters.under:
+        parts.append("under " + ", ".join(display_path(folder) for folder in filters.under))
+    if filters.taken_after is not None:
+        parts.append(f"taken from {filters.taken_after:%Y-%m-%d %H:%M}")
+    if filters.taken_before is not None:
+        parts.append(f"taken before {filters.taken_before:%Y-%m-%d %H:%M}")
+    if filters.min_score is not None:
+        parts.append(f"score at least {filters.min_score:g}")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -33,6 +146,7 @@ class SearchResult:
     searched: int
     results: list[Match]
     warnings: list[str]
+    description: str = field(default="")  # what was searched, as Query.describe() says
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +163,7 @@ def result_record(match: Match) -> dict[str, Any]:
         "score": match.score,
         "file_name": display_path(match.file_name),
         "file_path": display_path(match.file_path),
+        "taken_at": match.taken_at.isoformat() if match.taken_at else None,
     }
 
 
@@ -89,7 +204,7 @@ def copy_best_match(match: Match, folder: Path) -> str | None:
 
 
 def write_result_folder(
-    settings: Settings, matches: list[Match], searched: int, write_query: Any
+    settings: Settings, matches: list[Match], searched: int, write_query: Callable[[Path], Any]
 ) -> tuple[Path | None, list[str]]:
     """The result folder (seed step ⑪) and any warnings; nothing with save-results false."""
     if not settings.save_results:
@@ -130,33 +245,82 @@ class Searcher:
                 "run `image-search index` (or press Rescan on the page) first"
             )
         info.spec.refuse_other(VectorSpec.of(self.settings), self.store.table)
+        if info.schema_version < SCHEMA_VERSION:  # new columns only; the next index fills them
+            self.store.schema.ensure(info.spec)
         return info
 
-    def by_image(self, image_path: Path, top_k: int | None = None) -> SearchResult:
-        """Search with an image file: preprocessed and embedded exactly as indexed images are."""
-        image = prepare_file(image_path, ResizeSpec.of(self.settings))
+    def search(
+        self, query: Query, top_k: int | None = None, filters: Filters = NO_FILTERS
+    ) -> SearchResult:
+        """Any query, filtered: images are preprocessed and embedded exactly as indexed images
+        are; an indexed `like` file is searched by its stored vector (no model)."""
+        query.check()
+        spec = ResizeSpec.of(self.settings)
+        image = prepare_file(query.image, spec) if query.image is not None else None
         info = self._table_info()
-        vector = self.embedder.embed_images([image])[0]
-        matches = self.store.rows.nearest(vector, top_k or self.settings.top_k)
-        folder, warnings = write_result_folder(
-            self.settings,
-            matches,
-            info.images,
-            lambda f: save_jpeg(image, f / QUERY_IMAGE_FILE),
-        )
-        return SearchResult(folder, info.images, matches, warnings)
+        stored = self._find(query.like) if query.like is not None else None
+        if query.like is not None and stored is None:
+            try:
+                image = prepare_file(query.like, spec)
+            except ImageError as exc:
+                raise ImageError(f"it is not indexed, and {exc}") from exc
+        if stored is not None:
+            vector = stored.embedding
+        else:
+            vector = self._embed(image, query.text, query.text_weight)
+        matches = self.store.rows.nearest(vector, top_k or self.settings.top_k, filters)
+        warnings: list[str] = []
 
-    def by_text(self, text: str, top_k: int | None = None) -> SearchResult:
+        def write_query(folder: Path) -> None:
+            if stored is not None:
+                warnings.extend(copy_stored_query(stored, folder))
+            if image is not None:
+                save_jpeg(image, folder / QUERY_IMAGE_FILE)
+            if query.text is not None:
+                (folder / QUERY_TEXT_FILE).write_text(query.text + "\n", encoding="utf-8")
+
+        folder, more = write_result_folder(self.settings, matches, info.images, write_query)
+        return SearchResult(folder, info.images, matches, warnings + more, query.describe())
+
+    def _find(self, like: str) -> StoredImage | None:
+        """The stored row of a file named as given, absolute, or with links resolved."""
+        for path in dict.fromkeys([like, os.path.abspath(like), os.path.realpath(like)]):
+            stored = self.store.rows.find(path)
+            if stored is not None:
+                return stored
+        return None
+
+    def _embed(self, image: Image.Image | None, text: str | None, text_weight: float) -> np.ndarray:
+        if image is not None and text is not None:
+            image_vector = self.embedder.embed_images([image])[0]
+            return combine(image_vector, self.embedder.embed_texts([text])[0], text_weight)
+        if image is not None:
+            return self.embedder.embed_images([image])[0]
+        assert text is not None
+        return self.embedder.embed_texts([text])[0]
+
+    def by_image(
+        self, image_path: Path, top_k: int | None = None, filters: Filters = NO_FILTERS
+    ) -> SearchResult:
+        """Search with an image file: preprocessed and embedded exactly as indexed images are."""
+        return self.search(Query(image=image_path), top_k, filters)
+
+    def by_text(
+        self, text: str, top_k: int | None = None, filters: Filters = NO_FILTERS
+    ) -> SearchResult:
         """Search with a text query through the model's text tower."""
-        if not text.strip():
-            raise ConfigError("the text query is empty")
-        info = self._table_info()
-        vector = self.embedder.embed_texts([text])[0]
-        matches = self.store.rows.nearest(vector, top_k or self.settings.top_k)
-        folder, warnings = write_result_folder(
-            self.settings,
-            matches,
-            info.images,
-            lambda f: (f / QUERY_TEXT_FILE).write_text(text + "\n", encoding="utf-8"),
-        )
-        return SearchResult(folder, info.images, matches, warnings)
+        return self.search(Query(text=text), top_k, filters)
+
+
+def copy_stored_query(stored: StoredImage, folder: Path) -> list[str]:
+    """query.jpg of a `like` query: the stored processed JPEG of that file."""
+    processed = Path(stored.processed_path)
+    if processed.is_file():
+        shutil.copyfile(processed, folder / QUERY_IMAGE_FILE)
+        return []
+    warning = (
+        f"the processed JPEG of {display_path(stored.file_path)} is gone; no query.jpg "
+        "written (image-search index makes it again)"
+    )
+    log.warning(warning)
+    return [warning]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import psycopg
@@ -22,6 +24,10 @@ from .schema import META
 # pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
 MIN_EF_SEARCH = 100
 MAX_EF_SEARCH = 1000
+# Candidates per image when looking for near-duplicates. pgvector's default, 40, missed about
+# 1% of the pairs of near-copies among 100,000 vectors (bench/bench_duplicates.py); 100 found
+# all of them, for about 40% more time.
+DUPLICATE_EF_SEARCH = 100
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class StoredFile:
     size: int
     mtime_ns: int
     content_hash: str
+    undated: bool = False  # no capture date yet (a row stored before schema 3)
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class NewRow:
     mtime_ns: int
     processed_path: str
     embedding: np.ndarray
+    taken_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,75 @@ class Match:
     score: float
     file_path: str  # the real path, for opening and copying the file
     processed_path: str
+    taken_at: datetime | None = None
 
     @property
     def file_name(self) -> str:
         return os.path.basename(self.file_path)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One stored row with its vector: a `--like` query, a member of a duplicate group."""
+
+    id: int
+    file_path: str
+    processed_path: str
+    taken_at: datetime | None
+    mtime_ns: int
+    embedding: np.ndarray
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.file_path)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which stored images a search may return: files under some folders (absolute paths),
+    a capture-date range (`taken_after` inclusive, `taken_before` exclusive), a lowest score.
+    Rows without a capture date never pass a date filter."""
+
+    under: tuple[str, ...] = ()
+    taken_after: datetime | None = None
+    taken_before: datetime | None = None
+    min_score: float | None = None
+
+    @property
+    def narrows_rows(self) -> bool:
+        """Whether some rows are left out before ranking (the score is applied after)."""
+        return bool(self.under) or self.taken_after is not None or self.taken_before is not None
+
+    def where(self, alias: str | None = None) -> tuple[sql.Composable, list]:
+        """The SQL condition on the rows and its parameters (TRUE when nothing narrows)."""
+
+        def column(name: str) -> sql.Identifier:
+            return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+        conditions: list[sql.Composable] = []
+        params: list = []
+        if self.under:
+            folders = []
+            for folder in self.under:
+                prefix = display_path(folder_prefix(folder))
+                folders.append(sql.SQL("left({}, %s) = %s").format(column("file_path")))
+                params += [len(prefix), prefix]
+            conditions.append(sql.SQL("({})").format(sql.SQL(" OR ").join(folders)))
+        if self.taken_after is not None:
+            conditions.append(sql.SQL("{} >= %s").format(column("taken_at")))
+            params.append(self.taken_after)
+        if self.taken_before is not None:
+            conditions.append(sql.SQL("{} < %s").format(column("taken_at")))
+            params.append(self.taken_before)
+        if not conditions:
+            return sql.SQL("TRUE"), []
+        return sql.SQL(" AND ").join(conditions), params
+
+    def keeps_score(self, score: float) -> bool:
+        return self.min_score is None or score >= self.min_score
+
+
+NO_FILTERS = Filters()
 
 
 def as_array(vector: object) -> np.ndarray:
@@ -98,12 +171,13 @@ class Rows:
 
     def _stored_where(self, condition: sql.Composable, params: list) -> dict[str, StoredFile]:
         query = sql.SQL(
-            "SELECT id, {path}, file_size, file_mtime_ns, content_hash FROM {table} WHERE {where}"
+            "SELECT id, {path}, file_size, file_mtime_ns, content_hash, taken_at IS NULL "
+            "FROM {table} WHERE {where}"
         ).format(path=REAL_PATH, table=self._ident, where=condition)
         rows = self.database.run(lambda conn: conn.execute(query, params).fetchall())
         stored = (
-            StoredFile(row_id, real_path(text, raw), size, mtime, digest)
-            for row_id, text, raw, size, mtime, digest in rows
+            StoredFile(row_id, real_path(text, raw), size, mtime, digest, undated)
+            for row_id, text, raw, size, mtime, digest, undated in rows
         )
         return {file.file_path: file for file in stored}
 
@@ -115,14 +189,6 @@ class Rows:
         )
         rows = self.database.run(lambda conn: conn.execute(query, [len(prefix), prefix]).fetchall())
         return [real_path(text, raw) for text, raw in rows]
-
-    def real_path_of(self, shown: str) -> str | None:
-        """The real path of the stored file shown as `shown` (see scan.display_path)."""
-        query = sql.SQL("SELECT {path} FROM {table} WHERE file_path = %s LIMIT 1").format(
-            path=REAL_PATH, table=self._ident
-        )
-        row = self.database.run(lambda conn: conn.execute(query, [shown]).fetchone())
-        return real_path(*row) if row else None
 
     def vectors_by_content(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """A stored vector for each content hash already embedded (copies, moves)."""
@@ -146,12 +212,14 @@ class Rows:
         query = sql.SQL(
             """
             INSERT INTO {table} (file_path, file_path_raw, file_name, path_hash, content_hash,
-                                 file_size, file_mtime_ns, processed_path, model_name, embedding)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::{kind})
+                                 file_size, file_mtime_ns, processed_path, model_name, embedding,
+                                 taken_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::{kind}, %s)
             ON CONFLICT (path_hash) DO UPDATE SET
                 content_hash = EXCLUDED.content_hash, file_size = EXCLUDED.file_size,
                 file_mtime_ns = EXCLUDED.file_mtime_ns, processed_path = EXCLUDED.processed_path,
                 model_name = EXCLUDED.model_name, embedding = EXCLUDED.embedding,
+                taken_at = coalesce(EXCLUDED.taken_at, {table}.taken_at),
                 registered_at = now()
             RETURNING (xmax = 0)
             """
@@ -168,6 +236,7 @@ class Rows:
                 r.processed_path,
                 model_name,
                 r.embedding,
+                r.taken_at,
             )
             for r in rows
         ]
@@ -196,6 +265,19 @@ class Rows:
 
         self.database.run(write)
 
+    def set_taken_at(self, dates: Sequence[tuple[int, datetime]]) -> None:
+        """Record capture dates of stored rows, (id, taken_at), in one statement."""
+        if not dates:
+            return
+        query = sql.SQL(
+            "UPDATE {table} t SET taken_at = d.taken_at FROM "
+            "(SELECT unnest(%s::bigint[]) AS id, unnest(%s::timestamp[]) AS taken_at) d "
+            "WHERE t.id = d.id"
+        ).format(table=self._ident)
+        ordered = sorted(dates)  # one lock order for concurrent runs
+        ids = [row_id for row_id, _ in ordered]
+        self.database.run(lambda conn: conn.execute(query, [ids, [d for _, d in ordered]]))
+
     def delete(self, ids: Sequence[int]) -> list[str]:
         """Delete rows; the processed paths they held."""
         if not ids:
@@ -223,28 +305,174 @@ class Rows:
 
     # -- search -------------------------------------------------------------
 
-    def nearest(self, vector: np.ndarray, k: int) -> list[Match]:
+    def nearest(self, vector: np.ndarray, k: int, filters: Filters = NO_FILTERS) -> list[Match]:
         """The k rows most similar to `vector` by cosine similarity, best first (HNSW).
-        Sent as one pipeline: one round trip to the server."""
-        query = sql.SQL(
-            "SELECT {path}, processed_path, 1 - (embedding <=> %s::{kind}) "
-            "FROM {table} ORDER BY embedding <=> %s::{kind} LIMIT %s"
-        ).format(path=REAL_PATH, table=self._ident, kind=sql.SQL(self.kind))
-        ef_search = str(min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k)))
+        Sent as one pipeline: one round trip to the server.
 
-        def search(conn: psycopg.Connection) -> list[tuple]:
-            with conn.pipeline(), conn.transaction():
-                conn.execute(
-                    "SELECT set_config('hnsw.ef_search', %s, true), "
-                    "set_config('hnsw.iterative_scan', 'strict_order', true)",
-                    [ef_search],
-                )
-                cursor = conn.execute(query, [vector, vector, k])
-            return cursor.fetchall()
-
-        return [
-            Match(rank, float(score), real_path(text, raw), processed)
-            for rank, (text, raw, processed, score) in enumerate(
-                self.database.run(search), start=1
-            )
+        Filtered queries stay on the HNSW index: pgvector's iterative scan goes on past
+        ef_search until k rows pass the filter. It gives up after hnsw.max_scan_tuples
+        (a filter that keeps very few rows of a large table); then an exact scan of the
+        rows that pass answers instead, so k come back whenever k match. The lowest score
+        is applied to the ranked rows: they come best first, so the cut is exact."""
+        rows = self.database.run(lambda conn: self._nearest(conn, vector, k, filters))
+        if filters.narrows_rows and len(rows) < k:
+            rows = self.database.run(lambda conn: self._nearest(conn, vector, k, filters, True))
+        matches = [
+            Match(rank, float(score), real_path(text, raw), processed, taken_at)
+            for rank, (text, raw, processed, taken_at, score) in enumerate(rows, start=1)
         ]
+        return [m for m in matches if filters.keeps_score(m.score)]
+
+    def _nearest_query(self, filters: Filters) -> tuple[sql.Composable, list]:
+        where, params = filters.where()
+        query = sql.SQL(
+            "SELECT {path}, processed_path, taken_at, 1 - (embedding <=> %s::{kind}) "
+            "FROM {table} WHERE {where} ORDER BY embedding <=> %s::{kind} LIMIT %s"
+        ).format(path=REAL_PATH, table=self._ident, kind=sql.SQL(self.kind), where=where)
+        return query, params
+
+    def _search_settings(
+        self, conn: psycopg.Connection, k: int, filters: Filters, exact: bool
+    ) -> None:
+        """Planner settings for this transaction only."""
+        ef_search = str(min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k)))
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), "
+            "set_config('hnsw.iterative_scan', 'strict_order', true)",
+            [ef_search],
+        )
+        if exact:
+            conn.execute("SET LOCAL enable_indexscan = off")
+        elif filters.narrows_rows:
+            # The planner guesses the filter's selectivity and may prefer reading the whole
+            # table; the iterative index scan is what keeps a filtered search fast at scale.
+            conn.execute("SET LOCAL enable_seqscan = off")
+
+    def _nearest(
+        self,
+        conn: psycopg.Connection,
+        vector: np.ndarray,
+        k: int,
+        filters: Filters,
+        exact: bool = False,
+    ) -> list[tuple]:
+        query, params = self._nearest_query(filters)
+        with conn.pipeline(), conn.transaction():
+            self._search_settings(conn, k, filters, exact)
+            cursor = conn.execute(query, [vector, *params, vector, k])
+        return cursor.fetchall()
+
+    def explain_nearest(self, vector: np.ndarray, k: int, filters: Filters = NO_FILTERS) -> str:
+        """The plan of the index-backed query `nearest` sends first (for tests and benchmarks)."""
+        query, params = self._nearest_query(filters)
+
+        def explain(conn: psycopg.Connection) -> str:
+            with conn.transaction():
+                self._search_settings(conn, k, filters, exact=False)
+                rows = conn.execute(sql.SQL("EXPLAIN ") + query, [vector, *params, vector, k])
+                return "\n".join(row[0] for row in rows)
+
+        return self.database.run(explain)
+
+    # -- stored images ------------------------------------------------------
+
+    def find(self, path: str) -> StoredImage | None:
+        """The stored row of a file, by its path (or, for a name that is not UTF-8, by the
+        text shown for it, as the page and JSON give it back)."""
+        found = self._images_where(sql.SQL("path_hash = %s"), [path_hash(path)])
+        if not found and "\\x" in path:
+            found = self._images_where(sql.SQL("file_path = %s"), [path])
+        return found[0] if found else None
+
+    def images(self, ids: Sequence[int]) -> list[StoredImage]:
+        return self._images_where(sql.SQL("id = ANY(%s)"), [list(ids)])
+
+    def _images_where(self, condition: sql.Composable, params: list) -> list[StoredImage]:
+        query = sql.SQL(
+            "SELECT id, {path}, processed_path, taken_at, file_mtime_ns, embedding "
+            "FROM {table} WHERE {where}"
+        ).format(path=REAL_PATH, table=self._ident, where=condition)
+        rows = self.database.run(lambda conn: conn.execute(query, params).fetchall())
+        return [
+            StoredImage(row_id, real_path(text, raw), processed, taken_at, mtime, as_array(vector))
+            for row_id, text, raw, processed, taken_at, mtime, vector in rows
+        ]
+
+    def close_pairs(
+        self, min_score: float, neighbours: int, filters: Filters = NO_FILTERS, parts: int = 1
+    ) -> list[tuple[int, int, float]]:
+        """Pairs of rows (id, id, score; smaller id first) at least `min_score` alike, found
+        by asking the HNSW index for each row's `neighbours` nearest: one index scan per
+        row, never a comparison of every pair. The rows are split into `parts` ranges of
+        ids searched at the same time on their own connections (a server process each)."""
+        query, params = self._close_pairs_query(min_score, neighbours, filters, ranged=True)
+        low, high = self.database.run(
+            lambda conn: conn.execute(
+                sql.SQL("SELECT min(id), max(id) FROM {table}").format(table=self._ident)
+            ).fetchone()
+        )
+        if low is None:
+            return []
+        step = (high - low) // max(1, parts) + 1
+
+        def search(start: int) -> list[tuple]:
+            def run(conn: psycopg.Connection) -> list[tuple]:
+                with conn.transaction():
+                    self._close_pairs_settings(conn, neighbours)
+                    return conn.execute(query, [*params, start, start + step]).fetchall()
+
+            return self.database.run(run)
+
+        with ThreadPoolExecutor(max_workers=max(1, parts)) as pool:
+            found = pool.map(search, range(low, high + 1, step))
+        pairs: dict[tuple[int, int], float] = {}
+        for a, b, score in (pair for part in found for pair in part):
+            pairs[(min(a, b), max(a, b))] = min(1.0, float(score))
+        return [(a, b, score) for (a, b), score in pairs.items()]
+
+    def explain_close_pairs(
+        self, min_score: float, neighbours: int, filters: Filters = NO_FILTERS
+    ) -> str:
+        """The plan of the query `close_pairs` sends (for tests and benchmarks)."""
+        query, params = self._close_pairs_query(min_score, neighbours, filters)
+
+        def explain(conn: psycopg.Connection) -> str:
+            with conn.transaction():
+                self._close_pairs_settings(conn, neighbours)
+                rows = conn.execute(sql.SQL("EXPLAIN ") + query, params)
+                return "\n".join(row[0] for row in rows)
+
+        return self.database.run(explain)
+
+    def _close_pairs_query(
+        self, min_score: float, neighbours: int, filters: Filters, ranged: bool = False
+    ) -> tuple[sql.Composable, list]:
+        """The query, and its parameters but for the id range [start, end) when `ranged`."""
+        outer, outer_params = filters.where("a")
+        inner, inner_params = filters.where("b")
+        query = sql.SQL(
+            """
+            SELECT a.id, n.id, 1 - n.distance FROM {table} a
+            CROSS JOIN LATERAL (
+                SELECT b.id, b.embedding <=> a.embedding AS distance FROM {table} b
+                WHERE {inner} ORDER BY b.embedding <=> a.embedding LIMIT %s
+            ) n
+            WHERE {outer} AND n.id <> a.id AND n.distance <= %s {id_range}
+            """
+        ).format(
+            table=self._ident,
+            inner=inner,
+            outer=outer,
+            id_range=sql.SQL("AND a.id >= %s AND a.id < %s" if ranged else ""),
+        )
+        # A little slack below the threshold: float rounding of an exact copy's distance.
+        return query, [*inner_params, neighbours + 1, *outer_params, 1 - min_score + 1e-6]
+
+    @staticmethod
+    def _close_pairs_settings(conn: psycopg.Connection, neighbours: int) -> None:
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), "
+            "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+            [str(max(DUPLICATE_EF_SEARCH, neighbours + 1))],
+        )
+        conn.execute("SET LOCAL enable_seqscan = off")  # one index scan per row

@@ -21,7 +21,7 @@ from .connection import SCHEMA_LOCK, Database
 log = logging.getLogger(__name__)
 
 META_TABLE = "image_search_meta"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # PostgreSQL cuts identifiers longer than this many bytes.
 MAX_IDENTIFIER = 63
 # The indexes of a table, by role. Their names are derived from the table's (see index_name).
@@ -187,10 +187,24 @@ def _migration_2(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None
     )
 
 
+def _migration_3(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
+    """The capture date (EXIF DateTimeOriginal, else the file's mtime), as the wall-clock
+    time the photo was taken: no time zone, as EXIF gives none. Rows stored before this
+    stay NULL until the next index run reads their headers. No B-tree index on it: date
+    filters stay on the HNSW index (an iterative scan), which a filter-first plan would
+    leave."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS taken_at timestamp").format(
+            table=_ident(table)
+        )
+    )
+
+
 # MIGRATIONS[n] brings a table from schema version n to n + 1.
 MIGRATIONS: list[Callable[[psycopg.Connection, str, VectorSpec], None]] = [
     _migration_1,
     _migration_2,
+    _migration_3,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -1,0 +1,302 @@
+"""The index run spread over a Ray cluster (the `ray-address` key).
+
+The driver scans and plans exactly as the in-process run does; Ray Data does the work:
+reading and preprocessing as CPU tasks (`ingest.prepare_item`), embedding on actors that hold
+the model, and each batch written to PostgreSQL by the actor that embedded it, in one
+transaction, idempotently (`Rows.upsert`). A batch retried after a killed worker is written
+again over itself, so the run still ends with one row per image. The driver only sees small
+outcomes (never images or vectors) and drives the same bars and report."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import LOCAL_RAY, Settings
+from .errors import ConfigError
+from .images import ResizeSpec
+from .ingest import (
+    BULK_LOAD_ROWS,
+    Failure,
+    IndexReport,
+    Prepared,
+    Progress,
+    Unchanged,
+    WorkItem,
+    plan,
+    prepare_item,
+    row_for,
+)
+from .models import Embedder
+from .scan import display_path, scan_images, stat_file
+from .store import Database, Store, StoredFile
+
+log = logging.getLogger(__name__)
+
+EXTRA_HINT = (
+    "configuration key 'ray-address' needs Ray: install the extra image-search[cluster] "
+    "(uv sync --extra cluster, or pip install 'image-search[cluster]')"
+)
+# Ray's own settings for a run started from here: no usage statistics sent home, and its
+# logs in its session folder, not in the user's terminal (unless --debug).
+RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
+# Loggers of Ray and Ray Data that otherwise print to the terminal at INFO.
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+
+
+def import_ray() -> Any:
+    """Ray, or one line naming the extra that brings it (exit 2)."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(EXTRA_HINT) from None
+    return ray
+
+
+def debugging() -> bool:
+    return logging.getLogger("image_search").isEnabledFor(logging.DEBUG)
+
+
+@contextmanager
+def connected(settings: Settings) -> Iterator[Any]:
+    """Ray, connected to `ray-address` for the run (`local`: a private instance started
+    and stopped here). A process already connected to Ray (a script, a test) keeps its
+    connection, and it stays open after the run."""
+    for name, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    ray = import_ray()
+    debug = debugging()
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if ray.is_initialized():
+        yield ray
+        return
+    options: dict[str, Any] = {
+        "log_to_driver": debug,
+        "logging_level": logging.INFO if debug else logging.ERROR,
+    }
+    if settings.ray_address == LOCAL_RAY:
+        ray.init(include_dashboard=False, **options)
+    else:
+        ray.init(address=settings.ray_address, **options)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def quiet_data_context(ray: Any) -> None:
+    """Ray Data's own bars and stage logs are not for photo folders (ours are drawn)."""
+    context = ray.data.DataContext.get_current()
+    debug = debugging()
+    context.enable_progress_bars = debug
+    context.print_on_execution_start = debug
+    context.enable_auto_log_stats = debug
+
+
+# ------------------------------------------------------------------ the workers
+
+
+def prepare_batch(
+    batch: dict[str, np.ndarray], settings: Settings, spec: ResizeSpec
+) -> dict[str, np.ndarray]:
+    """A CPU task: each work item read, hashed, decoded, resized, its JPEG written. Items
+    travel pickled: paths may hold bytes that Arrow strings cannot."""
+    results = [prepare_item(settings, spec, pickle.loads(blob)) for blob in batch["item"]]
+    return {"result": _objects(pickle.dumps(result) for result in results)}
+
+
+class EmbedAndStore:
+    """An actor holding the model and a database connection: embeds a batch of prepared
+    images (copies and moves reuse stored vectors) and writes its rows in one transaction."""
+
+    def __init__(self, settings: Settings, table: str) -> None:
+        self.settings = settings
+        self.embedder = Embedder.from_settings(settings)
+        self.embedder.model()
+        self.database = Database(settings)
+        self.database.open()
+        self.store = Store(self.database, table)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [pickle.loads(blob) for blob in batch["result"]]
+        prepared = [result for result in results if isinstance(result, Prepared)]
+        started = time.perf_counter()
+        embedded = self._store(prepared)
+        seconds = time.perf_counter() - started
+        outcomes = [Outcome.of(result) for result in results]
+        if outcomes:  # the batch's model time rides on its first outcome
+            outcomes[0].images, outcomes[0].seconds = embedded, seconds
+        return {"outcome": _objects(pickle.dumps(outcome) for outcome in outcomes)}
+
+    def _store(self, batch: list[Prepared]) -> int:
+        """As `Indexer._store_batch`; the number of images that went through the model."""
+        if not batch:
+            return 0
+        rows = self.store.rows
+        vectors = rows.vectors_by_content(p.image.content_hash for p in batch)
+        new_content: dict[str, Prepared] = {}
+        for prepared in batch:
+            if prepared.image.content_hash not in vectors:
+                new_content.setdefault(prepared.image.content_hash, prepared)
+        embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
+        vectors.update(zip(new_content, embedded, strict=True))
+        rows.upsert(
+            [row_for(p, vectors[p.image.content_hash]) for p in batch], self.settings.model_name
+        )
+        return len(new_content)
+
+
+@dataclass
+class Outcome:
+    """What the driver needs of one file's result: what happened, never the image."""
+
+    kind: str  # "stored", "unchanged" or "failed"
+    path: str
+    item: WorkItem | None = None  # None for a failure
+    error: str = ""
+    images: int = 0  # model time of the whole batch, on its first outcome
+    seconds: float = 0.0
+
+    @classmethod
+    def of(cls, result: Prepared | Unchanged | Failure) -> Outcome:
+        if isinstance(result, Failure):
+            return cls("failed", result.path, error=result.error)
+        kind = "stored" if isinstance(result, Prepared) else "unchanged"
+        return cls(kind, result.item.file.path, result.item)
+
+
+def _objects(values: Any) -> np.ndarray:
+    blobs = list(values)
+    array = np.empty(len(blobs), dtype=object)
+    array[:] = blobs
+    return array
+
+
+# ------------------------------------------------------------------ the driver
+
+
+class ClusterIndexer:
+    """One index run over one source folder into one table, its work done by Ray."""
+
+    def __init__(self, settings: Settings, store: Store, progress: Progress) -> None:
+        import_ray()  # a missing extra is one line before anything is drawn
+        self.settings = settings
+        self.store = store
+        self.progress = progress
+        self.report = IndexReport()
+
+    def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
+        """As `Indexer.run`: make the table match the folder `root`, plus the files `also`."""
+        rows = self.store.rows
+        stored = rows.stored_files(root)
+        if also:
+            stored.update(rows.stored_files_at(also))
+        own_folders = (self.settings.output_directory, self.settings.data_directory)
+        found = self.progress.scanning(scan_images(Path(root), exclude=own_folders))
+        scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
+        self.report.scanned = len(scanned)
+        work, self.report.unchanged, missing = plan(scanned, stored)
+        info = self.store.info()
+        if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
+            self.store.schema.drop_vector_index()
+        if work:
+            with connected(self.settings) as ray:
+                self._process(ray, work)
+        if not keep_missing:
+            self._remove(missing, folder_is_empty=not scanned)
+        self.store.schema.ensure_vector_index()
+        self.store.schema.mark_indexed()
+        return self.report
+
+    def _process(self, ray: Any, work: list[WorkItem]) -> None:
+        quiet_data_context(ray)
+        touched: list[WorkItem] = []
+        with self.progress.stages(len(work)) as progress:
+            for outcome in self._outcomes(ray, work):
+                progress.prepared()
+                if outcome.kind == "stored":
+                    assert outcome.item is not None
+                    self._count_stored(outcome.item)
+                    progress.embedded(1, outcome.images, outcome.seconds)
+                    progress.stored(1)
+                    continue
+                if outcome.kind == "failed":
+                    log.warning("skipped %s: %s", display_path(outcome.path), outcome.error)
+                    self.report.failed.append(Failure(outcome.path, outcome.error))
+                elif outcome.item is not None:
+                    touched.append(outcome.item)
+                progress.passed()
+        order = {item.file.path: position for position, item in enumerate(work)}
+        self.report.failed.sort(key=lambda failure: order.get(failure.path, 0))  # scan order
+        self._store_touched(touched)
+
+    def _outcomes(self, ray: Any, work: list[WorkItem]) -> Iterator[Outcome]:
+        batch_size = self.settings.batch_size
+        blocks = max(1, min(math.ceil(len(work) / batch_size), 64))
+        items = ray.data.from_items(
+            [{"item": pickle.dumps(item)} for item in work], override_num_blocks=blocks
+        )
+        prepared = items.map_batches(
+            prepare_batch,
+            fn_kwargs={"settings": self.settings, "spec": ResizeSpec.of(self.settings)},
+            batch_size=batch_size,
+            num_cpus=1,
+        )
+        outcomes = prepared.map_batches(
+            EmbedAndStore,
+            fn_constructor_kwargs={"settings": self.settings, "table": self.store.table},
+            batch_size=batch_size,
+            **embedding_resources(ray),
+        )
+        for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
+            for blob in batch["outcome"]:
+                yield pickle.loads(blob)
+
+    def _count_stored(self, item: WorkItem) -> None:
+        if item.stored is None:
+            self.report.added += 1
+        else:
+            self.report.updated += 1
+
+    def _store_touched(self, touched: list[WorkItem]) -> None:
+        changes = []
+        for item in touched:
+            assert item.stored is not None
+            changes.append((item.stored.id, item.file.size, item.file.mtime_ns))
+        self.store.rows.update_stat(changes)
+        self.report.unchanged += len(touched)
+
+    def _remove(self, missing: list[StoredFile], folder_is_empty: bool) -> None:
+        if not missing:
+            return
+        if folder_is_empty:  # an unmounted drive looks like an empty folder
+            log.warning(
+                "no images found in the source folder; keeping its %d stored images "
+                "(is the drive mounted?)",
+                len(missing),
+            )
+            return
+        for processed in self.store.rows.delete([row.id for row in missing]):
+            Path(processed).unlink(missing_ok=True)
+        self.report.removed = len(missing)
+
+
+def embedding_resources(ray: Any) -> dict[str, Any]:
+    """One actor per GPU where the cluster has GPUs; else CPU actors, one per node."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return {"num_gpus": 1, "concurrency": gpus}
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return {"num_cpus": 1, "concurrency": max(1, nodes)}

@@ -50,6 +50,15 @@ EXTRA_HINT = (
 # Ray's own settings for a run started from here: no usage statistics sent home, and its
 # logs in its session folder, not in the user's terminal (unless --debug).
 RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
+# Ray's C++ core logs errors it recovers from (a restarted actor) straight to stderr.
+QUIET_RAY_ENVIRONMENT = {"RAY_BACKEND_LOG_LEVEL": "fatal"}
+# What a prepare task may hold: a batch's decoded images and their JPEGs. (Asked for
+# explicitly, it also keeps Ray Data from fusing these tasks into the model's actors, whose
+# CPUs would then decode instead of embedding.)
+PREPARE_MEMORY = 512 * 2**20
+# Torch threads of an actor on the CPU: it holds one CPU of Ray's and shares a second with the
+# prepare tasks, which leave it idle while the actor waits for their batches.
+CPU_ACTOR_THREADS = 2
 # Loggers of Ray and Ray Data that otherwise print to the terminal at INFO.
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
@@ -73,10 +82,11 @@ def connected(settings: Settings) -> Iterator[Any]:
     """Ray, connected to `ray-address` for the run (`local`: a private instance started
     and stopped here). A process already connected to Ray (a script, a test) keeps its
     connection, and it stays open after the run."""
-    for name, value in RAY_ENVIRONMENT.items():
+    debug = debugging()
+    environment = RAY_ENVIRONMENT if debug else {**RAY_ENVIRONMENT, **QUIET_RAY_ENVIRONMENT}
+    for name, value in environment.items():
         os.environ.setdefault(name, value)
     ray = import_ray()
-    debug = debugging()
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
     if ray.is_initialized():
@@ -124,6 +134,10 @@ class EmbedAndStore:
     def __init__(self, settings: Settings, table: str) -> None:
         self.settings = settings
         self.embedder = Embedder.from_settings(settings)
+        if self.embedder.resolved_device == "cpu":
+            import torch
+
+            torch.set_num_threads(CPU_ACTOR_THREADS)
         self.embedder.model()
         self.database = Database(settings)
         self.database.open()
@@ -253,6 +267,7 @@ class ClusterIndexer:
             fn_kwargs={"settings": self.settings, "spec": ResizeSpec.of(self.settings)},
             batch_size=batch_size,
             num_cpus=1,
+            memory=PREPARE_MEMORY,
         )
         outcomes = prepared.map_batches(
             EmbedAndStore,
@@ -294,9 +309,12 @@ class ClusterIndexer:
 
 
 def embedding_resources(ray: Any) -> dict[str, Any]:
-    """One actor per GPU where the cluster has GPUs; else CPU actors, one per node."""
+    """One actor per GPU where the cluster has GPUs; else CPU actors on half the cores,
+    the other half preparing images for them."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    # Ray Data restarts a killed actor and retries its batches (max_restarts and
+    # max_task_retries default to -1 for its actors); upserts make a retried batch harmless.
     if gpus:
         return {"num_gpus": 1, "concurrency": gpus}
-    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    return {"num_cpus": 1, "concurrency": max(1, nodes)}
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return {"num_cpus": 1, "concurrency": max(1, cpus // 2)}

@@ -13,9 +13,12 @@ import logging
 import math
 import os
 import pickle
+import re
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +53,8 @@ EXTRA_HINT = (
 # Ray's own settings for a run started from here: no usage statistics sent home, and its
 # logs in its session folder, not in the user's terminal (unless --debug).
 RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
-# Ray's C++ core logs errors it recovers from (a restarted actor) straight to stderr.
-QUIET_RAY_ENVIRONMENT = {"RAY_BACKEND_LOG_LEVEL": "fatal"}
+# A line of Ray's C++ core log ("[2026-01-01 10:00:00,000 E 123 123] core_worker.cc:1: ...").
+NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+:\d+: ")
 # What a prepare task may hold: a batch's decoded images and their JPEGs. (Asked for
 # explicitly, it also keeps Ray Data from fusing these tasks into the model's actors, whose
 # CPUs would then decode instead of embedding.)
@@ -83,8 +86,7 @@ def connected(settings: Settings) -> Iterator[Any]:
     and stopped here). A process already connected to Ray (a script, a test) keeps its
     connection, and it stays open after the run."""
     debug = debugging()
-    environment = RAY_ENVIRONMENT if debug else {**RAY_ENVIRONMENT, **QUIET_RAY_ENVIRONMENT}
-    for name, value in environment.items():
+    for name, value in RAY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     ray = import_ray()
     for name in RAY_LOGGERS:
@@ -96,14 +98,58 @@ def connected(settings: Settings) -> Iterator[Any]:
         "log_to_driver": debug,
         "logging_level": logging.INFO if debug else logging.ERROR,
     }
-    if settings.ray_address == LOCAL_RAY:
-        ray.init(include_dashboard=False, **options)
-    else:
-        ray.init(address=settings.ray_address, **options)
-    try:
+    with ExitStack() as stack:
+        if not debug:
+            stack.enter_context(native_logs_dropped())
+        if settings.ray_address == LOCAL_RAY:
+            ray.init(include_dashboard=False, **options)
+        else:
+            ray.init(address=settings.ray_address, **options)
+        stack.callback(ray.shutdown)
         yield ray
+
+
+@contextmanager
+def native_logs_dropped() -> Iterator[None]:
+    """Ray's C++ core writes its log lines (a recovered actor, say) straight to file
+    descriptor 2, past Python's logging and any log level. Meanwhile descriptor 2 is a pipe
+    whose reader passes on every other line, and Python's own stderr writes to the terminal
+    directly (the bars need no line ends)."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    reader, writer = os.pipe()
+    os.dup2(writer, 2)
+    os.close(writer)
+    python_stderr = sys.stderr
+    sys.stderr = open(
+        os.dup(terminal),
+        "w",
+        buffering=1,
+        encoding="utf-8",  # noqa: SIM115
+        errors="backslashreplace",
+    )
+    relay = threading.Thread(target=_pass_on, args=(reader, terminal), daemon=True)
+    relay.start()
+    try:
+        yield
     finally:
-        ray.shutdown()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)  # the pipe's last writer closes: the relay reads its end
+        relay.join(timeout=5)
+        os.close(terminal)
+
+
+def _pass_on(reader: int, terminal: int) -> None:
+    pending = b""
+    with os.fdopen(reader, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if not NATIVE_LOG_LINE.match(line):
+                    os.write(terminal, line + b"\n")
+    if pending and not NATIVE_LOG_LINE.match(pending):
+        os.write(terminal, pending)
 
 
 def quiet_data_context(ray: Any) -> None:

@@ -17,8 +17,9 @@ import psutil
 import pytest
 from conftest import assert_one_row_per_file, many_photos, row_count, run_cli, stored_rows
 
-from image_search.config import Settings
-from image_search.ingest import IndexReport, run_index
+from image_search.config import Settings, load_settings
+from image_search.errors import ConfigError
+from image_search.ingest import IndexReport, Progress, run_index
 from image_search.models import Embedder
 
 ray = pytest.importorskip("ray")
@@ -36,8 +37,8 @@ def folder_of_photos(settings: Settings, count: int) -> list[Path]:
     return [*photos, copy]
 
 
-def index(settings: Settings) -> IndexReport:
-    return run_index(settings, Embedder.from_settings(settings))
+def index(settings: Settings, progress: Progress | None = None) -> IndexReport:
+    return run_index(settings, Embedder.from_settings(settings), progress=progress)
 
 
 def processed_digests(rows: list[dict]) -> dict[str, str]:
@@ -56,8 +57,11 @@ def assert_same_as_in_process(settings: Settings, ray_address: str) -> None:
     on_ray = dataclasses.replace(
         settings, table_name=f"{settings.table_name}_ray", ray_address=ray_address
     )
-    report = index(on_ray)
+    seen: list[tuple[int, int]] = []
+    report = index(on_ray, Progress(callback=lambda done, total: seen.append((done, total))))
     assert report.to_json() == expected_report.to_json()
+    work = len(files) + 1
+    assert seen[0] == (0, work) and seen[-1] == (work, work)  # the page's bar, as in process
     assert report.added == len(files) and len(report.failed) == 1
     rows = stored_rows(on_ray)
     assert_one_row_per_file(on_ray, files)
@@ -80,6 +84,23 @@ def test_local_gives_the_rows_of_an_in_process_run(
     settings.source_directory.mkdir(parents=True)
     assert_same_as_in_process(settings, "local")
     assert not ray.is_initialized()  # the private instance was stopped with the run
+
+
+def test_ray_address_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+
+    def load(**values: str) -> Settings:
+        return load_settings(config, flags=values, environ={})
+
+    assert load().ray_address is None
+    assert load(**{"ray-address": "local"}).ray_address == "local"
+    server = {"postgres-host": "db.example.org", "ray-address": "ray://head:10001"}
+    assert load(**server).ray_address == "ray://head:10001"
+    with pytest.raises(ConfigError, match="postgres-host"):
+        load(**{"ray-address": "auto"})
+    with pytest.raises(ConfigError, match="ray-address"):
+        load(**{"ray-address": " "})
 
 
 def test_embedded_database_needs_postgres_host_except_local(make_settings, tmp_path) -> None:

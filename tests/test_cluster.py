@@ -198,3 +198,19 @@ def test_a_killed_worker_still_ends_with_one_row_per_image(
     assert report.added == len(files) and not report.failed
     assert_one_row_per_file(settings, files)
     assert row_count(settings) == len(files)
+
+
+def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) -> None:
+    """`local` with the embedded database; the workers' error, as the in-process run says it,
+    and nothing of Ray's in the terminal."""
+    from conftest import write_config
+
+    settings = make_settings(model_name=str(tmp_path / "no-such-model"))
+    settings.source_directory.mkdir(parents=True)
+    many_photos(settings.source_directory, 2)
+    config = write_config(tmp_path / "config.json", settings)
+    result = run_cli("index", "--env", str(config), "--ray-address", "local", "--json")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "no-such-model" in result.stderr
+    assert "ray" not in result.stderr.lower()

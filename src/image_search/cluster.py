@@ -21,12 +21,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
+from . import errors
 from .config import LOCAL_RAY, Settings
-from .errors import ConfigError
+from .errors import ConfigError, ImageSearchError, one_line
 from .images import ResizeSpec
 from .ingest import (
     BULK_LOAD_ROWS,
@@ -55,6 +56,11 @@ EXTRA_HINT = (
 RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
 # A line of Ray's C++ core log ("[2026-01-01 10:00:00,000 E 123 123] core_worker.cc:1: ...").
 NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+:\d+: ")
+# Our error as the last line of a worker's traceback that Ray passes on as text.
+OUR_ERROR_LINE = re.compile(r"^image_search\.errors\.(\w+Error): (.+)$", re.MULTILINE)
+# A line Ray's driver relays from a worker or raylet: "(raylet) ...", "(pid=12) ...",
+# "(MapWorker pid=12) ...", maybe coloured.
+RELAYED_LINE = re.compile(r"^\s*(\x1b\[[\d;]*m)?\((raylet|pid=\d+|[\w.()-]+ pid=\d+)")
 # What a prepare task may hold: a batch's decoded images and their JPEGs. (Asked for
 # explicitly, it also keeps Ray Data from fusing these tasks into the model's actors, whose
 # CPUs would then decode instead of embedding.)
@@ -90,7 +96,7 @@ def connected(settings: Settings) -> Iterator[Any]:
         os.environ.setdefault(name, value)
     ray = import_ray()
     for name in RAY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
     if ray.is_initialized():
         yield ray
         return
@@ -101,10 +107,16 @@ def connected(settings: Settings) -> Iterator[Any]:
     with ExitStack() as stack:
         if not debug:
             stack.enter_context(native_logs_dropped())
-        if settings.ray_address == LOCAL_RAY:
-            ray.init(include_dashboard=False, **options)
-        else:
-            ray.init(address=settings.ray_address, **options)
+        try:
+            if settings.ray_address == LOCAL_RAY:
+                ray.init(include_dashboard=False, **options)
+            else:
+                ray.init(address=settings.ray_address, **options)
+        except Exception as exc:
+            raise ImageSearchError(
+                f"cannot connect to the Ray cluster at {settings.ray_address}: {one_line(exc)}. "
+                "Check the ray-address key and that the cluster is running (ray status)"
+            ) from exc
         stack.callback(ray.shutdown)
         yield ray
 
@@ -121,23 +133,42 @@ def native_logs_dropped() -> Iterator[None]:
     os.dup2(writer, 2)
     os.close(writer)
     python_stderr = sys.stderr
-    sys.stderr = open(
-        os.dup(terminal),
-        "w",
-        buffering=1,
-        encoding="utf-8",  # noqa: SIM115
-        errors="backslashreplace",
+    terminal_text = open(  # noqa: SIM115 - closed in the finally below
+        os.dup(terminal), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
     )
+    sys.stderr = WithoutRayLines(terminal_text)
+    python_stdout = sys.stdout
+    sys.stdout = WithoutRayLines(python_stdout)  # type: ignore[assignment]
     relay = threading.Thread(target=_pass_on, args=(reader, terminal), daemon=True)
     relay.start()
     try:
         yield
     finally:
-        sys.stderr.close()
+        terminal_text.close()
         sys.stderr = python_stderr
+        sys.stdout = python_stdout
         os.dup2(terminal, 2)  # the pipe's last writer closes: the relay reads its end
         relay.join(timeout=5)
         os.close(terminal)
+
+
+class WithoutRayLines:
+    """Python's stdout and stderr during a run: everything but the lines Ray's driver relays
+    from its workers and raylets ("(raylet) Task ... will be retried"), which ignore
+    log_to_driver."""
+
+    def __init__(self, terminal: TextIO) -> None:
+        self._terminal = terminal
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        # print() writes a line's end on its own, after the line.
+        dropped = bool(RELAYED_LINE.match(text)) or (self._dropped and text == "\n")
+        self._dropped = dropped and text != "\n"
+        return len(text) if dropped else self._terminal.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, ...
+        return getattr(self._terminal, name)
 
 
 def _pass_on(reader: int, terminal: int) -> None:
@@ -321,9 +352,14 @@ class ClusterIndexer:
             batch_size=batch_size,
             **embedding_resources(ray),
         )
-        for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
-            for blob in batch["outcome"]:
-                yield pickle.loads(blob)
+        try:
+            for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
+                for blob in batch["outcome"]:
+                    yield pickle.loads(blob)
+        except ImageSearchError:
+            raise
+        except Exception as exc:  # Ray wraps a worker's error (with its traceback) in its own
+            raise worker_error(exc) from exc
 
     def _count_stored(self, item: WorkItem) -> None:
         if item.stored is None:
@@ -352,6 +388,26 @@ class ClusterIndexer:
         for processed in self.store.rows.delete([row.id for row in missing]):
             Path(processed).unlink(missing_ok=True)
         self.report.removed = len(missing)
+
+
+def worker_error(error: BaseException) -> ImageSearchError:
+    """What failed on a worker, as the in-process run would say it (a model that cannot be
+    loaded, a database that cannot be reached): the first of our errors among the causes
+    Ray wrapped, else Ray's own, on one line."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ImageSearchError):
+            return cause
+        seen.add(id(cause))
+        inner = getattr(cause, "cause", None)
+        cause = inner if isinstance(inner, BaseException) else cause.__cause__
+    ours = OUR_ERROR_LINE.findall(str(error))  # an error raised in an actor's constructor
+    if ours:
+        kind, message = ours[-1]
+        return getattr(errors, kind, ImageSearchError)(message.strip())
+    first = one_line(error).split(". ")[0]
+    return ImageSearchError(f"the Ray cluster failed: {first} (run with --debug for details)")
 
 
 def embedding_resources(ray: Any) -> dict[str, Any]:

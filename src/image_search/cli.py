@@ -43,7 +43,8 @@ KEY_HELP = {
     "data-directory": "processed JPEGs and the embedded database (default: .image-search)",
     "table-name": "table holding the vectors (default: images)",
     "top-k": "how many results a search returns (default: 10)",
-    "batch-size": "images per model batch and per database transaction (default: 16)",
+    "batch-size": "images per model batch and per database transaction (default: 16 on the "
+    "CPU; on a GPU 32-128, by its free memory)",
     "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
     "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
     "server-auth": "user:password protecting the web page (default: none)",

@@ -53,7 +53,7 @@ class Settings:
     data_directory: Path = Path(".image-search")
     table_name: str = "images"
     top_k: int = 10
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16 on the CPU, chosen by GPU memory on a GPU
     max_image_pixels: int = 100_000_000
     vector_type: str = "vector"
     server_auth: str | None = None
@@ -236,7 +236,8 @@ def validate(settings: Settings) -> None:
         "batch-size",
         "max-image-pixels",
     ):
-        _require(getattr(settings, attribute_of(key)) > 0, key, "must be a positive integer")
+        value = getattr(settings, attribute_of(key))
+        _require(value is None or value > 0, key, "must be a positive integer")
     _require(0 < settings.postgres_port < 65536, "postgres-port", "must be between 1 and 65535")
     _require(bool(settings.model_name.strip()), "model-name", "must not be empty")
     _require(

@@ -8,8 +8,10 @@ import os
 import struct
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -170,26 +172,37 @@ def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
-def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
+def target_size(width: int, height: int, spec: ResizeSpec) -> tuple[int, int]:
     """`fit`: inside width x height, aspect kept, never enlarged. `stretch`: exactly that size."""
     if spec.mode == "stretch":
-        return image.resize((spec.width, spec.height), Image.Resampling.BICUBIC)
-    scale = min(spec.width / image.width, spec.height / image.height)
+        return spec.width, spec.height
+    scale = min(spec.width / width, spec.height / height)
     if scale >= 1:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
+    size = target_size(image.width, image.height, spec)
+    if size == image.size:
         return image
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def save_jpeg(image: Image.Image, destination: Path) -> None:
     """Write atomically, so a killed run never leaves half a JPEG under that name."""
+    write_atomically(destination, lambda out: image.save(out, format="JPEG", quality=JPEG_QUALITY))
+
+
+def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` fills a temporary file that then takes the name `destination` at once."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.part"
     # Created like any other file (0666 less the umask), unlike mkstemp's private 0600.
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as out:
-            image.save(out, format="JPEG", quality=JPEG_QUALITY)
+            write(out)
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

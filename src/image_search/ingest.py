@@ -3,11 +3,12 @@ store each batch in one transaction, remove rows of deleted files, report."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +17,22 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .config import Settings
-from .errors import ConfigError, ImageError
-from .images import (
-    PreparedImage,
-    ResizeSpec,
-    content_hash_of,
-    prepare_bytes,
-    processed_path_for,
-    read_file,
-    save_jpeg,
-)
+from .errors import ConfigError
+from .images import ResizeSpec
 from .models import Embedder
+from .pipeline import (
+    BackgroundWriter,
+    DevicePreparer,
+    Failure,
+    Prepared,
+    Unchanged,
+    WorkItem,
+    prepare_item,
+    prepared_batches,
+    row_for,
+)
 from .scan import ScannedFile, display_path, scan_images, stat_file
-from .store import Database, NewRow, Store, StoredFile, VectorSpec
+from .store import Database, Store, StoredFile, VectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +41,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 # A first load at least this large builds the HNSW index after the rows are in.
 BULK_LOAD_ROWS = 1000
+# Batches waiting for the writer thread on a GPU (each holds its images and vectors).
+WRITE_QUEUE = 2
+CPU_BATCH_SIZE = 16
+GPU_SMALL_BATCH_SIZE = 32
+GIB = 1024**3
 # Runs expected to embed for longer than this say so once, with the measured rate.
 ANNOUNCE_AFTER_S = 60.0
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: str
-    error: str
 
 
 @dataclass
@@ -156,28 +159,6 @@ class Progress:
             )
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """A scanned file that is new or whose size or mtime changed since it was stored."""
-
-    file: ScannedFile
-    stored: StoredFile | None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    item: WorkItem
-    image: PreparedImage
-    processed_path: str
-
-
-@dataclass(frozen=True)
-class Unchanged:
-    """Touched (new mtime) but byte-identical to what is stored: no decode, no model."""
-
-    item: WorkItem
-
-
 def plan(
     scanned: list[ScannedFile], stored: dict[str, StoredFile]
 ) -> tuple[list[WorkItem], int, list[StoredFile]]:
@@ -193,68 +174,6 @@ def plan(
     present = {file.path for file in scanned}
     missing = [row for path, row in stored.items() if path not in present]
     return work, unchanged, missing
-
-
-def prepare_item(
-    settings: Settings, spec: ResizeSpec, item: WorkItem
-) -> Prepared | Unchanged | Failure:
-    """One file made ready for the model (any thread or process may run it): read, hash,
-    decode, resize, write the processed JPEG. Unreadable files are a Failure, not an error."""
-    path = item.file.path
-    try:
-        data = read_file(path)
-        digest = content_hash_of(data)
-        if item.stored is not None and digest == item.stored.content_hash:
-            return Unchanged(item)
-        prepared = PreparedImage(prepare_bytes(data, spec), digest)
-        destination = processed_path_for(settings, path)
-        save_jpeg(prepared.image, destination)
-    except ImageError as exc:
-        return Failure(path, str(exc))
-    except OSError as exc:  # e.g. the data directory became unwritable
-        return Failure(path, f"cannot write processed JPEG: {exc}")
-    return Prepared(item, prepared, str(destination))
-
-
-def row_for(prepared: Prepared, vector: Any) -> NewRow:
-    """The row of a prepared file, with its vector."""
-    file = prepared.item.file
-    return NewRow(
-        file_path=file.path,
-        content_hash=prepared.image.content_hash,
-        size=file.size,
-        mtime_ns=file.mtime_ns,
-        processed_path=prepared.processed_path,
-        embedding=vector,
-    )
-
-
-def prepared_batches(
-    pool: Executor,
-    prepare: Callable[[T], R],
-    work: Sequence[T],
-    batch_size: int,
-    overlap: bool,
-) -> Iterator[list[R]]:
-    """`prepare` applied to `work` in the pool, yielded a batch at a time, in order.
-
-    With `overlap` (a GPU) the next batch is prepared while the caller embeds this one. On
-    the CPU the model already keeps every core busy, and decoding beside it only slows both
-    (their threads wait for each other), so the two take turns."""
-    chunks = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
-    if not chunks:  # no work: no batch at all, not one empty batch
-        return
-
-    def submit(chunk: Sequence[T]) -> list[Future[R]]:
-        return [pool.submit(prepare, item) for item in chunk]
-
-    pending = submit(chunks[0])
-    for following in [*chunks[1:], []]:
-        results = [future.result() for future in pending]
-        pending = submit(following) if overlap else []
-        yield results
-        if not overlap:
-            pending = submit(following)
 
 
 class Indexer:
@@ -297,24 +216,21 @@ class Indexer:
         return prepare_item(self.settings, self.spec, item)
 
     def _process(self, work: list[WorkItem]) -> None:
+        """Prepare, embed and store `work`: on a GPU the three overlap (batches prepared
+        ahead, rows written by a thread behind a bounded queue); on the CPU, where the model
+        already fills every core, preparing and embedding take turns."""
         if not work:
             return
         if any(item.stored is None for item in work):
             # New files almost always need the model: load it before any bar is drawn, so
             # that a model that cannot be loaded is one line, not a line between bars.
             self.embedder.model()
-        touched: list[Unchanged] = []
         overlap = self.embedder.resolved_device != "cpu"
-        workers = max(1, os.cpu_count() or 1)
+        touched: list[Unchanged] = []
         with ExitStack() as stack:
             progress = stack.enter_context(self.progress.stages(len(work)))
-            pool = stack.enter_context(
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
-            )
-            batches = prepared_batches(
-                pool, self._prepare, work, self.settings.batch_size, overlap
-            )
-            for results in batches:
+            writer = stack.enter_context(BackgroundWriter(depth=WRITE_QUEUE if overlap else 0))
+            for results in self._batches(stack, work, overlap):
                 batch: list[Prepared] = []
                 for result in results:
                     progress.prepared()
@@ -327,15 +243,33 @@ class Indexer:
                         progress.passed()
                     else:
                         batch.append(result)
-                self._store_batch(batch)
+                if batch:
+                    vectors = self._embed(batch)
+                    writer.submit(functools.partial(self._store_batch, batch, vectors))
         self._store_touched(touched)
 
-    def _store_batch(self, batch: list[Prepared]) -> None:
-        """Embed what is new content (copies and moves reuse stored vectors), then store."""
-        if not batch:
+    def _batches(
+        self, stack: ExitStack, work: list[WorkItem], overlap: bool
+    ) -> Iterator[list[Prepared | Unchanged | Failure]]:
+        """Prepared batches in order: Pillow in threads, or, with a CUDA model, JPEGs
+        decoded on the GPU and the rest by Pillow beside it."""
+        size = batch_size_for(self.settings, self.embedder.resolved_device)
+        workers = max(1, os.cpu_count() or 1)
+        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="prepare"))
+        device = tensor_device_for(self.embedder.resolved_device)
+        if device is None:
+            yield from prepared_batches(pool, self._prepare, work, size, overlap)
             return
-        rows = self.store.rows
-        vectors = rows.vectors_by_content(p.image.content_hash for p in batch)
+        preparer = DevicePreparer(self.settings, self.spec, device, pool)
+        ahead = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="device"))
+        chunks = [work[i : i + size] for i in range(0, len(work), size)]
+        for [results] in prepared_batches(ahead, preparer.prepare, chunks, 1, overlap=True):
+            yield results
+
+    def _embed(self, batch: list[Prepared]) -> dict[str, Any]:
+        """A vector for each content in the batch: stored ones for copies and moves, the
+        model's for the rest."""
+        vectors = self.store.rows.vectors_by_content(p.image.content_hash for p in batch)
         new_content: dict[str, Prepared] = {}
         for prepared in batch:
             if prepared.image.content_hash not in vectors:
@@ -344,9 +278,12 @@ class Indexer:
         embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
         self.progress.embedded(len(batch), len(embedded), time.perf_counter() - started)
         vectors.update(zip(new_content, embedded, strict=True))
-        rows.upsert(
-            [row_for(p, vectors[p.image.content_hash]) for p in batch], self.settings.model_name
-        )
+        return vectors
+
+    def _store_batch(self, batch: list[Prepared], vectors: dict[str, Any]) -> None:
+        """One transaction for the batch (the writer thread runs this on a GPU)."""
+        rows = [row_for(p, vectors[p.image.content_hash]) for p in batch]
+        self.store.rows.upsert(rows, self.settings.model_name)
         self.progress.stored(len(batch))
         for prepared in batch:
             if prepared.item.stored is None:
@@ -417,6 +354,32 @@ def run_index(
         if reindex:
             store.schema.take_over(settings.table_name)
         return report
+
+
+def batch_size_for(settings: Settings, device: str) -> int:
+    """The batch-size key, or: 16 on the CPU (measured best there), on a GPU by its memory."""
+    if settings.batch_size:
+        return settings.batch_size
+    return CPU_BATCH_SIZE if device == "cpu" else gpu_batch_size(device)
+
+
+def gpu_batch_size(device: str) -> int:
+    """128 images keep an H100-class GPU busy with ViT-B/32 and the ViT-L/14-at-512 class
+    alike (larger batches did not help the latter); less free memory, smaller batches."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return GPU_SMALL_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    if free >= 16 * GIB:
+        return 128
+    return 64 if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
+
+
+def tensor_device_for(device: str) -> str | None:
+    """Where JPEGs are decoded as tensors: on a CUDA GPU; elsewhere Pillow (its reduced-size
+    JPEG decoding beats a full decode on the CPU, and MPS has no JPEG decoder)."""
+    return device if device.startswith("cuda") else None
 
 
 def source_folder(settings: Settings, source: Path | None = None) -> str:

@@ -6,13 +6,15 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..config import Settings
 from ..errors import ImageSearchError, one_line
+from ..tensor_images import to_pil
 from .base import EmbeddingModel, ModelAdapter, normalise, resolve_device
 from .hub import check_hub_for
 from .registry import ADAPTERS, adapter_for, check_trust, read_model_config
@@ -99,10 +101,15 @@ class Embedder:
                 )
             return self._model
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image.Image | Any]) -> np.ndarray:
+        """Pillow images, or CHW uint8 tensors from the GPU path (turned into Pillow images
+        for a model that takes nothing else)."""
         if not images:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return normalise(self.model().embed_images(images), self.dimension)
+        model = self.model()
+        if not getattr(model, "accepts_tensors", False):
+            images = [i if isinstance(i, Image.Image) else to_pil(i) for i in images]
+        return normalise(model.embed_images(list(images)), self.dimension)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -20,6 +20,9 @@ class HuggingFaceClip:
     get_text_features and an AutoProcessor, no remote code."""
 
     runs_remote_code: ClassVar[bool] = False
+    # Also takes CHW uint8 tensors (the GPU path): the model's own fast processor then
+    # resizes and normalises them on the model's device.
+    accepts_tensors: ClassVar[bool] = True
 
     def __init__(self, name: str, model, processor, device: str) -> None:
         self.name = name
@@ -40,10 +43,12 @@ class HuggingFaceClip:
         processor = AutoProcessor.from_pretrained(name, use_fast=True)
         return cls(name, model, processor, device)
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+    def embed_images(self, images: list[Image.Image] | list[Any]) -> np.ndarray:
         import torch
 
-        inputs = self._processor(images=images, return_tensors="pt").to(self._device)
+        on_device = {} if self._device == "cpu" else {"device": self._device}
+        inputs = self._processor(images=images, return_tensors="pt", **on_device)
+        inputs = inputs.to(self._device)
         with torch.inference_mode():
             features = self._model.get_image_features(**inputs)
         return as_embedding_tensor(features).float().cpu().numpy()

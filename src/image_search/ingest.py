@@ -368,7 +368,14 @@ def run_index(
         if reindex:
             store.schema.drop_if_other_vectors(wanted)
         store.schema.ensure(wanted)
-        indexer = Indexer(settings, store, embedder, progress or Progress())
+        if settings.ray_address:  # the same run, its work spread over a Ray cluster
+            from .cluster import ClusterIndexer
+
+            indexer: Indexer | ClusterIndexer = ClusterIndexer(
+                settings, store, progress or Progress()
+            )
+        else:
+            indexer = Indexer(settings, store, embedder, progress or Progress())
         report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)
         if reindex:
             store.schema.take_over(settings.table_name)

@@ -1,0 +1,137 @@
+"""The store at scale: bulk load into the real schema, then recall and latency of a search.
+
+    uv run python bench/bench_store_scale.py [--rows 1000000] [--queries 200]
+
+For `halfvec` 1024-d (jina-clip-v2) and `vector` 512-d (CLIP ViT-B/32): clustered random unit
+vectors loaded with binary COPY, the HNSW index built once after the load (as a first index run
+of 1,000+ images does), then: build time, table and index size, recall@10 of the search against
+exact search (numpy over the same vectors), and p50/p95 of a whole search as `Searcher` runs it
+(the table's info, with the count of searched images, plus the nearest query). Issue 11's target
+at 1,000,000 rows: p95 <= 20 ms at recall@10 >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from bench_search_scale import TOP_K, clustered_vectors, one_search
+from common import DATA
+from pgvector import HalfVector
+
+from image_search.config import Settings
+from image_search.store import Store, VectorSpec, open_store
+from image_search.store.schema import create_vector_index
+
+CHUNK = 50_000
+# Per-coordinate noise of a query around a stored vector (whose coordinates are ~1/sqrt(d)).
+NOISE_SCALE = 0.5
+CONFIGS = (("halfvec", 1024), ("vector", 512))
+
+
+def load(store: Store, kind: str, rows: int, dimension: int) -> tuple[float, float]:
+    """The table filled by binary COPY, then indexed: (load seconds, build seconds)."""
+    spec = VectorSpec("bench/random", dimension, kind)
+    store.schema.drop_if_other_vectors(VectorSpec("", 0))  # always a fresh table
+    store.schema.ensure(spec)
+    store.schema.drop_vector_index()
+    columns = (
+        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
+        "processed_path, model_name, embedding"
+    )
+    types = ["text", "text", "text", "text", "int8", "int8", "text", "text", kind]
+    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
+    started = time.perf_counter()
+    for first in range(0, rows, CHUNK):
+        vectors = clustered_vectors(min(CHUNK, rows - first), dimension, seed=first)
+        with (
+            store.database.connection() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(copy_sql) as copy,
+        ):
+            copy.set_types(types)
+            if kind == "halfvec":  # pgvector's halfvec dumper takes its own type
+                vectors = [HalfVector(vector) for vector in vectors]
+            for i, vector in enumerate(vectors, start=first):
+                name = f"v{i:07d}.jpg"
+                copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "b", vector])
+    store.schema.recount()
+    loaded = time.perf_counter() - started
+    started = time.perf_counter()
+    with store.database.connection() as conn:
+        conn.execute("SET maintenance_work_mem = '2GB'")
+        create_vector_index(conn, store.table, kind)
+        conn.execute("RESET maintenance_work_mem")
+    return loaded, time.perf_counter() - started
+
+
+def sizes(store: Store) -> tuple[int, int]:
+    with store.database.connection() as conn:
+        return conn.execute(
+            "SELECT pg_table_size(%s), pg_indexes_size(%s)", [store.table, store.table]
+        ).fetchone()
+
+
+def exact_top(rows: int, dimension: int, queries: np.ndarray) -> list[set[str]]:
+    """The true 10 nearest by cosine, from the same generated vectors."""
+    best: list[list[tuple[float, int]]] = [[] for _ in queries]
+    for first in range(0, rows, CHUNK):
+        vectors = clustered_vectors(min(CHUNK, rows - first), dimension, seed=first)
+        scores = queries @ vectors.T
+        for q, row in enumerate(scores):
+            top = np.argpartition(-row, TOP_K)[:TOP_K]
+            best[q].extend((float(row[i]), first + int(i)) for i in top)
+    return [
+        {f"/bench/v{i:07d}.jpg" for _, i in sorted(found, reverse=True)[:TOP_K]} for found in best
+    ]
+
+
+def near_stored(rows: int, dimension: int, count: int) -> np.ndarray:
+    """Queries like a similar photo: stored vectors with noise added (a query unrelated to
+    every stored vector is equally far from all of them, which no real search asks)."""
+    rng = np.random.default_rng(7)
+    stored = clustered_vectors(min(CHUNK, rows), dimension, seed=0)
+    chosen = stored[rng.integers(0, len(stored), count)]
+    noisy = chosen + NOISE_SCALE / np.sqrt(dimension) * rng.standard_normal(chosen.shape)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+def measure(store: Store, kind: str, rows: int, dimension: int, queries: int) -> None:
+    loaded, built = load(store, kind, rows, dimension)
+    table_bytes, index_bytes = sizes(store)
+    wanted = near_stored(rows, dimension, queries)
+    if kind == "halfvec":  # the stored vectors are float16: so are exact search's
+        wanted = wanted.astype(np.float16).astype(np.float32)
+    truth = exact_top(rows, dimension, wanted)
+    latencies, hits = [], 0
+    for query, true in zip(wanted, truth, strict=True):
+        started = time.perf_counter()
+        assert one_search(store, query) == rows
+        latencies.append(time.perf_counter() - started)
+        found = {match.file_path for match in store.rows.nearest(query, TOP_K)}
+        hits += len(found & true)
+    ms = np.array(latencies) * 1000
+    print(
+        f"{kind} {dimension}-d, {rows} rows: load {loaded:.0f} s, HNSW build {built:.0f} s, "
+        f"table {table_bytes / 2**20:.0f} MiB, index {index_bytes / 2**20:.0f} MiB, "
+        f"recall@{TOP_K} {hits / (TOP_K * len(wanted)):.3f}, search p50 "
+        f"{np.percentile(ms, 50):.2f} ms, p95 {np.percentile(ms, 95):.2f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    settings = Settings(data_directory=DATA / "store-scale-db")
+    with open_store(settings, "unused") as base:
+        for kind, dimension in CONFIGS:
+            store = Store(base.database, f"bench_store_{kind}_{dimension}")
+            measure(store, kind, args.rows, dimension, args.queries)
+    print("target at 1,000,000 rows: p95 <= 20 ms at recall@10 >= 0.95")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,10 +17,9 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -29,11 +28,11 @@ from . import errors
 from .config import LOCAL_RAY, Settings
 from .errors import ConfigError, ImageSearchError, one_line
 from .images import ResizeSpec
-from .ingest import BULK_LOAD_ROWS, CPU_BATCH_SIZE, IndexReport, Progress, plan
+from .ingest import CPU_BATCH_SIZE, Indexer, Progress
 from .models import Embedder
 from .pipeline import Failure, Prepared, Unchanged, WorkItem, prepare_item, row_for
-from .scan import display_path, scan_images, stat_file
-from .store import Database, Store, StoredFile
+from .scan import display_path
+from .store import Database, Store
 
 log = logging.getLogger(__name__)
 
@@ -271,42 +270,24 @@ def _objects(values: Any) -> np.ndarray:
 # ------------------------------------------------------------------ the driver
 
 
-class ClusterIndexer:
-    """One index run over one source folder into one table, its work done by Ray."""
+class ClusterIndexer(Indexer):
+    """The index run of `Indexer` (the same scan, plan, removals and report), with the
+    preparing, embedding and writing done by Ray."""
 
     def __init__(self, settings: Settings, store: Store, progress: Progress) -> None:
         import_ray()  # a missing extra is one line before anything is drawn
-        self.settings = settings
-        self.store = store
-        self.progress = progress
-        self.report = IndexReport()
+        # The driver never loads the model: the actors do. The Embedder stays unloaded.
+        super().__init__(settings, store, Embedder.from_settings(settings), progress)
 
-    def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
-        """As `Indexer.run`: make the table match the folder `root`, plus the files `also`."""
-        rows = self.store.rows
-        stored = rows.stored_files(root)
-        if also:
-            stored.update(rows.stored_files_at(also))
-        own_folders = (self.settings.output_directory, self.settings.data_directory)
-        found = self.progress.scanning(scan_images(Path(root), exclude=own_folders))
-        scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
-        self.report.scanned = len(scanned)
-        work, self.report.unchanged, missing = plan(scanned, stored)
-        info = self.store.info()
-        if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
-            self.store.schema.drop_vector_index()
-        if work:
-            with connected(self.settings) as ray:
-                self._process(ray, work)
-        if not keep_missing:
-            self._remove(missing, folder_is_empty=not scanned)
-        self.store.schema.ensure_vector_index()
-        self.store.schema.mark_indexed()
-        return self.report
+    def _process(self, work: list[WorkItem]) -> None:
+        if not work:
+            return
+        with connected(self.settings) as ray:
+            self._process_on(ray, work)
 
-    def _process(self, ray: Any, work: list[WorkItem]) -> None:
+    def _process_on(self, ray: Any, work: list[WorkItem]) -> None:
         quiet_data_context(ray)
-        touched: list[WorkItem] = []
+        touched: list[Unchanged] = []
         with self.progress.stages(len(work)) as progress:
             for outcome in self._outcomes(ray, work):
                 progress.prepared()
@@ -320,7 +301,7 @@ class ClusterIndexer:
                     log.warning("skipped %s: %s", display_path(outcome.path), outcome.error)
                     self.report.failed.append(Failure(outcome.path, outcome.error))
                 elif outcome.item is not None:
-                    touched.append(outcome.item)
+                    touched.append(Unchanged(outcome.item))
                 progress.passed()
         order = {item.file.path: position for position, item in enumerate(work)}
         self.report.failed.sort(key=lambda failure: order.get(failure.path, 0))  # scan order
@@ -362,28 +343,6 @@ class ClusterIndexer:
             self.report.added += 1
         else:
             self.report.updated += 1
-
-    def _store_touched(self, touched: list[WorkItem]) -> None:
-        changes = []
-        for item in touched:
-            assert item.stored is not None
-            changes.append((item.stored.id, item.file.size, item.file.mtime_ns))
-        self.store.rows.update_stat(changes)
-        self.report.unchanged += len(touched)
-
-    def _remove(self, missing: list[StoredFile], folder_is_empty: bool) -> None:
-        if not missing:
-            return
-        if folder_is_empty:  # an unmounted drive looks like an empty folder
-            log.warning(
-                "no images found in the source folder; keeping its %d stored images "
-                "(is the drive mounted?)",
-                len(missing),
-            )
-            return
-        for processed in self.store.rows.delete([row.id for row in missing]):
-            Path(processed).unlink(missing_ok=True)
-        self.report.removed = len(missing)
 
 
 def worker_error(error: BaseException) -> ImageSearchError:

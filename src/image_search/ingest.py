@@ -371,9 +371,7 @@ def run_index(
         if settings.ray_address:  # the same run, its work spread over a Ray cluster
             from .cluster import ClusterIndexer
 
-            indexer: Indexer | ClusterIndexer = ClusterIndexer(
-                settings, store, progress or Progress()
-            )
+            indexer: Indexer = ClusterIndexer(settings, store, progress or Progress())
         else:
             indexer = Indexer(settings, store, embedder, progress or Progress())
         report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)

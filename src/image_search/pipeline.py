@@ -78,20 +78,31 @@ def prepare_item(
 ) -> Prepared | Unchanged | Failure:
     """One file made ready for the model (any thread or process may run it): read, hash,
     decode, resize, write the processed JPEG. Unreadable files are a Failure, not an error."""
+    try:
+        data = read_file(item.file.path)
+    except ImageError as exc:
+        return Failure(item.file.path, str(exc))
+    digest = content_hash_of(data)
+    if item.stored is not None and digest == item.stored.content_hash:
+        return Unchanged(item)
+    return prepare_with_pillow(settings, spec, item, data, digest)
+
+
+def prepare_with_pillow(
+    settings: Settings, spec: ResizeSpec, item: WorkItem, data: bytes, digest: str
+) -> Prepared | Failure:
+    """A file's bytes decoded, resized and written as the processed JPEG by Pillow."""
     path = item.file.path
     try:
-        data = read_file(path)
-        digest = content_hash_of(data)
-        if item.stored is not None and digest == item.stored.content_hash:
-            return Unchanged(item)
-        prepared = PreparedImage(prepare_bytes(data, spec), digest)
+        image = prepare_bytes(data, spec)
         destination = processed_path_for(settings, path)
-        save_jpeg(prepared.image, destination)
+        save_jpeg(image, destination)
     except ImageError as exc:
         return Failure(path, str(exc))
     except OSError as exc:  # e.g. the data directory became unwritable
         return Failure(path, f"cannot write processed JPEG: {exc}")
-    return Prepared(item, prepared, str(destination), capture_time(data, item.file.mtime_ns))
+    taken_at = capture_time(data, item.file.mtime_ns)
+    return Prepared(item, PreparedImage(image, digest), str(destination), taken_at)
 
 
 def row_for(prepared: Prepared, vector: Any) -> NewRow:
@@ -198,18 +209,7 @@ class DevicePreparer:
         return jpegs[to_cpu:], others + jpegs[:to_cpu]
 
     def _with_pillow(self, read: _Read) -> Prepared | Failure:
-        path = read.item.file.path
-        try:
-            image = prepare_bytes(read.data, self.spec)
-            destination = processed_path_for(self.settings, path)
-            save_jpeg(image, destination)
-        except ImageError as exc:
-            return Failure(path, str(exc))
-        except OSError as exc:
-            return Failure(path, f"cannot write processed JPEG: {exc}")
-        return Prepared(
-            read.item, PreparedImage(image, read.digest), str(destination), self._taken_at(read)
-        )
+        return prepare_with_pillow(self.settings, self.spec, read.item, read.data, read.digest)
 
     def _with_device(self, reads: list[_Read]) -> dict[int, Prepared | Failure]:
         """Decode, turn upright and resize on the device; encode the processed JPEGs there

@@ -308,12 +308,18 @@ class WebApp:
         stored = self._stored(shown)
         if stored is None or not Path(stored.file_path).is_file():
             return hidden
-        original = stored.file_path
-        # A copy in a folder of our own: the page never serves the user's folders directly.
-        folder = Path(tempfile.mkdtemp(prefix="original-", dir=self._downloads.name))
-        copy = folder / Path(original).name
-        shutil.copy2(original, copy)
+        copy = self._servable_copy(Path(stored.file_path), result.get("output_dir"))
         return gr.update(value=str(copy), visible=True, label=f"Download {display_path(copy.name)}")
+
+    def _servable_copy(self, original: Path, output_dir: str | None) -> Path:
+        """A copy of `original` the page may serve (it never serves the user's folders): the
+        one the result folder already holds, else one made in a folder of our own."""
+        saved = Path(output_dir) / original.name if output_dir else None
+        if saved and saved.is_file() and saved.stat().st_size == original.stat().st_size:
+            return saved
+        folder = Path(tempfile.mkdtemp(prefix="original-", dir=self._downloads.name))
+        shutil.copy2(original, folder / original.name)
+        return folder / original.name
 
     def rescan(self) -> Iterator[tuple[str, Any]]:
         """Re-index the folder in a thread, redrawing a progress bar until it is done."""

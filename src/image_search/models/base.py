@@ -96,3 +96,9 @@ def normalise(vectors: Any, dimension: int) -> np.ndarray:
     array = array[:, :dimension]
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.maximum(norms, 1e-12)
+
+
+def declares_own_code(config: Mapping[str, Any]) -> bool:
+    """A config.json that names its own AutoModel class (`auto_map`), as jina-clip-v2's does."""
+    auto_map = config.get("auto_map")
+    return isinstance(auto_map, Mapping) and "AutoModel" in auto_map

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ImageSearchError
-from .base import LoadOptions
+from .base import LoadOptions, declares_own_code
 from .onnx_export import (
     IMAGE_GRAPH,
     TEXT_GRAPH,
@@ -53,8 +53,7 @@ class PublishedOnnx:
 
     @classmethod
     def serves(cls, config: Mapping[str, Any]) -> bool:
-        auto_map = config.get("auto_map")
-        return isinstance(auto_map, Mapping) and "AutoModel" in auto_map
+        return declares_own_code(config)
 
     @classmethod
     def load(cls, name: str, device: str, options: LoadOptions) -> OnnxModel:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from .base import LoadOptions, torch_dtype
+from .base import LoadOptions, declares_own_code, torch_dtype
 
 # jina-clip-v2's model card encodes search queries with this task (it prefixes the query's
 # instruction); documents, the images here, are encoded without one.
@@ -30,8 +30,7 @@ class RemoteCodeModel:
 
     @classmethod
     def serves(cls, config: Mapping[str, Any]) -> bool:
-        auto_map = config.get("auto_map")
-        return isinstance(auto_map, Mapping) and "AutoModel" in auto_map
+        return declares_own_code(config)
 
     @classmethod
     def load(cls, name: str, device: str, options: LoadOptions) -> RemoteCodeModel:

@@ -11,11 +11,12 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, free_port, run_cli, running_page, write_config
+from conftest import CHROMIUM, EMBEDDING_DIM, free_port, run_cli, running_page, write_config
 from imagegen import write_photo
 
 from image_search.config import Settings, load_settings
@@ -229,17 +230,32 @@ def test_a_missing_chromium_stops_the_page_tests_with_one_line() -> None:
 # ---------------------------------------------------------------- the page
 
 
+class HeldEmbedder(Embedder):
+    """The real tiny model, whose image embedding waits while `gate` is closed: a Rescan
+    can then be caught mid-run on any machine, however fast."""
+
+    def __init__(self, model_path: Path) -> None:
+        super().__init__(str(model_path), "cpu", EMBEDDING_DIM)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def embed_images(self, images):  # type: ignore[no-untyped-def]
+        assert self.gate.wait(timeout=120), "the test never opened the gate"
+        return super().embed_images(images)
+
+
 @pytest.mark.browser
 def test_page_best_match_caption_download_empty_search_and_rescan_bar(
-    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
+    settings: Settings, photos: list[Path], tiny_clip: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    run_index(settings, shared_embedder)
-    for i in range(80):  # enough new files for the Rescan bar to be seen
+    embedder = HeldEmbedder(tiny_clip)
+    run_index(settings, embedder)
+    for i in range(80):
         later = settings.source_directory / "later" / f"new-{i:02d}.jpg"
         write_photo(later, seed=100 + i, width=1600, height=1200)
-    with running_page(settings, shared_embedder) as url, sync_playwright() as playwright:
+    with running_page(settings, embedder) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1100}, accept_downloads=True)
         page.goto(url)
@@ -261,9 +277,11 @@ def test_page_best_match_caption_download_empty_search_and_rescan_bar(
         assert Path(download.value.path()).read_bytes() == photos[1].read_bytes()
         assert page.locator("[aria-label='Share'], [title='Share']").count() == 0
 
+        embedder.gate.clear()  # the Rescan's first batch waits until its bar has been seen
         page.locator("#rescan").click()
         expect(page.locator("#rescan-progress")).to_be_visible(timeout=60_000)
-        expect(page.locator("#rescan-note")).to_contain_text(" / ")
+        expect(page.locator("#rescan-note")).to_contain_text(" / ", timeout=60_000)
+        embedder.gate.set()
         expect(page.locator("#rescan-note")).to_contain_text("Rescan finished", timeout=120_000)
         expect(page.locator("#status")).to_contain_text(f"{len(photos) + 80}")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)

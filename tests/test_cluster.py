@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import assert_one_row_per_file, many_photos, row_count, run_cli, stored_rows
+from conftest import (
+    assert_one_row_per_file,
+    many_photos,
+    row_count,
+    run_cli,
+    start_index,
+    stored_rows,
+    wait_for_rows,
+    write_config,
+)
 
 from image_search.config import Settings, load_settings
 from image_search.errors import ConfigError
@@ -104,8 +114,6 @@ def test_ray_address_key(tmp_path: Path) -> None:
 
 
 def test_embedded_database_needs_postgres_host_except_local(make_settings, tmp_path) -> None:
-    from conftest import write_config
-
     settings = make_settings()
     config = write_config(tmp_path / "config.json", settings)
     result = run_cli("index", "--env", str(config), "--ray-address", "auto")
@@ -114,8 +122,6 @@ def test_embedded_database_needs_postgres_host_except_local(make_settings, tmp_p
 
 
 def test_without_ray_one_line_names_the_extra(make_settings, tmp_path) -> None:
-    from conftest import write_config
-
     settings = make_settings()
     settings.source_directory.mkdir(parents=True)
     many_photos(settings.source_directory, 1)
@@ -167,14 +173,9 @@ def ray_worker_processes(title: str) -> list[psutil.Process]:
     return found
 
 
-def test_a_killed_worker_still_ends_with_one_row_per_image(
-    two_nodes: str, make_server_settings: Callable[..., Settings], password_server: dict
-) -> None:
-    settings = make_server_settings(
-        postgres_password=password_server["password"], ray_address=two_nodes, batch_size=2
-    )
-    settings.source_directory.mkdir(parents=True)
-    files = many_photos(settings.source_directory, 40)
+def index_killing_one(settings: Settings, files: list[Path], title: str) -> None:
+    """Index `files` on Ray, killing the first worker process whose title holds `title`
+    as soon as one runs; the run must still store each file exactly once."""
     outcome: dict[str, object] = {}
 
     def run() -> None:
@@ -186,10 +187,11 @@ def test_a_killed_worker_still_ends_with_one_row_per_image(
     runner = threading.Thread(target=run)
     runner.start()
     deadline = time.monotonic() + 120
-    while row_count(settings) == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    victims = ray_worker_processes("EmbedAndStore")
-    assert victims, "no embedding actor found"
+    victims = ray_worker_processes(title)
+    while not victims and runner.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+        victims = ray_worker_processes(title)
+    assert victims, f"no Ray worker running {title} was seen"
     victims[0].kill()
     runner.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
@@ -200,11 +202,66 @@ def test_a_killed_worker_still_ends_with_one_row_per_image(
     assert row_count(settings) == len(files)
 
 
+@pytest.mark.parametrize(
+    "title", ["EmbedAndStore", "prepare_batch"], ids=["embedding-actor", "prepare-task"]
+)
+def test_a_killed_worker_still_ends_with_one_row_per_image(
+    two_nodes: str,
+    make_server_settings: Callable[..., Settings],
+    password_server: dict,
+    title: str,
+) -> None:
+    settings = make_server_settings(
+        postgres_password=password_server["password"], ray_address=two_nodes, batch_size=2
+    )
+    settings.source_directory.mkdir(parents=True)
+    index_killing_one(settings, many_photos(settings.source_directory, 40), title)
+
+
+def test_a_killed_driver_is_finished_by_the_next_run(
+    two_nodes: str,
+    make_server_settings: Callable[..., Settings],
+    password_server: dict,
+    tmp_path: Path,
+) -> None:
+    """The driver killed mid-run (its Ray job dies with it); the re-run on the same cluster
+    finishes the job, without duplicates."""
+    settings = make_server_settings(ray_address=two_nodes, batch_size=2)
+    settings.source_directory.mkdir(parents=True)
+    files = many_photos(settings.source_directory, 120)
+    config = write_config(tmp_path / "config.json", settings)
+    env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": password_server["password"]}
+    with_password = dataclasses.replace(settings, postgres_password=password_server["password"])
+
+    driver = start_index(config, env=env)
+    wait_for_rows(with_password, driver, timeout=180)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert row_count(with_password) < len(files), "the run finished before it could be killed"
+
+    done = run_cli("index", "--env", str(config), "--json", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_one_row_per_file(with_password, files)
+
+
+def test_gpu_clusters_get_one_embedding_actor_per_gpu() -> None:
+    from image_search.cluster import embedding_resources
+
+    class Resources:
+        def __init__(self, **resources: float) -> None:
+            self.resources = resources
+
+        def cluster_resources(self) -> dict[str, float]:
+            return self.resources
+
+    assert embedding_resources(Resources(CPU=32, GPU=4)) == {"num_gpus": 1, "concurrency": 4}
+    assert embedding_resources(Resources(CPU=8)) == {"num_cpus": 1, "concurrency": 4}
+    assert embedding_resources(Resources(CPU=1)) == {"num_cpus": 1, "concurrency": 1}
+
+
 def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) -> None:
     """`local` with the embedded database; the workers' error, as the in-process run says it,
     and nothing of Ray's in the terminal."""
-    from conftest import write_config
-
     settings = make_settings(model_name=str(tmp_path / "no-such-model"))
     settings.source_directory.mkdir(parents=True)
     many_photos(settings.source_directory, 2)

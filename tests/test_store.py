@@ -29,7 +29,12 @@ from image_search.store import (
     index_name,
     open_store,
 )
-from image_search.store.connection import HANDLE_PIDS_FILE, start_embedded_server
+from image_search.store.connection import (
+    HANDLE_PIDS_FILE,
+    MIN_SHARED_BUFFERS_MB,
+    shared_buffers_mb,
+    start_embedded_server,
+)
 from image_search.store.schema import INDEX_ROLES, _migration_1
 
 
@@ -182,6 +187,45 @@ def test_connecting_leaves_pillow_and_warnings_alone_and_pins_the_wheel(
     start_embedded_server(data_directory)
     pids = json.loads((data_directory / "pgdata" / HANDLE_PIDS_FILE).read_text())
     assert os.getpid() in pids
+
+
+SHARED_BUFFERS_OF_A_FRESH_START = """
+import sys
+from pathlib import Path
+import psycopg
+from image_search.store.connection import start_embedded_server
+with psycopg.connect(start_embedded_server(Path(sys.argv[1])), autocommit=True) as conn:
+    mb = conn.execute(
+        "SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
+    ).fetchone()[0]
+    if sys.argv[2]:
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{sys.argv[2]}'")
+print(mb)
+"""
+
+
+def shared_buffers_of_a_fresh_start(data_directory: Path, then_set: str = "") -> int:
+    """Start the embedded server in a process of its own (it stops when that ends) and
+    return the shared_buffers it runs with, in MB; `then_set` is ALTER SYSTEM'd by hand."""
+    done = subprocess.run(
+        [sys.executable, "-c", SHARED_BUFFERS_OF_A_FRESH_START, str(data_directory), then_set],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_the_embedded_server_gets_a_cache_sized_for_this_computer(tmp_path: Path) -> None:
+    """PostgreSQL's default 128 MB is outgrown by the HNSW index of about 50,000 photos; the
+    size takes effect from the server's next start, and a size set by hand is kept."""
+    data_directory = tmp_path / "data"
+    assert shared_buffers_of_a_fresh_start(data_directory) <= MIN_SHARED_BUFFERS_MB  # initdb
+    assert shared_buffers_of_a_fresh_start(data_directory) == shared_buffers_mb()
+    assert shared_buffers_mb() >= MIN_SHARED_BUFFERS_MB
+    assert shared_buffers_of_a_fresh_start(data_directory, then_set="200MB") == shared_buffers_mb()
+    assert shared_buffers_of_a_fresh_start(data_directory) == 200
 
 
 def test_two_first_runs_create_a_named_database_once(make_settings, tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ from .connection import Database
 from .schema import META
 
 # pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
-MIN_EF_SEARCH = 100
+# At 1,000,000 rows, 100 found 91% of the true 10 nearest and 200 found 98%, for a search
+# p95 of 12 ms here (BENCHMARKS.md, section i).
+MIN_EF_SEARCH = 200
 MAX_EF_SEARCH = 1000
 # Candidates per image when looking for near-duplicates. pgvector's default, 40, missed about
 # 1% of the pairs of near-copies among 100,000 vectors (bench/bench_duplicates.py); 100 found
@@ -343,9 +345,12 @@ class Rows:
         )
         if exact:
             conn.execute("SET LOCAL enable_indexscan = off")
-        elif filters.narrows_rows:
-            # The planner guesses the filter's selectivity and may prefer reading the whole
-            # table; the iterative index scan is what keeps a filtered search fast at scale.
+        else:
+            # pgvector's cost of an HNSW scan swings with ef_search: at 20,000 rows and
+            # ef_search 100 the planner read the whole table (40-80 ms, against 1-7 ms on the
+            # index). With a filter it also guesses the selectivity; the iterative index scan
+            # is what keeps a filtered search fast at scale. A table without the index
+            # (not built yet) is still read in full.
             conn.execute("SET LOCAL enable_seqscan = off")
 
     def _nearest(

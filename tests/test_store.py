@@ -228,6 +228,21 @@ def test_the_embedded_server_gets_a_cache_sized_for_this_computer(tmp_path: Path
     assert shared_buffers_of_a_fresh_start(data_directory) == 200
 
 
+def test_the_cache_follows_a_container_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from image_search.store import connection
+
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(connection, "CGROUP_MEMORY_LIMITS", (str(limit),))
+    limit.write_text("max\n")  # no limit: the computer's memory
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert connection.memory_mb() == physical
+    limit.write_text(f"{2 * 2**30}\n")  # a container limited to 2 GB
+    assert connection.memory_mb() == min(physical, 2048)
+    assert shared_buffers_mb() == max(MIN_SHARED_BUFFERS_MB, min(physical, 2048) // 4)
+
+
 def test_two_first_runs_create_a_named_database_once(make_settings, tmp_path: Path) -> None:
     settings = make_settings(data_directory=tmp_path / "fresh", postgres_database="photos")
     config = write_config(tmp_path / "config.json", settings)

@@ -42,6 +42,7 @@ POOL_MAX_SIZE = 8
 # The embedded server's shared_buffers, in MB (see shared_buffers_mb).
 MIN_SHARED_BUFFERS_MB = 128
 MAX_SHARED_BUFFERS_MB = 4096
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 # SQLSTATE classes and codes that mean the connection is gone, not that the statement failed:
 # 08 connection exception; 57P01-57P03 the server shut down or is starting.
 BROKEN_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -110,8 +111,20 @@ def shared_buffers_mb() -> int:
     documentation suggests, between its default 128 MB and 4 GB. With the default, a
     library's HNSW index outgrows the cache at about 50,000 images; at 1,000,000 the bigger
     cache made a search about 40% faster (BENCHMARKS.md, section i)."""
-    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, total_mb // 4))
+    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, memory_mb() // 4))
+
+
+def memory_mb() -> int:
+    """This computer's memory, or the container's limit where that is lower (cgroup v2 or v1)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in CGROUP_MEMORY_LIMITS:
+        try:
+            limit = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total // 2**20
 
 
 def size_shared_buffers(conn: psycopg.Connection) -> None:
@@ -121,12 +134,13 @@ def size_shared_buffers(conn: psycopg.Connection) -> None:
         "SELECT 1 FROM pg_file_settings WHERE name = 'shared_buffers' "
         "AND sourcefile LIKE '%postgresql.auto.conf'"
     ).fetchone()
-    if already is None:
-        conn.execute(
-            sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(
-                sql.Literal(f"{shared_buffers_mb()}MB")
-            )
-        )
+    if already is not None:
+        return
+    size = sql.Literal(f"{shared_buffers_mb()}MB")
+    try:
+        conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(size))
+    except psycopg.Error as exc:  # a smaller cache is no reason to stop
+        log.debug("cannot size the embedded server's shared_buffers: %s", one_line(exc))
 
 
 def stop_quietly_at_exit(server: Any) -> None:

@@ -175,3 +175,59 @@ def test_batch_size_is_the_key_or_sixteen_on_the_cpu(settings: Settings) -> None
     assert batch_size_for(dataclasses.replace(settings, batch_size=7), "cuda") == 7
     assert ingest.tensor_device_for("cpu") is None and ingest.tensor_device_for("mps") is None
     assert ingest.tensor_device_for("cuda:0") == "cuda:0"
+
+
+JINA_PREPROCESSOR = {  # jina-clip-v2's preprocessor_config.json keys, at a small size
+    "resize_mode": "shortest",
+    "size": 48,
+    "interpolation": "bicubic",
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+}
+CLIP_PREPROCESSOR = {"size": {"shortest_edge": 40}, "crop_size": 32, "do_center_crop": True}
+
+
+@pytest.mark.parametrize("config", [JINA_PREPROCESSOR, CLIP_PREPROCESSOR], ids=["jina", "clip"])
+@pytest.mark.parametrize("size", [(400, 300), (300, 500), (60, 36)], ids=str)
+def test_model_pixels_from_tensors_match_the_pillow_recipe(
+    config: dict, size: tuple[int, int]
+) -> None:
+    import torch
+
+    from image_search.models.onnx_runtime import PixelRecipe
+    from image_search.tensor_images import model_pixels
+
+    recipe = PixelRecipe.from_config(config)
+    image = photo(4, *size)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    ours = model_pixels([pixels], recipe).numpy()
+    pillow = recipe([image])
+    assert ours.shape == pillow.shape
+    # The same filter up to rounding: about 2 of 255 levels, in normalised units (÷ std).
+    assert np.abs(ours - pillow).mean() < 2 / 255 / 0.26
+
+
+def test_a_model_with_its_own_code_embeds_tensors_without_pillow(
+    remote_code_model: Path, monkeypatch
+) -> None:
+    """The GPU path hands CHW tensors to the model: a remote-code model (jina-clip-v2's
+    interface) preprocesses them itself from its preprocessor_config.json and calls
+    get_image_features, never encode_image with Pillow images."""
+    import torch
+
+    embedder = Embedder(str(remote_code_model), "cpu", 32)
+    images = [prepare_file(write_photo(remote_code_model.parent / f"q{i}.jpg", seed=i), SPEC)
+              for i in range(3)]
+    by_pillow = embedder.embed_images(images)
+    model = embedder.model()
+    assert type(model).__name__ == "RemoteCodeModel" and model.accepts_tensors
+
+    def no_pillow(*args, **kwargs):
+        raise AssertionError("tensors went through Pillow to encode_image")
+
+    monkeypatch.setattr(model._model, "encode_image", no_pillow)
+    tensors = [torch.from_numpy(np.asarray(i).copy()).permute(2, 0, 1) for i in images]
+    by_tensor = embedder.embed_images(tensors)
+    assert by_tensor.shape == by_pillow.shape == (3, 32)
+    for ours, theirs in zip(by_tensor, by_pillow, strict=True):
+        assert float(ours @ theirs) > 0.99

@@ -84,3 +84,23 @@ def test_texts_find_what_they_describe(indexed: tuple[Path, dict[str, str]]) -> 
     config, answers = indexed
     found = {text: best_match(config, "--text", text) for text in answers}
     assert found == answers
+
+
+def test_jina_clip_v2_embeds_tensors_as_its_own_encode_image_does() -> None:
+    """The GPU path's tensors take the model's preprocessing from its preprocessor_config.json
+    and go to get_image_features; with the real jina-clip-v2 the vectors must be those of its
+    own encode_image (Pillow), up to the resize filter's rounding."""
+    import numpy as np
+    import torch
+
+    from image_search.images import ResizeSpec, prepare_file
+    from image_search.models import Embedder
+
+    embedder = Embedder("jinaai/jina-clip-v2", "cpu", 1024)
+    spec = ResizeSpec(width=960, height=540, mode="fit", max_pixels=10**8)
+    images = [prepare_file(EXAMPLES / "images" / name, spec) for name in EXAMPLE_IMAGES[:3]]
+    by_pillow = embedder.embed_images(images)
+    tensors = [torch.from_numpy(np.asarray(i).copy()).permute(2, 0, 1) for i in images]
+    by_tensor = embedder.embed_images(tensors)
+    for ours, theirs in zip(by_tensor, by_pillow, strict=True):
+        assert float(ours @ theirs) > 0.99

@@ -3,14 +3,19 @@ such as jinaai/jina-clip-v2."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
-from .base import LoadOptions, declares_own_code, torch_dtype
+from .base import LoadOptions, as_embedding_tensor, declares_own_code, torch_dtype
+from .onnx_runtime import PixelRecipe
+
+log = logging.getLogger(__name__)
 
 # jina-clip-v2's model card encodes search queries with this task (it prefixes the query's
 # instruction); documents, the images here, are encoded without one.
@@ -21,12 +26,24 @@ class RemoteCodeModel:
     """A model whose config.json names its own AutoModel class (`auto_map`)."""
 
     runs_remote_code: ClassVar[bool] = True
+    # Also takes CHW uint8 tensors (the GPU path): they are resized and normalised on their
+    # device as the model's preprocessor_config.json says, and go to get_image_features
+    # without a round trip through Pillow.
+    accepts_tensors: ClassVar[bool] = True
 
-    def __init__(self, name: str, model, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        name: str,
+        model,
+        device: str = "cpu",
+        precision: str = "fp32",
+        pixels: PixelRecipe | None = None,
+    ) -> None:
         self.name = name
         self._model = model
         self._device = device
         self._precision = precision
+        self._pixels = pixels if hasattr(model, "get_image_features") else None
 
     @classmethod
     def serves(cls, config: Mapping[str, Any]) -> bool:
@@ -37,7 +54,7 @@ class RemoteCodeModel:
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(name, trust_remote_code=True).to(device).eval()
-        return cls(name, model, device, options.precision)
+        return cls(name, model, device, options.precision, pixel_recipe_of(name))
 
     def _half_precision(self) -> AbstractContextManager[Any]:
         """The model's own code casts its inputs as it sees fit, so its weights stay fp32 and
@@ -49,12 +66,31 @@ class RemoteCodeModel:
             return nullcontext()
         return torch.autocast(self._device, dtype=torch_dtype(self._precision))
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+    def embed_images(self, images: list[Image.Image] | list[Any]) -> np.ndarray:
         import torch
 
+        if images and not isinstance(images[0], Image.Image):
+            if self._pixels is not None:
+                return self._embed_tensors(images)
+            from ..tensor_images import to_pil
+
+            images = [to_pil(image) for image in images]
         with torch.inference_mode(), self._half_precision():
             vectors = self._model.encode_image(images, batch_size=len(images))
         return as_float32(vectors)
+
+    def _embed_tensors(self, images: list[Any]) -> np.ndarray:
+        """What encode_image does (its processor, then get_image_features), on the tensors'
+        device; the vectors are normalised by the caller, as encode_image's are."""
+        import torch
+
+        from ..tensor_images import model_pixels
+
+        assert self._pixels is not None
+        pixel_values = model_pixels(images, self._pixels).to(self._device)
+        with torch.inference_mode(), self._half_precision():
+            features = self._model.get_image_features(pixel_values=pixel_values)
+        return as_float32(as_embedding_tensor(features))
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -62,6 +98,22 @@ class RemoteCodeModel:
         with torch.inference_mode(), self._half_precision():
             vectors = self._model.encode_text(texts, task=TEXT_QUERY_TASK, batch_size=len(texts))
         return as_float32(vectors)
+
+
+def pixel_recipe_of(name: str) -> PixelRecipe | None:
+    """The model's image preprocessing from its preprocessor_config.json (a folder's, or the
+    hub's, cached by the load just done); None where there is none or it is not understood,
+    and then tensors go through Pillow to encode_image."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(
+            name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        )
+        return PixelRecipe.from_file(Path(path)) if path else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.debug("no tensor preprocessing for %s: %s", name, exc)
+        return None
 
 
 def as_float32(vectors: Any) -> np.ndarray:

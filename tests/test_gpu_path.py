@@ -231,3 +231,28 @@ def test_a_model_with_its_own_code_embeds_tensors_without_pillow(
     assert by_tensor.shape == by_pillow.shape == (3, 32)
     for ours, theirs in zip(by_tensor, by_pillow, strict=True):
         assert float(ours @ theirs) > 0.99
+
+
+def test_a_remote_model_whose_code_refuses_pixels_falls_back_to_pillow(
+    remote_code_model: Path, monkeypatch, caplog
+) -> None:
+    import torch
+
+    embedder = Embedder(str(remote_code_model), "cpu", 32)
+    image = prepare_file(write_photo(remote_code_model.parent / "f.jpg", seed=9), SPEC)
+    model = embedder.model()
+
+    real = model._model.get_image_features
+    calls: list[int] = []
+
+    def refuses_the_first_call(*args, **kwargs):  # then encode_image's own call goes through
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("get_image_features() got an unexpected keyword argument")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model._model, "get_image_features", refuses_the_first_call)
+    tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    by_tensor = embedder.embed_images([tensor])
+    assert "using Pillow" in caplog.text
+    np.testing.assert_allclose(by_tensor, embedder.embed_images([image]), atol=1e-5)

@@ -71,7 +71,12 @@ class RemoteCodeModel:
 
         if images and not isinstance(images[0], Image.Image):
             if self._pixels is not None:
-                return self._embed_tensors(images)
+                try:
+                    return self._embed_tensors(images)
+                except (TypeError, AttributeError) as exc:  # its code differs from jina's
+                    log.warning("%s: preprocessing on the GPU failed (%s); using Pillow",
+                                self.name, exc)
+                    self._pixels = None
             from ..tensor_images import to_pil
 
             images = [to_pil(image) for image in images]

@@ -187,9 +187,13 @@ def _model_sized(image: Any, recipe: PixelRecipe) -> Any:
     if (new_height, new_width) != (height, width):
         mode = TORCH_MODES.get(Image.Resampling(recipe.resample), "bicubic")
         smooth = {"antialias": True, "align_corners": False} if mode != "nearest" else {}
-        pixels = torch.nn.functional.interpolate(
-            pixels[None], size=(new_height, new_width), mode=mode, **smooth
-        )[0].clamp(0, 255).round()
+        pixels = (
+            torch.nn.functional.interpolate(
+                pixels[None], size=(new_height, new_width), mode=mode, **smooth
+            )[0]
+            .clamp(0, 255)
+            .round()
+        )
     if recipe.crop is not None:
         pixels = _centre(pixels, *recipe.crop, round_offset=recipe.round_crop)
     return pixels

@@ -74,8 +74,9 @@ class RemoteCodeModel:
                 try:
                     return self._embed_tensors(images)
                 except (TypeError, AttributeError) as exc:  # its code differs from jina's
-                    log.warning("%s: preprocessing on the GPU failed (%s); using Pillow",
-                                self.name, exc)
+                    log.warning(
+                        "%s: preprocessing on the GPU failed (%s); using Pillow", self.name, exc
+                    )
                     self._pixels = None
             from ..tensor_images import to_pil
 
@@ -86,7 +87,7 @@ class RemoteCodeModel:
 
     def _embed_tensors(self, images: list[Any]) -> np.ndarray:
         """What encode_image does (its processor, then get_image_features), on the tensors'
-        device; the vectors are normalised by the caller, as encode_image's are."""
+        device. The vectors come back unnormalised: Embedder normalises every model's."""
         import torch
 
         from ..tensor_images import model_pixels

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 from common import DATA, median_of
+from pgvector import HalfVector
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
@@ -46,6 +47,32 @@ def queries_near(count: int, dimension: int, how_many: int) -> np.ndarray:
     return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
 
 
+def copy_clustered(store: Store, kind: str, count: int, dimension: int, chunk: int) -> None:
+    """`count` rows of clustered vectors (`vector` or `halfvec`) into the store's table by
+    binary COPY, `chunk` rows per generated block (the block's seed is its first row), and
+    the meta table's count set to match."""
+    columns = (
+        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
+        "processed_path, model_name, embedding"
+    )
+    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
+    types = [*COLUMN_TYPES[:-1], kind]
+    for first in range(0, count, chunk):
+        vectors = clustered_vectors(min(chunk, count - first), dimension, seed=first)
+        if kind == "halfvec":  # pgvector's halfvec dumper takes its own type
+            vectors = [HalfVector(vector) for vector in vectors]
+        with (
+            store.database.connection() as conn,
+            conn.cursor() as cursor,
+            cursor.copy(copy_sql) as copy,
+        ):
+            copy.set_types(types)
+            for i, vector in enumerate(vectors, start=first):
+                name = f"v{i:07d}.jpg"
+                copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "b", vector])
+    store.schema.recount()
+
+
 def load(store: Store, count: int, dimension: int) -> None:
     """Fill the table once (kept between runs); HNSW built after the load."""
     store.schema.drop_if_other_vectors(VectorSpec("bench/random", dimension))
@@ -57,23 +84,7 @@ def load(store: Store, count: int, dimension: int) -> None:
         conn.execute(f'TRUNCATE "{store.table}"')
     store.schema.drop_vector_index()
     started = time.perf_counter()
-    columns = (
-        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
-        "processed_path, model_name, embedding"
-    )
-    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
-    for first in range(0, count, CHUNK):
-        vectors = clustered_vectors(min(CHUNK, count - first), dimension, seed=first)
-        with (
-            store.database.connection() as conn,
-            conn.cursor() as cursor,
-            cursor.copy(copy_sql) as copy,
-        ):
-            copy.set_types(COLUMN_TYPES)
-            for i, vector in enumerate(vectors, start=first):
-                name = f"v{i:07d}.jpg"
-                copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "b", vector])
-    store.schema.recount()
+    copy_clustered(store, "vector", count, dimension, CHUNK)
     loaded = time.perf_counter() - started
     started = time.perf_counter()
     build_index(store)

@@ -21,9 +21,8 @@ import sys
 import time
 
 import numpy as np
-from bench_search_scale import TOP_K, clustered_vectors, one_search
+from bench_search_scale import TOP_K, clustered_vectors, copy_clustered, one_search
 from common import DATA
-from pgvector import HalfVector
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
@@ -45,27 +44,8 @@ def load(store: Store, kind: str, rows: int, dimension: int) -> tuple[float, flo
     store.schema.drop_if_other_vectors(VectorSpec("", 0))  # always a fresh table
     store.schema.ensure(spec)
     store.schema.drop_vector_index()
-    columns = (
-        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
-        "processed_path, model_name, embedding"
-    )
-    types = ["text", "text", "text", "text", "int8", "int8", "text", "text", kind]
-    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
     started = time.perf_counter()
-    for first in range(0, rows, CHUNK):
-        vectors = clustered_vectors(min(CHUNK, rows - first), dimension, seed=first)
-        with (
-            store.database.connection() as conn,
-            conn.cursor() as cursor,
-            cursor.copy(copy_sql) as copy,
-        ):
-            copy.set_types(types)
-            if kind == "halfvec":  # pgvector's halfvec dumper takes its own type
-                vectors = [HalfVector(vector) for vector in vectors]
-            for i, vector in enumerate(vectors, start=first):
-                name = f"v{i:07d}.jpg"
-                copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "b", vector])
-    store.schema.recount()
+    copy_clustered(store, kind, rows, dimension, CHUNK)
     loaded = time.perf_counter() - started
     started = time.perf_counter()
     with store.database.connection() as conn:

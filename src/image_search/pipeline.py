@@ -78,6 +78,14 @@ def prepare_item(
 ) -> Prepared | Unchanged | Failure:
     """One file made ready for the model (any thread or process may run it): read, hash,
     decode, resize, write the processed JPEG. Unreadable files are a Failure, not an error."""
+    read = read_changed(item)
+    if isinstance(read, Unchanged | Failure):
+        return read
+    return prepare_with_pillow(settings, spec, item, *read)
+
+
+def read_changed(item: WorkItem) -> tuple[bytes, str] | Unchanged | Failure:
+    """A file's bytes and content hash; Unchanged when the content is the one stored."""
     try:
         data = read_file(item.file.path)
     except ImageError as exc:
@@ -85,7 +93,7 @@ def prepare_item(
     digest = content_hash_of(data)
     if item.stored is not None and digest == item.stored.content_hash:
         return Unchanged(item)
-    return prepare_with_pillow(settings, spec, item, data, digest)
+    return data, digest
 
 
 def prepare_with_pillow(
@@ -192,13 +200,10 @@ class DevicePreparer:
         return [results[id(r)] if isinstance(r, _Read) else r for r in reads]
 
     def _read(self, item: WorkItem) -> _Read | Unchanged | Failure:
-        try:
-            data = read_file(item.file.path)
-        except ImageError as exc:
-            return Failure(item.file.path, str(exc))
-        digest = content_hash_of(data)
-        if item.stored is not None and digest == item.stored.content_hash:
-            return Unchanged(item)
+        read = read_changed(item)
+        if isinstance(read, Unchanged | Failure):
+            return read
+        data, digest = read
         return _Read(item, data, digest, tensor_header(data, self.spec.max_pixels))
 
     def _split(self, reads: list[_Read]) -> tuple[list[_Read], list[_Read]]:

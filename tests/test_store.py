@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from conftest import EMBEDDING_DIM, row_count, stored_rows, write_config
@@ -236,7 +237,7 @@ def test_the_cache_follows_a_container_memory_limit(
     limit = tmp_path / "memory.max"
     monkeypatch.setattr(connection, "CGROUP_MEMORY_LIMITS", (str(limit),))
     limit.write_text("max\n")  # no limit: the computer's memory
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    physical = psutil.virtual_memory().total // 2**20
     assert connection.memory_mb() == physical
     limit.write_text(f"{2 * 2**30}\n")  # a container limited to 2 GB
     assert connection.memory_mb() == min(physical, 2048)

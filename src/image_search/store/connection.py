@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -116,7 +115,7 @@ def shared_buffers_mb() -> int:
 
 def memory_mb() -> int:
     """This computer's memory, or the container's limit where that is lower (cgroup v2 or v1)."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    total = psutil.virtual_memory().total
     for limit_file in CGROUP_MEMORY_LIMITS:
         try:
             limit = Path(limit_file).read_text().strip()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import psycopg
 import pytest
@@ -25,6 +27,7 @@ from image_search.search import Searcher
 from image_search.store import (
     SCHEMA_VERSION,
     Database,
+    NewRow,
     Store,
     VectorSpec,
     index_name,
@@ -188,6 +191,35 @@ def test_connecting_leaves_pillow_and_warnings_alone_and_pins_the_wheel(
     start_embedded_server(data_directory)
     pids = json.loads((data_directory / "pgdata" / HANDLE_PIDS_FILE).read_text())
     assert os.getpid() in pids
+
+
+def test_an_index_build_without_shared_memory_is_done_in_one_process(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A parallel HNSW build asks /dev/shm for all of maintenance_work_mem at once; in a
+    container capped at 64 MB that fails ("could not resize shared memory segment"). Here
+    the build asks for 1 TB, more than any /dev/shm holds, and is made parallel even though
+    the table is small; the index must still be built."""
+    from image_search.store import schema
+
+    monkeypatch.setattr(schema, "INDEX_BUILD_MEMORY", "1TB")
+    vectors = np.random.default_rng(4).standard_normal((300, EMBEDDING_DIM)).astype(np.float32)
+    rows = [NewRow(f"/shm/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
+    caplog.set_level(logging.INFO, logger="image_search")
+    with open_store(settings) as store:
+        store.schema.ensure(VectorSpec.of(settings))
+        store.rows.upsert(rows, settings.model_name)
+        store.schema.drop_vector_index()
+        with store.database.connection() as conn:
+            conn.execute(f'ALTER TABLE "{store.table}" SET (parallel_workers = 2)')
+        store.schema.ensure_vector_index()
+        with store.database.connection() as conn:
+            indexes = [r[0] for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s", [store.table]
+            )]
+        assert store.rows.nearest(vectors[3], 1)[0].file_path == "/shm/3.jpg"
+    assert index_name(settings.table_name, "embedding_hnsw") in indexes
+    assert "in one process" in caplog.text and "shared memory" in caplog.text
 
 
 SHARED_BUFFERS_OF_A_FRESH_START = """

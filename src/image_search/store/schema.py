@@ -26,6 +26,8 @@ SCHEMA_VERSION = 3
 MAX_IDENTIFIER = 63
 # The indexes of a table, by role. Their names are derived from the table's (see index_name).
 INDEX_ROLES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
+# maintenance_work_mem for building the HNSW index after a bulk load.
+INDEX_BUILD_MEMORY = "512MB"
 
 
 @dataclass(frozen=True)
@@ -432,13 +434,29 @@ class Schema:
         self.database.run(lambda conn: conn.execute(query))
 
     def ensure_vector_index(self) -> None:
-        """Build the HNSW index if it is missing (after a bulk load, or one that was killed)."""
+        """Build the HNSW index if it is missing (after a bulk load, or one that was killed).
+
+        A parallel build takes all of maintenance_work_mem from /dev/shm at its start, which a
+        container may cap (Docker's default is 64 MB): the server then reports "could not
+        resize shared memory segment", and the index is built again in one process."""
 
         def build(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
-                conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
-                create_vector_index(conn, self.table, self.kind)
+                conn.execute(
+                    sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
+                        sql.Literal(INDEX_BUILD_MEMORY)
+                    )
+                )
+                try:
+                    with conn.transaction():
+                        create_vector_index(conn, self.table, self.kind)
+                except (psycopg.errors.DiskFull, psycopg.errors.OutOfMemory) as exc:
+                    if "shared memory" not in str(exc):
+                        raise
+                    log.info("building the search index in one process: %s", exc)
+                    conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+                    create_vector_index(conn, self.table, self.kind)
 
         self.database.run(build)
 

@@ -23,11 +23,12 @@ import time
 import numpy as np
 from bench_search_scale import TOP_K, clustered_vectors, copy_clustered, one_search
 from common import DATA
+from psycopg import sql
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
 from image_search.store import rows as rows_module
-from image_search.store.schema import create_vector_index, index_name
+from image_search.store.schema import INDEX_BUILD_MEMORY, create_vector_index, index_name
 
 CHUNK = 50_000
 # Per-coordinate noise of a query around a stored vector (whose coordinates are ~1/sqrt(d)).
@@ -38,8 +39,11 @@ EF_SEARCH_SWEEP = (100, 200, 400)
 WARM_UP = 50
 
 
-def load(store: Store, kind: str, rows: int, dimension: int) -> tuple[float, float]:
-    """The table filled by binary COPY, then indexed: (load seconds, build seconds)."""
+def load(
+    store: Store, kind: str, rows: int, dimension: int, build_memory: str = ""
+) -> tuple[float, float]:
+    """The table filled by binary COPY, then indexed (with `build_memory` as
+    maintenance_work_mem, or as an index run does): (load seconds, build seconds)."""
     spec = VectorSpec("bench/random", dimension, kind)
     store.schema.drop_if_other_vectors(VectorSpec("", 0))  # always a fresh table
     store.schema.ensure(spec)
@@ -48,10 +52,13 @@ def load(store: Store, kind: str, rows: int, dimension: int) -> tuple[float, flo
     copy_clustered(store, kind, rows, dimension, CHUNK)
     loaded = time.perf_counter() - started
     started = time.perf_counter()
-    with store.database.connection() as conn:
-        conn.execute("SET maintenance_work_mem = '8GB'")
-        create_vector_index(conn, store.table, kind)
-        conn.execute("RESET maintenance_work_mem")
+    if build_memory:
+        with store.database.connection() as conn:
+            conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(build_memory)))
+            create_vector_index(conn, store.table, kind)
+            conn.execute("RESET maintenance_work_mem")
+    else:  # as an index run builds it
+        store.schema.ensure_vector_index()
     return loaded, time.perf_counter() - started
 
 
@@ -141,10 +148,11 @@ def run_phase(phase: str, kind: str, dimension: int, args: argparse.Namespace) -
     with open_store(settings, "unused") as base:
         store = Store(base.database, f"bench_store_{kind}_{dimension}")
         if phase == "load":
-            loaded, built = load(store, kind, args.rows, dimension)
+            loaded, built = load(store, kind, args.rows, dimension, args.build_memory)
+            how = args.build_memory or f"{INDEX_BUILD_MEMORY}, as an index run"
             print(
                 f"{kind} {dimension}-d, {args.rows} rows: load {loaded:.0f} s, "
-                f"HNSW build {built:.0f} s"
+                f"HNSW build {built:.0f} s (maintenance_work_mem {how})"
             )
         else:
             measure(store, kind, args.rows, dimension, args.queries)
@@ -154,6 +162,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--build-memory",
+        default="",
+        help="maintenance_work_mem for the HNSW build, such as "
+        "8GB (default: what an index run uses)",
+    )
+    parser.add_argument("--kinds", default="halfvec,vector", help="which layouts to measure")
     parser.add_argument("--phase", choices=["load", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,6 +177,8 @@ def main() -> None:
         run_phase(args.phase, kind, int(dimension), args)
         return
     for kind, dimension in CONFIGS:
+        if kind not in args.kinds.split(","):
+            continue
         # Each phase in a process of its own: the embedded server stops between them, and
         # the searches run on a fresh start, with the shared_buffers image-search sets.
         for phase in ("load", "measure"):

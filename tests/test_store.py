@@ -222,6 +222,44 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
     assert "in one process" in caplog.text and "shared memory" in caplog.text
 
 
+def test_a_search_costs_two_round_trips(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The table's info (with the image count), then the nearest rows with their planner
+    settings in one pipeline: each one message to the server and one answer, counted in
+    libpq's own protocol trace as the server's ReadyForQuery replies."""
+    from contextlib import contextmanager
+
+    from image_search.store import Filters
+
+    vectors = np.random.default_rng(5).standard_normal((50, EMBEDDING_DIM)).astype(np.float32)
+    rows = [NewRow(f"/rt/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
+    trace = tmp_path / "libpq-trace.txt"
+    with open_store(settings) as store:
+        store.schema.ensure(VectorSpec.of(settings))
+        store.rows.upsert(rows, settings.model_name)
+        borrow = store.database.connection
+
+        @contextmanager
+        def traced(*args, **kwargs):
+            with borrow(*args, **kwargs) as conn, trace.open("a") as out:
+                conn.pgconn.trace(out.fileno())
+                try:
+                    yield conn
+                finally:
+                    conn.pgconn.untrace()
+
+        monkeypatch.setattr(store.database, "connection", traced)
+        for filters in (Filters(), Filters(under=("/rt",))):
+            trace.write_text("")
+            info = store.info()
+            matches = store.rows.nearest(vectors[4], 10, filters)
+            assert info is not None and info.images == 50
+            assert matches[0].file_path == "/rt/4.jpg" and len(matches) == 10
+            replies = [line for line in trace.read_text().splitlines() if "ReadyForQuery" in line]
+            assert len(replies) == 2, replies
+
+
 SHARED_BUFFERS_OF_A_FRESH_START = """
 import sys
 from pathlib import Path

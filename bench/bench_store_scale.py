@@ -28,7 +28,7 @@ from psycopg import sql
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
 from image_search.store import rows as rows_module
-from image_search.store.schema import INDEX_BUILD_MEMORY, create_vector_index, index_name
+from image_search.store.schema import create_vector_index, index_name
 
 CHUNK = 50_000
 # Per-coordinate noise of a query around a stored vector (whose coordinates are ~1/sqrt(d)).
@@ -149,7 +149,7 @@ def run_phase(phase: str, kind: str, dimension: int, args: argparse.Namespace) -
         store = Store(base.database, f"bench_store_{kind}_{dimension}")
         if phase == "load":
             loaded, built = load(store, kind, args.rows, dimension, args.build_memory)
-            how = args.build_memory or f"{INDEX_BUILD_MEMORY}, as an index run"
+            how = args.build_memory or f"{base.database.index_build_memory()}, as an index run"
             print(
                 f"{kind} {dimension}-d, {args.rows} rows: load {loaded:.0f} s, "
                 f"HNSW build {built:.0f} s (maintenance_work_mem {how})"

@@ -200,9 +200,7 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
     container capped at 64 MB that fails ("could not resize shared memory segment"). Here
     the build asks for 1 TB, more than any /dev/shm holds, and is made parallel even though
     the table is small; the index must still be built."""
-    from image_search.store import schema
-
-    monkeypatch.setattr(schema, "INDEX_BUILD_MEMORY", "1TB")
+    monkeypatch.setattr(Database, "index_build_memory", lambda self: "1TB")
     vectors = np.random.default_rng(4).standard_normal((300, EMBEDDING_DIM)).astype(np.float32)
     rows = [NewRow(f"/shm/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     caplog.set_level(logging.INFO, logger="image_search")
@@ -312,6 +310,14 @@ def test_the_cache_follows_a_container_memory_limit(
     limit.write_text(f"{2 * 2**30}\n")  # a container limited to 2 GB
     assert connection.memory_mb() == min(physical, 2048)
     assert shared_buffers_mb() == max(MIN_SHARED_BUFFERS_MB, min(physical, 2048) // 4)
+
+
+def test_the_index_build_gets_the_embedded_cache_size_or_512_mb_on_a_server(
+    settings: Settings, make_server_settings
+) -> None:
+    embedded = Database(settings).index_build_memory()
+    assert embedded == f"{max(512, shared_buffers_mb())}MB"
+    assert Database(make_server_settings()).index_build_memory() == "512MB"
 
 
 def test_two_first_runs_create_a_named_database_once(make_settings, tmp_path: Path) -> None:

@@ -26,8 +26,6 @@ SCHEMA_VERSION = 3
 MAX_IDENTIFIER = 63
 # The indexes of a table, by role. Their names are derived from the table's (see index_name).
 INDEX_ROLES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
-# maintenance_work_mem for building the HNSW index after a bulk load.
-INDEX_BUILD_MEMORY = "512MB"
 
 
 @dataclass(frozen=True)
@@ -445,7 +443,7 @@ class Schema:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
                 conn.execute(
                     sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
-                        sql.Literal(INDEX_BUILD_MEMORY)
+                        sql.Literal(self.database.index_build_memory())
                     )
                 )
                 try:

@@ -19,8 +19,8 @@ import time
 from datetime import datetime
 
 import numpy as np
-from bench_query import DIMENSION, clustered_vectors
-from common import DATA
+from bench_query import DIMENSION
+from common import DATA, bench_row_of, clustered_vectors, copy_vectors
 
 from image_search.config import Settings
 from image_search.duplicates import DEFAULT_THRESHOLD, find_duplicates
@@ -28,10 +28,6 @@ from image_search.store import Store, VectorSpec, index_name, open_store
 
 COPIES = 2  # per planted group, besides its original
 COPY_NOISE = 0.1  # of a unit vector's length: about 0.995 alike
-COLUMN_TYPES = [
-    *("text", "text", "text", "text", "int8", "int8", "text", "text"),
-    *("vector", "timestamp"),
-]
 
 
 def with_planted_copies(vectors: np.ndarray, groups: int, seed: int) -> list[list[int]]:
@@ -56,21 +52,7 @@ def load(store: Store, vectors: np.ndarray) -> None:
     with store.database.connection() as conn:
         conn.execute(f'TRUNCATE "{store.table}"')
     store.schema.drop_vector_index()
-    columns = (
-        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
-        "processed_path, model_name, embedding, taken_at"
-    )
-    taken = datetime(2020, 1, 1)
-    with (
-        store.database.connection() as conn,
-        conn.cursor() as cursor,
-        cursor.copy(f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)') as copy,
-    ):
-        copy.set_types(COLUMN_TYPES)
-        for i, vector in enumerate(vectors):
-            name = f"v{i:06d}.jpg"
-            row = [f"/bench/{name}", name, f"p{i}", f"c{i}", 1, i, "", "bench", vector, taken]
-            copy.write_row(row)
+    copy_vectors(store, vectors, taken_at=datetime(2020, 1, 1))
     store.schema.recount()
     started = time.perf_counter()
     store.schema.ensure_vector_index()
@@ -97,7 +79,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    vectors = clustered_vectors(args.vectors, seed=0)
+    vectors = clustered_vectors(args.vectors, DIMENSION, seed=0)
     planted = with_planted_copies(vectors, args.groups, seed=1)
     settings = Settings(data_directory=DATA / "query-db", table_name=f"bench_dup_{args.vectors}")
     with open_store(settings) as store:
@@ -111,7 +93,7 @@ def main() -> None:
             times.append(time.perf_counter() - started)
 
     found = {
-        tuple(sorted(int(m.image.file_name[1:7]) for m in group.members))
+        tuple(sorted(bench_row_of(m.image.file_name) for m in group.members))
         for group in report.groups
     }
     whole = sum(tuple(group) in found for group in planted)

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import numpy as np
-from common import DATA, median_of
+from common import DATA, clustered_vectors, copy_vectors, median_of
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
@@ -26,14 +26,6 @@ TOP_K = 10
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults, which the schema uses
 
 
-def clustered_vectors(count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, count // 100), DIMENSION)).astype(np.float32)
-    members = centres[rng.integers(0, len(centres), count)]
-    vectors = members + 0.6 * rng.standard_normal((count, DIMENSION)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 def load(store: Store, vectors: np.ndarray) -> None:
     store.schema.ensure(VectorSpec("bench/random-512", DIMENSION))
     if store.info().images == len(vectors):
@@ -41,19 +33,7 @@ def load(store: Store, vectors: np.ndarray) -> None:
     with store.database.connection() as conn:
         conn.execute(f'TRUNCATE "{store.table}"')
     store.schema.drop_vector_index()
-    columns = (
-        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
-        "processed_path, model_name, embedding"
-    )
-    with (
-        store.database.connection() as conn,
-        conn.cursor() as cursor,
-        cursor.copy(f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)') as copy,
-    ):
-        copy.set_types(["text", "text", "text", "text", "int8", "int8", "text", "text", "vector"])
-        for i, vector in enumerate(vectors):
-            name = f"v{i:06d}.jpg"
-            copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "bench", vector])
+    copy_vectors(store, vectors)
     store.schema.recount()
     started = time.perf_counter()
     store.schema.ensure_vector_index()
@@ -83,7 +63,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
 
-    vectors = clustered_vectors(args.vectors, seed=0)
+    vectors = clustered_vectors(args.vectors, DIMENSION, seed=0)
     # Queries: new points near stored ones, as a second photo of a subject is.
     queries = vectors[np.random.default_rng(2).integers(0, len(vectors), args.queries)]
     noise = np.random.default_rng(3).standard_normal(queries.shape) / np.sqrt(DIMENSION)

@@ -17,8 +17,7 @@ import argparse
 import time
 
 import numpy as np
-from common import DATA, median_of
-from pgvector import HalfVector
+from common import DATA, clustered_vectors, copy_vectors, median_of
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
@@ -27,17 +26,6 @@ from image_search.store.schema import create_vector_index, index_name
 TOP_K = 10
 CHUNK = 100_000
 WARM_UP = 20
-COLUMN_TYPES = ["text", "text", "text", "text", "int8", "int8", "text", "text", "vector"]
-
-
-def clustered_vectors(count: int, dimension: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, count // 100), dimension)).astype(np.float32)
-    members = centres[rng.integers(0, len(centres), count)]
-    vectors = members + 0.6 * rng.standard_normal((count, dimension)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 def queries_near(count: int, dimension: int, how_many: int) -> np.ndarray:
     """New points near vectors stored in the table of `count` rows (its first chunk)."""
     stored = clustered_vectors(min(CHUNK, count), dimension, seed=0)
@@ -51,25 +39,9 @@ def copy_clustered(store: Store, kind: str, count: int, dimension: int, chunk: i
     """`count` rows of clustered vectors (`vector` or `halfvec`) into the store's table by
     binary COPY, `chunk` rows per generated block (the block's seed is its first row), and
     the meta table's count set to match."""
-    columns = (
-        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
-        "processed_path, model_name, embedding"
-    )
-    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
-    types = [*COLUMN_TYPES[:-1], kind]
     for first in range(0, count, chunk):
         vectors = clustered_vectors(min(chunk, count - first), dimension, seed=first)
-        if kind == "halfvec":  # pgvector's halfvec dumper takes its own type
-            vectors = [HalfVector(vector) for vector in vectors]
-        with (
-            store.database.connection() as conn,
-            conn.cursor() as cursor,
-            cursor.copy(copy_sql) as copy,
-        ):
-            copy.set_types(types)
-            for i, vector in enumerate(vectors, start=first):
-                name = f"v{i:07d}.jpg"
-                copy.write_row([f"/bench/{name}", name, f"p{i}", f"c{i}", 1, 1, "", "b", vector])
+        copy_vectors(store, vectors, first, kind)
     store.schema.recount()
 
 

@@ -21,8 +21,8 @@ import sys
 import time
 
 import numpy as np
-from bench_search_scale import TOP_K, clustered_vectors, copy_clustered, one_search
-from common import DATA
+from bench_search_scale import TOP_K, copy_clustered, one_search
+from common import DATA, bench_file_name, clustered_vectors
 from psycopg import sql
 
 from image_search.config import Settings
@@ -79,7 +79,8 @@ def exact_top(rows: int, dimension: int, queries: np.ndarray) -> list[set[str]]:
             top = np.argpartition(-row, TOP_K)[:TOP_K]
             best[q].extend((float(row[i]), first + int(i)) for i in top)
     return [
-        {f"/bench/v{i:07d}.jpg" for _, i in sorted(found, reverse=True)[:TOP_K]} for found in best
+        {f"/bench/{bench_file_name(i)}" for _, i in sorted(found, reverse=True)[:TOP_K]}
+        for found in best
     ]
 
 

@@ -8,8 +8,10 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -91,3 +93,53 @@ def reference_preprocess(path: Path) -> Image.Image:
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def clustered_vectors(count: int, dimension: int, seed: int) -> np.ndarray:
+    """Unit vectors in clusters of about 100 (photos of a subject), as float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, count // 100), dimension)).astype(np.float32)
+    members = centres[rng.integers(0, len(centres), count)]
+    vectors = members + 0.6 * rng.standard_normal((count, dimension)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def bench_file_name(row: int) -> str:
+    return f"v{row:07d}.jpg"
+
+
+def bench_row_of(file_name: str) -> int:
+    """The row number a generated file name stands for (bench_file_name's inverse)."""
+    return int(file_name[1:].split(".")[0])
+
+
+def copy_vectors(
+    store: Any,
+    vectors: Sequence[np.ndarray],
+    first: int = 0,
+    kind: str = "vector",
+    taken_at: datetime | None = None,
+) -> None:
+    """Rows for `vectors`, numbered from `first`, into the store's table by binary COPY (the
+    caller recounts): /bench/v0000042.jpg, modified at 42 ns (lower rows are older), taken at
+    `taken_at`. `kind`: the table's vector type, `vector` or `halfvec`."""
+    from pgvector import HalfVector
+
+    columns = (
+        "file_path, file_name, path_hash, content_hash, file_size, file_mtime_ns, "
+        "processed_path, model_name, embedding, taken_at"
+    )
+    types = ["text", "text", "text", "text", "int8", "int8", "text", "text", kind, "timestamp"]
+    copy_sql = f'COPY "{store.table}" ({columns}) FROM STDIN WITH (FORMAT BINARY)'
+    with (
+        store.database.connection() as conn,
+        conn.cursor() as cursor,
+        cursor.copy(copy_sql) as copy,
+    ):
+        copy.set_types(types)
+        for row, vector in enumerate(vectors, start=first):
+            name = bench_file_name(row)
+            embedding = HalfVector(vector) if kind == "halfvec" else vector  # its own dumper
+            copy.write_row(
+                [f"/bench/{name}", name, f"p{row}", f"c{row}", 1, row, "", "b", embedding, taken_at]
+            )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ POOL_MAX_SIZE = 8
 MIN_SHARED_BUFFERS_MB = 128
 MAX_SHARED_BUFFERS_MB = 4096
 SERVER_BUILD_MEMORY_MB = 512
+# A shared_buffers line in postgresql.auto.conf.
+SHARED_BUFFERS_SETTING = re.compile(r"^\s*shared_buffers\s*=", re.MULTILINE)
 CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 # SQLSTATE classes and codes that mean the connection is gone, not that the statement failed:
 # 08 connection exception; 57P01-57P03 the server shut down or is starting.
@@ -99,10 +102,13 @@ def start_embedded_server(data_directory: Path, database: str = "postgres") -> s
         forget_dead_handles(pgdata)
         server = get_server(pgdata)
         stop_quietly_at_exit(server)
-        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-            size_shared_buffers(conn)
-            if database != "postgres":
-                _create_database(conn, database)
+        size_cache = not shared_buffers_chosen(pgdata)
+        if size_cache or database != "postgres":
+            with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+                if size_cache:
+                    size_shared_buffers(conn)
+                if database != "postgres":
+                    _create_database(conn, database)
     return server.get_uri(database)
 
 
@@ -127,15 +133,19 @@ def memory_mb() -> int:
     return total // 2**20
 
 
+def shared_buffers_chosen(pgdata: Path) -> bool:
+    """Whether shared_buffers was set with ALTER SYSTEM already, by us or by hand (read from
+    the file ALTER SYSTEM writes, so that no start needs a connection to find out)."""
+    try:
+        settings = (pgdata / "postgresql.auto.conf").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return bool(SHARED_BUFFERS_SETTING.search(settings))
+
+
 def size_shared_buffers(conn: psycopg.Connection) -> None:
-    """Set the embedded server's shared_buffers once, for its next start (a running server
-    cannot change it). A value already set with ALTER SYSTEM, by us or by hand, is kept."""
-    already = conn.execute(
-        "SELECT 1 FROM pg_file_settings WHERE name = 'shared_buffers' "
-        "AND sourcefile LIKE '%postgresql.auto.conf'"
-    ).fetchone()
-    if already is not None:
-        return
+    """Set the embedded server's shared_buffers, for its next start (a running server
+    cannot change it)."""
     size = sql.Literal(f"{shared_buffers_mb()}MB")
     try:
         conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(size))

@@ -439,6 +439,10 @@ class Schema:
         resize shared memory segment", and the index is built again in one process."""
 
         def build(conn: psycopg.Connection) -> None:
+            index = index_name(self.table, "embedding_hnsw")
+            found = conn.execute("SELECT to_regclass(quote_ident(%s))", [index]).fetchone()
+            if found is not None and found[0] is not None:
+                return  # every run ends here; only a missing index needs the lock and memory
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [self.table])
                 conn.execute(

@@ -153,6 +153,9 @@ def make_settings(tmp_path: Path, tiny_clip: Path, data_directory: Path) -> Call
             table_name=table,
             top_k=5,
             batch_size=4,
+            # The backend of shared_embedder, which most tests index with; tests of the
+            # default (auto) say so.
+            backend="torch",
         )
         return dataclasses.replace(base, **overrides)
 

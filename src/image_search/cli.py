@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Collection, Sequence
@@ -22,6 +23,9 @@ from .duplicates import DEFAULT_THRESHOLD
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
+from .models.base import require_torch
+from .models.hub import check_hub_for
+from .models.precision import settings_for_backend
 from .scan import display_path
 from .search import DEFAULT_TEXT_WEIGHT
 from .store import Database, Store, redact
@@ -53,7 +57,8 @@ KEY_HELP = {
     "trust-remote-code": "true or false: may a model that brings its own code run it "
     "(default: true, which jinaai/jina-clip-v2 needs)",
     "save-results": "true or false: write a result folder for each search (default: true)",
-    "backend": "torch (default) or onnx (ONNX Runtime: faster on CPUs, int8)",
+    "backend": "auto (default: onnx on the CPU, torch on a GPU when installed, and whatever "
+    "filled an existing table), onnx (ONNX Runtime) or torch (needs image-search[torch])",
     "precision": "auto (default), fp32, bf16, fp16 or int8 (int8: onnx backend only)",
     "ray-address": "index on a Ray cluster: local (a private Ray instance), auto, HOST:PORT or "
     "ray://HOST:10001 (default: unset, in this process; needs image-search[cluster])",
@@ -291,12 +296,63 @@ def make_embedder(settings: Settings) -> Embedder:
 
 @dataclass(frozen=True)
 class Services:
-    """What every command works with, built once in `main`: the settings, the database (a
-    pool shared by the index run, the searcher and the page) and the lazily loaded model."""
+    """What every command works with, built once in `main`: the settings (backend `auto`
+    resolved), the database (a pool shared by the index run, the searcher and the page), the
+    lazily loaded model, and why that backend was chosen."""
 
     settings: Settings
     database: Database
     embedder: Embedder
+    backend_reason: str = "set in the configuration"
+
+
+def settings_for_table(
+    settings: Settings, database: Database, reindex: bool = False
+) -> tuple[Settings, str]:
+    """Backend `auto` resolved: a table that holds images keeps what filled it (unless it is
+    being re-indexed), so that an upgrade never forces a re-index."""
+    table = None
+    if settings.backend == "auto" and not reindex:
+        info = Store(database, settings.table_name).info()
+        if info is not None and info.images:
+            table = (info.spec.backend, info.spec.precision)
+    return settings_for_backend(settings, table)
+
+
+def check_before_starting(args: argparse.Namespace, settings: Settings) -> None:
+    """What can fail fast, checked before the database starts or the folder is scanned: a
+    port in use, backend torch without its extra, and a model hub that cannot be reached
+    for a model not cached here."""
+    if args.command in ("serve", None):
+        check_port_free(args.host, args.port)
+    if needs_model(args):
+        if settings.backend == "torch":
+            require_torch("backend torch")
+        check_hub_for(settings.model_name)
+
+
+def needs_model(args: argparse.Namespace) -> bool:
+    """Commands that may load the model (a search by --like alone uses stored vectors)."""
+    if args.command == "search":
+        return args.image is not None or args.text is not None
+    return args.command in ("index", "serve", None)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One line naming --port when something already listens there."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ImageSearchError(port_in_use_message(host, port, exc)) from None
+
+
+def port_in_use_message(host: str, port: int, error: OSError) -> str:
+    return (
+        f"cannot serve on {host}:{port}: {one_line(error)} (another image-search?). "
+        "Choose another port with --port"
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -387,7 +443,7 @@ def command_duplicates(args: argparse.Namespace, services: Services) -> int:
 def command_status(args: argparse.Namespace, services: Services) -> int:
     from .status import status_lines, status_of
 
-    status = status_of(services.settings, services.database)
+    status = status_of(services.settings, services.database, services.backend_reason)
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return 0
@@ -461,8 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = settings_from(args)
+        check_before_starting(args, settings)
         with Database(settings) as database:
-            services = Services(settings, database, make_embedder(settings))
+            reindex = getattr(args, "reindex", False)
+            settings, reason = settings_for_table(settings, database, reindex)
+            services = Services(settings, database, make_embedder(settings), reason)
             return COMMANDS[args.command](args, services)
     except Terminated:
         return 0

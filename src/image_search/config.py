@@ -24,7 +24,7 @@ NOT_KEYS = (ENV_PREFIX + "DEBUG", ENV_PREFIX + "REAL_MODEL")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "onnx", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # The ray-address that starts a private Ray instance on this machine for the run.
 LOCAL_RAY = "local"
@@ -61,7 +61,7 @@ class Settings:
     server_auth: str | None = None
     trust_remote_code: bool = True
     save_results: bool = True
-    backend: str = "torch"
+    backend: str = "auto"
     precision: str = "auto"
     ray_address: str | None = None
 

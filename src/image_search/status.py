@@ -10,9 +10,12 @@ from .store import Database, Store, VectorSpec, database_size, describe_location
 SIZE_UNITS = ("bytes", "kB", "MB", "GB", "TB")
 
 
-def status_of(settings: Settings, database: Database) -> dict[str, Any]:
-    """The status as JSON-ready values; the contract's keys first. `model` and `dimension`
-    are the table's; `configured_*` what the settings ask for."""
+def status_of(
+    settings: Settings, database: Database, backend_reason: str | None = None
+) -> dict[str, Any]:
+    """The status as JSON-ready values; the contract's keys first. `model`, `dimension`,
+    `backend` and `precision` are the table's; `configured_*` what the settings ask for;
+    `backend_in_use` what this run would embed with, and `backend_reason` why."""
     info = Store(database, settings.table_name).info()
     configured = VectorSpec.of(settings)
     spec = info.spec if info else configured
@@ -31,6 +34,9 @@ def status_of(settings: Settings, database: Database) -> dict[str, Any]:
         "configured_model": configured.model_name,
         "configured_dimension": configured.dimension,
         "settings_match_table": spec == configured,
+        "backend_in_use": configured.backend,
+        "precision_in_use": configured.precision,
+        "backend_reason": backend_reason or "set in the configuration",
     }
 
 
@@ -53,6 +59,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         "images": status["images"],
         "last indexed": status["last_indexed_at"] or "never",
         "database size": human_size(status["database_size"]),
+        "backend": f"{status['backend_in_use']} {status['precision_in_use']} "
+        f"({status['backend_reason']})",
     }
     lines = [f"{key}: {value}" for key, value in shown.items()]
     if not status["settings_match_table"]:

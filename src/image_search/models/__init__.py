@@ -16,9 +16,16 @@ from PIL import Image
 from ..config import Settings
 from ..errors import ImageSearchError, one_line
 from ..tensor_images import to_pil
-from .base import EmbeddingModel, LoadOptions, ModelAdapter, normalise, resolve_device
+from .base import (
+    EmbeddingModel,
+    LoadOptions,
+    ModelAdapter,
+    normalise,
+    require_torch,
+    resolve_device,
+)
 from .hub import check_hub_for
-from .precision import device_for, precision_for
+from .precision import device_for, precision_for, settings_for_backend
 from .registry import ADAPTERS, ONNX_ADAPTERS, adapter_for, check_trust, read_model_config
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,8 @@ def load_model(
     """Load `name` (a Hugging Face id or a local folder) on `device` (auto|cpu|cuda|mps) with
     the `backend`'s adapter that serves it. Code the model brings runs only if
     `trust_remote_code`."""
+    if backend == "torch":
+        require_torch("backend torch")
     resolved = device_for(backend, device)
     if options is None:
         options = LoadOptions(precision=precision_for(backend, "auto", resolved))
@@ -95,6 +104,9 @@ class Embedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Embedder:
+        """The settings' model; backend `auto` resolved as for a new table (the command line
+        resolves it against the table first, see `settings_for_backend`)."""
+        settings, _ = settings_for_backend(settings)
         return cls(
             settings.model_name,
             settings.device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from PIL import Image
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+TORCH_EXTRA = "torch"
+# What the torch extra brings that the torch backend and the ONNX export import.
+TORCH_MODULES = ("torch", "transformers")
 
 
 class EmbeddingModel(Protocol):
@@ -50,10 +55,26 @@ class ModelAdapter(Protocol):
     def load(cls, name: str, device: str, options: LoadOptions) -> EmbeddingModel: ...
 
 
+def torch_installed() -> bool:
+    """Is the torch extra installed? Asked without importing it (seconds)."""
+    return all(importlib.util.find_spec(module) is not None for module in TORCH_MODULES)
+
+
+def require_torch(purpose: str) -> None:
+    """One line naming the extra, where `purpose` needs torch and it is not installed."""
+    if not torch_installed():
+        raise ConfigError(
+            f"{purpose} needs torch and transformers, which the default install leaves out: "
+            f"install the {TORCH_EXTRA} extra (pip install 'image-search[{TORCH_EXTRA}]'; "
+            f"from a clone: uv sync --extra {TORCH_EXTRA}), or use backend onnx"
+        )
+
+
 def resolve_device(requested: str) -> str:
     """`auto` picks cuda, then mps, then cpu; an absent accelerator warns once and gives cpu."""
     if requested == "cpu":  # known without importing torch (seconds) for a model never loaded
         return "cpu"
+    require_torch("backend torch")
     import torch
 
     cuda = torch.cuda.is_available()

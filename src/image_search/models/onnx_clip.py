@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import LoadOptions, as_embedding_tensor
+from .base import LoadOptions, as_embedding_tensor, require_torch
 from .hf_clip import CLIP_FAMILY
 from .onnx_export import (
     IMAGE_GRAPH,
@@ -68,6 +68,7 @@ class OnnxClip:
 def export_clip(folder: Path, into: Path, precision: str) -> dict[str, Any]:
     """Write the two towers in `precision`, the tokenizer.json and the preprocessor config
     into `into`; return the manifest that describes them."""
+    require_torch("exporting a standard Hugging Face model to ONNX (done once per model)")
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(folder).eval()

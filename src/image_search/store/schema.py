@@ -52,8 +52,9 @@ class VectorSpec:
 
     @classmethod
     def of(cls, settings: Settings) -> VectorSpec:
-        from ..models.precision import planned_precision
+        from ..models.precision import planned_precision, settings_for_backend
 
+        settings, _ = settings_for_backend(settings)  # backend auto as for a new table
         precision = planned_precision(settings.backend, settings.precision, settings.device)
         return cls(
             settings.model_name,

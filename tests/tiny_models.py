@@ -144,16 +144,11 @@ def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
     code (which does not exist here: the ONNX path must never need it), onnx/model.onnx with
     its weights in model.onnx_data, model_fp16.onnx and model_int8.onnx, a tokenizer.json and
     a preprocessor_config.json in jina-clip's own keys."""
-    import onnx
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.float16 import convert_float_to_float16
     from transformers import CLIPConfig, CLIPModel
 
-    onnx_folder = folder / "onnx"
-    onnx_folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     vocab = build_jina_tokenizer(folder / "tokenizer.json")
-    pad = vocab["<pad>"]
     common = {
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -166,13 +161,31 @@ def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
         "max_position_embeddings": 77,
         "bos_token_id": vocab["<s>"],
         "eos_token_id": vocab["</s>"],
-        "pad_token_id": pad,
+        "pad_token_id": vocab["<pad>"],
     }
     vision = {**common, "image_size": IMAGE_SIZE, "patch_size": 8}
     torch.manual_seed(seed)
     clip = CLIPModel(
         CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBEDDING_DIM)
     ).eval()
+    return publish_in_jina_layout(clip, folder, IMAGE_SIZE)
+
+
+def publish_in_jina_layout(
+    clip, folder: Path, image_size: int, precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+) -> Path:
+    """Write a CLIPModel's towers as one ONNX graph laid out as jina-clip-v2 publishes its own
+    (see build_jina_layout_model), in `precisions`. The text tower reads the byte-level jina
+    tokenizer's ids, so its vocabulary must hold them."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx_folder = folder / "onnx"
+    onnx_folder.mkdir(parents=True, exist_ok=True)
+    vocab = build_jina_tokenizer(folder / "tokenizer.json")
+    pad = vocab["<pad>"]
 
     class DualEncoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -195,7 +208,7 @@ def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             DualEncoder(),
-            (sample_ids, torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)),
+            (sample_ids, torch.randn(2, 3, image_size, image_size)),
             str(exported),
             input_names=JINA_INPUTS,
             output_names=JINA_OUTPUTS,
@@ -203,10 +216,18 @@ def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
             opset_version=17,
             dynamo=False,
         )
-    onnx.save(
-        convert_float_to_float16(onnx.load(str(exported)), keep_io_types=True),
-        str(onnx_folder / "model_fp16.onnx"),
-    )
+    if "fp16" in precisions:
+        onnx.save(
+            convert_float_to_float16(onnx.load(str(exported)), keep_io_types=True),
+            str(onnx_folder / "model_fp16.onnx"),
+        )
+    if "int8" in precisions:
+        quantize_dynamic(
+            exported,
+            onnx_folder / "model_int8.onnx",
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
     onnx.save(  # the weights beside the graph, as the real fp32 model.onnx has them
         onnx.load(str(exported)),
         str(onnx_folder / "model.onnx"),
@@ -214,13 +235,8 @@ def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
         location="model.onnx_data",
         size_threshold=0,
     )
-    quantize_dynamic(
-        exported,
-        onnx_folder / "model_int8.onnx",
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-    )
-    exported.unlink()
+    for leftover in onnx_folder.glob("exported.onnx*"):
+        leftover.unlink()
     _write_json(
         folder / "config.json",
         {
@@ -229,14 +245,14 @@ def build_jina_layout_model(folder: Path, seed: int = 2) -> Path:
                 "AutoConfig": "jinaai/jina-clip-implementation--configuration_clip.JinaCLIPConfig",
                 "AutoModel": "jinaai/jina-clip-implementation--modeling_clip.JinaCLIPModel",
             },
-            "projection_dim": EMBEDDING_DIM,
+            "projection_dim": int(clip.config.projection_dim),
         },
     )
     _write_json(
         folder / "preprocessor_config.json",
         {
             "image_processor_type": "JinaCLIPImageProcessor",
-            "size": IMAGE_SIZE,
+            "size": image_size,
             "mean": OPENAI_MEAN,
             "std": OPENAI_STD,
             "resize_mode": "shortest",

@@ -9,6 +9,7 @@ outcomes (never images or vectors) and drives the same bars and report."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -95,6 +96,7 @@ def connected(settings: Settings) -> Iterator[Any]:
     options: dict[str, Any] = {
         "log_to_driver": debug,
         "logging_level": logging.INFO if debug else logging.ERROR,
+        "runtime_env": {"env_vars": worker_environment()},
     }
     with ExitStack() as stack:
         if not debug:
@@ -111,6 +113,32 @@ def connected(settings: Settings) -> Iterator[Any]:
             ) from exc
         stack.callback(ray.shutdown)
         yield ray
+
+
+def worker_environment() -> dict[str, str]:
+    """What workers need of the driver's environment: its time zone, so that a capture date
+    taken from a file's modification time is the same wherever a worker runs (containers
+    usually run in UTC)."""
+    zone = os.environ.get("TZ") or local_zone_name()
+    return {"TZ": zone} if zone else {}
+
+
+def local_zone_name() -> str | None:
+    """The IANA name of this computer's zone (Europe/Berlin) from /etc/localtime's link."""
+    target = os.path.realpath("/etc/localtime")
+    _, found, zone = target.partition("/zoneinfo/")
+    return zone if found and zone else None
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The settings with their folders made absolute here: a worker would resolve a relative
+    data-directory against its own working directory, and its rows would point there."""
+    return dataclasses.replace(
+        settings,
+        source_directory=settings.source_directory.absolute(),
+        output_directory=settings.output_directory.absolute(),
+        data_directory=settings.data_directory.absolute(),
+    )
 
 
 @contextmanager
@@ -203,7 +231,7 @@ class EmbedAndStore:
     def __init__(self, settings: Settings, table: str) -> None:
         self.settings = settings
         self.embedder = Embedder.from_settings(settings)
-        if self.embedder.resolved_device == "cpu":
+        if self.embedder.backend == "torch" and self.embedder.resolved_device == "cpu":
             import torch
 
             torch.set_num_threads(CPU_ACTOR_THREADS)
@@ -316,16 +344,17 @@ class ClusterIndexer(Indexer):
         items = ray.data.from_items(
             [{"item": pickle.dumps(item)} for item in work], override_num_blocks=blocks
         )
+        settings = worker_settings(self.settings)
         prepared = items.map_batches(
             prepare_batch,
-            fn_kwargs={"settings": self.settings, "spec": ResizeSpec.of(self.settings)},
+            fn_kwargs={"settings": settings, "spec": ResizeSpec.of(settings)},
             batch_size=batch_size,
             num_cpus=1,
             memory=PREPARE_MEMORY,
         )
         outcomes = prepared.map_batches(
             EmbedAndStore,
-            fn_constructor_kwargs={"settings": self.settings, "table": self.store.table},
+            fn_constructor_kwargs={"settings": settings, "table": self.store.table},
             batch_size=batch_size,
             **resources,
         )

@@ -560,6 +560,7 @@ class WebApp:
             inputs=[selection["path"], top_k, *filters],
             outputs=[*shown, results],
             api_name="similar",
+            preprocess=False,  # raw inputs, checked by our validator with the field's label
             validator=self.check_similar,
         )
 
@@ -590,6 +591,7 @@ class WebApp:
             inputs=[threshold, under],
             outputs=[note, groups, as_json],
             api_name="duplicates",
+            preprocess=False,  # raw inputs, checked by our validator with the field's label
             validator=self.check_duplicates,
         )
 

@@ -64,8 +64,9 @@ class Inputs:
             return parse_date(label, text)
         except ConfigError as exc:
             return self._problem(name, str(exc), None)
-        except ValueError:  # a form that matches but is no date ("2024-13")
-            return self._problem(name, f"{label}: {text!r} is not a date", None)
+        except ValueError:  # a form parse_date lets through but is no date ("2024-13")
+            message = f"{label}: expected a date like 2024-05-31, got {text!r}"
+            return self._problem(name, message, None)
 
     def filters(self, under: Any, after: Any, before: Any, min_score: Any) -> Filters:
         """The filter controls (named under, taken_after, taken_before, min_score)."""

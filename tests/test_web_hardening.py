@@ -265,9 +265,12 @@ def test_rescan_shows_any_failure_as_its_one_line(
     settings: Settings, indexed: list[Path], tiny_clip: Path
 ) -> None:
     write_photo(settings.source_directory / "new.png", seed=60)
-    with served(settings, OutOfMemoryEmbedder(tiny_clip)) as (url, _):
-        with pytest.raises(Exception, match="RuntimeError: CUDA out of memory") as raised:
-            Client(url, verbose=False).predict(api_name="/rescan")
+    failing = OutOfMemoryEmbedder(tiny_clip)
+    with (
+        served(settings, failing) as (url, _),
+        pytest.raises(Exception, match="RuntimeError: CUDA out of memory") as raised,
+    ):
+        Client(url, verbose=False).predict(api_name="/rescan")
     assert "KeyError" not in str(raised.value) and "\n" not in str(raised.value).strip()
 
 

@@ -355,6 +355,7 @@ def test_a_password_on_the_command_line_is_warned_about_once(
     config = write_config(tmp_path / "config.json", settings)
     for key in [k for k in os.environ if k.startswith("IMAGE_SEARCH_")]:
         monkeypatch.delenv(key)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # main() would take over SIGTERM
     with caplog.at_level(logging.WARNING, logger="image_search"):
         assert main(["status", "--env", str(config), "--auth", "alice:Pw-on-the-line"]) == 0
     warned = [r.getMessage() for r in caplog.records if "ps" in r.getMessage()]

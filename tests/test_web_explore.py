@@ -140,7 +140,7 @@ def test_image_and_text_together_and_filters_in_the_browser(
 
         page.locator("#taken-after textarea").fill("someday")
         page.locator("#search").click()
-        expect(page.get_by_text("taken-after: expected a date")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Taken on or after: expected a date")).to_be_visible(timeout=30_000)
     assert {"query.jpg", "query.txt"} <= {p.name for p in combined.iterdir()}
     lines = [json.loads(line) for line in (filtered / "results.jsonl").read_text().splitlines()]
     assert sorted(line["file_path"] for line in lines) == sorted(

@@ -53,7 +53,9 @@ KEY_HELP = {
     "CPU; on a GPU 32-128, by its free memory)",
     "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
     "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
-    "server-auth": "user:password protecting the web page (default: none)",
+    "server-auth": "user:password protecting the web page (default: none); as a flag it "
+    "shows in `ps` to every user of this machine: prefer IMAGE_SEARCH_SERVER_AUTH or the "
+    "config file",
     "trust-remote-code": "true or false: may a model that brings its own code run it "
     "(default: true, which jinaai/jina-clip-v2 needs)",
     "save-results": "true or false: write a result folder for each search (default: true)",
@@ -287,6 +289,12 @@ def show_help(parser: Parser, topic: str | None) -> int:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     flags = {key: getattr(args, attribute_of(key), None) for key in all_keys()}
+    if flags["server-auth"]:
+        log.warning(
+            "--server-auth puts the page's password in the command line, where `ps` shows it "
+            "to every user of this machine: set IMAGE_SEARCH_SERVER_AUTH or server-auth in "
+            "the config file instead"
+        )
     return load_settings(getattr(args, "env", None), flags)
 
 

@@ -283,12 +283,7 @@ class Searcher:
         return SearchResult(folder, info.images, matches, warnings + more, query.describe())
 
     def _find(self, like: str) -> StoredImage | None:
-        """The stored row of a file named as given, absolute, or with links resolved."""
-        for path in dict.fromkeys([like, os.path.abspath(like), os.path.realpath(like)]):
-            stored = self.store.rows.find(path)
-            if stored is not None:
-                return stored
-        return None
+        return find_stored(self.store, like)
 
     def _embed(self, image: Image.Image | None, text: str | None, text_weight: float) -> np.ndarray:
         if image is not None and text is not None:
@@ -310,6 +305,15 @@ class Searcher:
     ) -> SearchResult:
         """Search with a text query through the model's text tower."""
         return self.search(Query(text=text), top_k, filters)
+
+
+def find_stored(store: Store, like: str) -> StoredImage | None:
+    """The stored row of a file named as given, absolute, or with links resolved."""
+    for path in dict.fromkeys([like, os.path.abspath(like), os.path.realpath(like)]):
+        stored = store.rows.find(path)
+        if stored is not None:
+            return stored
+    return None
 
 
 def copy_stored_query(stored: StoredImage, folder: Path) -> list[str]:

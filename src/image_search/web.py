@@ -1,4 +1,6 @@
-"""The Gradio page. It calls the same functions as the command line and nothing of its own."""
+"""The Gradio page: its handlers and its launch. It calls the same functions as the command
+line and nothing of its own. The layout is in web_layout, the checks of what clients send in
+web_inputs, and every file the page hands out goes through web_files."""
 
 from __future__ import annotations
 
@@ -6,12 +8,10 @@ import html
 import ipaddress
 import logging
 import re
-import shutil
-import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +21,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, DuplicateReport, counted, find_duplicates
-from .errors import ImageError, ImageSearchError
+from .errors import ImageError, ImageSearchError, one_line
 from .ingest import Progress, run_index
 from .models import Embedder
 from .scan import display_path
@@ -32,24 +32,31 @@ from .search import (
     SearchResult,
     build_filters,
     describe_filters,
+    find_stored,
 )
 from .status import status_markdown, status_of
-from .store import Database, Filters, Store
+from .store import Database, Filters, Store, StoredFile
+from .web_files import MAX_UPLOAD, ORIGINAL_REFUSED, FileGate, PageCache, Refused
+from .web_inputs import (
+    DUPLICATE_UNDER_LABEL,
+    PATH_LABEL,
+    TEXT_LABEL,
+    TEXT_WEIGHT_LABEL,
+    THRESHOLD_LABEL,
+    Inputs,
+    SearchInputs,
+    folders_of,
+    read_search_inputs,
+)
+from .web_layout import PAGE_CSS, Page, page_layout
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD = "50mb"
-MAX_TOP_K = 100
 EMPTY_QUERY = "Drop an image or type a few words, then press **Search**."
 # How often the Rescan bar is redrawn, in seconds.
 RESCAN_REDRAW_S = 0.25
 # Seconds an error toast stays; a successful search also closes any that are left.
 TOAST_SECONDS = 8
-# Runs in the browser before the handler it is attached to, and hands the input on.
-CLOSE_TOASTS = (
-    "(value) => { document.querySelectorAll('.toast-close').forEach((b) => b.click()); "
-    "return value; }"
-)
 # Gradio itself uses a status-code name that Starlette deprecated; nothing a user can act on.
 warnings.filterwarnings(
     "ignore",
@@ -58,21 +65,6 @@ warnings.filterwarnings(
 )
 # Duplicate groups drawn on the page at most (all of them are in the JSON below).
 MAX_GROUPS_SHOWN = 200
-# Gradio lays gallery captions over the image, cut to one line ("astronaut.j…"): put them
-# under the image instead, whole, wrapped where they need it.
-PAGE_CSS = """
-#gallery .thumbnail-item { display: flex; flex-direction: column; aspect-ratio: auto; }
-#gallery .thumbnail-item > img { aspect-ratio: 4 / 3; height: auto; min-height: 0; }
-#gallery .caption-label {
-  position: static; max-width: 100%; opacity: 1; white-space: normal; overflow-wrap: anywhere;
-  text-overflow: clip; border: 0; border-top: 1px solid var(--border-color-primary);
-  border-radius: 0;
-}
-#duplicate-groups .group { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 18px; }
-#duplicate-groups figure { margin: 0; width: 180px; }
-#duplicate-groups img { width: 180px; height: 135px; object-fit: contain; background: #8881; }
-#duplicate-groups figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
-"""
 
 
 def page_error(message: str) -> gr.Error:
@@ -81,38 +73,9 @@ def page_error(message: str) -> gr.Error:
     return gr.Error(message, duration=TOAST_SECONDS, print_exception=False)
 
 
-def uploaded_path(payload: Any) -> Path | None:
-    """The server-side path of an uploaded image (the event runs with preprocess=False,
-    so that an unreadable upload reaches our own error message, not Gradio's)."""
-    if not payload:
-        return None
-    if isinstance(payload, dict):
-        path = payload.get("path")
-        return Path(path) if path else None
-    return Path(str(payload))
-
-
 def markdown_text(text: str) -> str:
     """User text shown inside Markdown as typed, not as formatting."""
     return re.sub(r"([\\`*_{}\[\]()#+!|<>~])", r"\\\1", text)
-
-
-def folders_of(text: str | None) -> list[str]:
-    """Folders typed one per line (a folder name may hold any other character)."""
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-def page_filters(
-    under: str | None, taken_after: str | None, taken_before: str | None, min_score: float | None
-) -> Filters:
-    """The page's filter controls as Filters; a minimum score of 0 means none."""
-    return build_filters(
-        folders_of(under),
-        (taken_after or "").strip() or None,
-        (taken_before or "").strip() or None,
-        float(min_score) if min_score else None,
-        prefix="",
-    )
 
 
 def file_url(path: str) -> str:
@@ -120,7 +83,7 @@ def file_url(path: str) -> str:
     return "gradio_api/file=" + quote(path)
 
 
-def duplicates_html(report: DuplicateReport) -> str:
+def duplicates_html(report: DuplicateReport, thumbnail: Callable[[str], Path]) -> str:
     """Each group as a row of thumbnails (the processed JPEGs) with score and full path."""
     parts = []
     for number, group in enumerate(report.groups[:MAX_GROUPS_SHOWN], start=1):
@@ -128,10 +91,10 @@ def duplicates_html(report: DuplicateReport) -> str:
         for position, member in enumerate(group.members):
             label = "keep" if position == 0 else f"{member.score:.3f}"
             path = html.escape(display_path(member.image.file_path))
+            image = file_url(str(thumbnail(member.image.processed_path)))
             figures.append(
-                f'<figure><img src="{html.escape(file_url(member.image.processed_path))}" '
-                f'alt="{path}" loading="lazy"><figcaption><b>{label}</b> {path}</figcaption>'
-                "</figure>"
+                f'<figure><img src="{html.escape(image)}" alt="{path}" loading="lazy">'
+                f"<figcaption><b>{label}</b> {path}</figcaption></figure>"
             )
         parts.append(
             f'<h4>Group {number}</h4><div class="group">{"".join(figures)}</div>'
@@ -139,18 +102,25 @@ def duplicates_html(report: DuplicateReport) -> str:
     return "".join(parts)
 
 
-def gallery_of(result: SearchResult) -> list[tuple[str, str]]:
-    return [
-        (m.processed_path, f"{m.score:.3f} · {display_path(m.file_name)}") for m in result.results
-    ]
+def result_records(result: Any) -> list[dict[str, Any]]:
+    """The ranked results of the search's JSON, as the page gave them back; [] for anything
+    malformed (the JSON comes back from the browser, or from any client)."""
+    records = result.get("results") if isinstance(result, dict) else None
+    if not isinstance(records, list):
+        return []
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("file_path"), str)]
 
 
-def best_caption(result: dict[str, Any] | None) -> str:
+def best_caption(result: Any) -> str:
     """File name, score and full path of the best match, from the search's JSON."""
-    if not result or not result.get("results"):
+    records = result_records(result)
+    if not records:
         return ""
-    best = result["results"][0]
-    return f"**{best['file_name']}** · score {best['score']:.3f}  \n`{best['file_path']}`"
+    best = records[0]
+    score = best.get("score")
+    shown = f" · score {score:.3f}" if isinstance(score, int | float) else ""
+    name = best.get("file_name") or Path(best["file_path"]).name
+    return f"**{name}**{shown}  \n`{best['file_path']}`"
 
 
 def rescan_bar(done: int, total: int, seconds: float) -> str:
@@ -169,73 +139,121 @@ def rescan_bar(done: int, total: int, seconds: float) -> str:
     )
 
 
+def failure_line(error: BaseException) -> str:
+    """A failed run's error as one line: ours as it is, anything else (CUDA out of memory, a
+    bug) with its type; the traceback goes to the debug log."""
+    if isinstance(error, ImageSearchError):
+        return str(error)
+    log.debug("the run failed", exc_info=error)
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
 class WebApp:
-    """The page's handlers, on the settings, model and database that `cli.main` built."""
+    """The page's handlers, on the settings, model and database that `cli.main` built. Every
+    file it hands out goes through `self.files` (web_files), made with the page (build())."""
 
     def __init__(self, settings: Settings, embedder: Embedder, database: Database) -> None:
         self.settings = settings
         self.embedder = embedder
         self.database = database
-        self._downloads = tempfile.TemporaryDirectory(prefix="image-search-")
-        self._link_block: gr.HTML | None = None  # serves originals; made by build()
+        self.cache: PageCache | None = None
+        self._files: FileGate | None = None
+
+    @property
+    def files(self) -> FileGate:
+        if self._files is None:
+            raise RuntimeError("the page's file cache is made by build()")
+        return self._files
 
     def search(
         self,
         image: Any,
-        text: str | None,
-        top_k: float,
-        text_weight: float = DEFAULT_TEXT_WEIGHT,
-        under: str | None = None,
-        taken_after: str | None = None,
-        taken_before: str | None = None,
-        min_score: float | None = None,
+        text: Any,
+        top_k: Any,
+        text_weight: Any = DEFAULT_TEXT_WEIGHT,
+        under: Any = None,
+        taken_after: Any = None,
+        taken_before: Any = None,
+        min_score: Any = None,
     ) -> tuple[Any, ...]:
-        """An image, a text, or both together as one query; filtered."""
-        path = uploaded_path(image)
-        query = (text or "").strip()
+        """An image, a text, or both together as one query; filtered. The event runs with
+        preprocess=False: the image is the client's payload, read only if it was uploaded
+        to this page (web_files), and an unreadable one gets our own message."""
+        inputs = Inputs()
+        query = inputs.text("text", TEXT_LABEL, text).strip()
+        weight = inputs.number(
+            "text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, DEFAULT_TEXT_WEIGHT
+        )
+        shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
+        try:
+            path = self.files.upload(image)
+        except ImageSearchError as exc:
+            raise page_error(str(exc)) from None
         if path is None and not query:  # a hint, not an error: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
-        request = Query(image=path, text=query or None, text_weight=float(text_weight))
-        return self._answer(request, top_k, under, taken_after, taken_before, min_score)
+        return self._answer(Query(image=path, text=query or None, text_weight=weight), shared)
+
+    def check_search(self, *values: Any) -> list[dict]:
+        """The search's validator: a message next to each field that is wrong."""
+        inputs = Inputs()
+        _, text, top_k, text_weight, *filters = values
+        inputs.text("text", TEXT_LABEL, text)
+        inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
+        read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        return inputs.validations(self.search)
 
     def find_similar(
         self,
-        file_path: str | None,
-        top_k: float,
-        under: str | None = None,
-        taken_after: str | None = None,
-        taken_before: str | None = None,
-        min_score: float | None = None,
+        file_path: Any,
+        top_k: Any,
+        under: Any = None,
+        taken_after: Any = None,
+        taken_before: Any = None,
+        min_score: Any = None,
     ) -> tuple[Any, ...]:
         """Images like an indexed file, by its stored vector (the model is not needed)."""
-        if not (file_path or "").strip():
+        inputs = Inputs()
+        path = inputs.text("file_path", PATH_LABEL, file_path).strip()
+        shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
+        if not path:
             raise page_error("Select a result first, then press Find similar.")
-        if self._stored(file_path.strip()) is None:
-            raise page_error(f"{file_path} is not indexed; Find similar works on results.")
-        request = Query(like=file_path.strip())
-        return self._answer(request, top_k, under, taken_after, taken_before, min_score)
+        stored = self._stored(path)
+        if stored is None:
+            raise page_error(f"{path} is not indexed; Find similar works on results.")
+        return self._answer(Query(like=stored.file_path), shared)
 
-    def _answer(
-        self,
-        query: Query,
-        top_k: float,
-        under: str | None,
-        taken_after: str | None,
-        taken_before: str | None,
-        min_score: float | None,
-    ) -> tuple[Any, ...]:
-        k = max(1, min(MAX_TOP_K, int(top_k or self.settings.top_k)))
+    def check_similar(self, *values: Any) -> list[dict]:
+        """Find similar's validator."""
+        inputs = Inputs()
+        file_path, top_k, *filters = values
+        inputs.text("file_path", PATH_LABEL, file_path)
+        read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        return inputs.validations(self.find_similar)
+
+    def _shared_inputs(self, inputs: Inputs, *values: Any) -> SearchInputs:
+        """Top-k and the filters, or the page's error naming every field that is wrong
+        (the validator has shown them next to the fields already; this is for the API)."""
+        top_k, *filters = values
+        shared = read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        if inputs.problems:
+            raise page_error(inputs.message())
+        return shared
+
+    def _answer(self, query: Query, shared: SearchInputs) -> tuple[Any, ...]:
         store = Store(self.database, self.settings.table_name)
         searcher = Searcher(self.settings, store, self.embedder)
         try:
-            filters = page_filters(under, taken_after, taken_before, min_score)
-            result = searcher.search(query, k, filters)
+            result = searcher.search(query, shared.top_k, shared.filters)
         except ImageError as exc:
             raise page_error(f"That file cannot be used as a query image: {exc}.") from None
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
-        best = result.results[0].processed_path if result.results else None
-        return best, gallery_of(result), self._note(result, filters), result.to_json()
+        best = self.files.thumbnail(result.results[0].processed_path) if result.results else None
+        gallery = [
+            (self.files.thumbnail(m.processed_path), f"{m.score:.3f} · {display_path(m.file_name)}")
+            for m in result.results
+        ]
+        return best, gallery, self._note(result, shared.filters), result.to_json()
 
     @staticmethod
     def _note(result: SearchResult, filters: Filters) -> str:
@@ -250,76 +268,81 @@ class WebApp:
             note += f"\n\n⚠️ {warning}"
         return note
 
-    def _stored(self, file_path: str) -> Any:
+    def _stored(self, file_path: str) -> StoredFile | None:
+        """An indexed file's row (size, mtime and content hash as indexed), found as
+        `--like` finds it: as given, absolute, or with links resolved."""
+        store = Store(self.database, self.settings.table_name)
         try:
-            return Store(self.database, self.settings.table_name).rows.find(file_path)
+            image = find_stored(store, file_path)
+            if image is None:
+                return None
+            return store.rows.stored_files_at([image.file_path]).get(image.file_path)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
 
-    def select_result(self, results: dict | None, event: gr.SelectData) -> tuple[Any, ...]:
+    def select_result(self, results: Any, event: gr.SelectData) -> tuple[Any, ...]:
         """A result picked in the gallery: its full path, and its original to open."""
-        records = (results or {}).get("results") or []
+        records = result_records(results)
         if not isinstance(event.index, int) or not 0 <= event.index < len(records):
             return gr.update(visible=False), "", ""
         path = records[event.index]["file_path"]
         return gr.update(visible=True), path, self.original_link(path)
 
     def original_link(self, file_path: str) -> str:
-        """A link to the original file, for indexed files only. Gradio serves it from its
-        cache through its own file route, which sits behind the page's login when there is
-        one; nothing else of the photo folder is ever served."""
-        stored = self._stored(file_path)
-        if stored is None:
-            raise page_error(f"{file_path} is not indexed; only indexed files are served.")
-        if not Path(stored.file_path).is_file():
-            return "The original file is gone (it is still indexed)."
-        block = self._link_block or gr.HTML()
-        cached = block.move_resource_to_block_cache(stored.file_path)
+        """A link to the original file, for indexed files only, checked now (web_files).
+        Gradio serves the copy through its own file route, which sits behind the page's
+        login when there is one; nothing else of the photo folder is ever served."""
+        try:
+            copy = self._original(file_path)
+        except Refused as refused:
+            return ORIGINAL_REFUSED[refused.reason]
         return (
-            f'<a id="open-original" href="{html.escape(file_url(str(cached)))}" '
+            f'<a id="open-original" href="{html.escape(file_url(str(copy)))}" '
             'target="_blank" rel="noopener">Open original</a>'
         )
 
-    def duplicates(self, threshold: float, under: str | None) -> tuple[str, str, dict]:
+    def _original(self, file_path: str) -> Path:
+        stored = self._stored(file_path)
+        if stored is None:
+            raise page_error(f"{file_path} is not indexed; only indexed files are served.")
+        return self.files.original(stored)
+
+    def duplicates(self, threshold: Any, under: Any) -> tuple[str, str, dict]:
         """Groups of near-identical images, as thumbnails and as JSON; nothing is deleted."""
+        inputs = Inputs()
+        alike = inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
+        folders = folders_of(inputs.text("under", DUPLICATE_UNDER_LABEL, under))
+        if inputs.problems:
+            raise page_error(inputs.message())
         store = Store(self.database, self.settings.table_name)
         try:
-            report = find_duplicates(store, float(threshold), build_filters(folders_of(under)))
+            report = find_duplicates(store, alike, build_filters(folders))
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if not report.groups:
-            return f"No near-identical images at threshold {threshold:g}.", "", report.to_json()
+            return f"No near-identical images at threshold {alike:g}.", "", report.to_json()
         files = sum(len(group.members) for group in report.groups)
         note = (
             f"**{counted(len(report.groups), 'group')}**, {files} files (threshold "
-            f"{threshold:g}). The first of each group is the one to keep (most pixels, then "
+            f"{alike:g}). The first of each group is the one to keep (most pixels, then "
             "oldest); image-search never deletes or moves anything."
         )
         if len(report.groups) > MAX_GROUPS_SHOWN:
             note += f" Showing the first {MAX_GROUPS_SHOWN}; all are in the JSON below."
-        return note, duplicates_html(report), report.to_json()
+        return note, duplicates_html(report, self.files.thumbnail), report.to_json()
 
-    def best_original(self, result: dict[str, Any] | None) -> Any:
-        """The download button for the best match's original file (not its processed JPEG)."""
+    def best_original(self, result: Any) -> Any:
+        """The download button for the best match's original file (not its processed JPEG),
+        checked and copied now; hidden when there is none to give."""
         hidden = gr.update(value=None, visible=False)
-        if not result or not result.get("results"):
+        records = result_records(result)
+        if not records:
             return hidden
-        shown = result["results"][0]["file_path"]
-        stored = self._stored(shown)
-        if stored is None or not Path(stored.file_path).is_file():
+        try:
+            copy = self._original(records[0]["file_path"])
+        except (Refused, gr.Error):
             return hidden
-        copy = self._servable_copy(Path(stored.file_path), result.get("output_dir"))
-        return gr.update(value=str(copy), visible=True, label=f"Download {display_path(copy.name)}")
-
-    def _servable_copy(self, original: Path, output_dir: str | None) -> Path:
-        """A copy of `original` the page may serve (it never serves the user's folders): the
-        one the result folder already holds, else one made in a folder of our own."""
-        saved = Path(output_dir) / original.name if output_dir else None
-        if saved and saved.is_file() and saved.stat().st_size == original.stat().st_size:
-            return saved
-        folder = Path(tempfile.mkdtemp(prefix="original-", dir=self._downloads.name))
-        shutil.copy2(original, folder / original.name)
-        return folder / original.name
+        return gr.update(value=str(copy), visible=True, label=f"Download {copy.name}")
 
     def rescan(self) -> Iterator[tuple[str, Any]]:
         """Re-index the folder in a thread, redrawing a progress bar until it is done."""
@@ -334,7 +357,7 @@ class WebApp:
                 finished["report"] = run_index(
                     self.settings, self.embedder, self.database, progress=Progress(callback=report)
                 )
-            except ImageSearchError as exc:
+            except Exception as exc:  # any failure reaches the page as one line
                 finished["error"] = exc
 
         started = time.monotonic()
@@ -344,7 +367,7 @@ class WebApp:
             yield rescan_bar(counts["done"], counts["total"], time.monotonic() - started), gr.skip()
             worker.join(RESCAN_REDRAW_S)
         if "error" in finished:
-            raise page_error(str(finished["error"]))
+            raise page_error(f"Rescan failed: {failure_line(finished['error'])}")
         yield f"Rescan finished: {finished['report'].summary()}.", self.status()
 
     def status(self) -> str:
@@ -353,181 +376,29 @@ class WebApp:
         except ImageSearchError as exc:
             return f"⚠️ {exc}"
 
-    def build(self) -> gr.Blocks:
-        with gr.Blocks(title="image-search") as app:
-            gr.Markdown("# image-search\nDrop in a photo to find the most similar ones you have.")
-            status = gr.Markdown(elem_id="status")
-            with gr.Tabs():
-                with gr.Tab("Search", id="search-tab"):
-                    self._search_tab(status)
-                with gr.Tab("Duplicates", id="duplicates-tab"):
-                    self._duplicates_tab()
-            app.load(self.status, outputs=status, api_visibility="private")
-        return app
+    def check_duplicates(self, threshold: Any, under: Any) -> list[dict]:
+        """The Duplicates tab's validator."""
+        inputs = Inputs()
+        inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
+        inputs.text("under", DUPLICATE_UNDER_LABEL, under)
+        return inputs.validations(self.duplicates)
 
-    def _search_tab(self, status: gr.Markdown) -> None:
-        with gr.Column():
-            with gr.Row():
-                with gr.Column(scale=1):
-                    image = gr.Image(
-                        label="Query image",
-                        type="filepath",
-                        image_mode=None,
-                        sources=["upload", "clipboard", "webcam"],
-                        elem_id="query-image",
-                    )
-                    text = gr.Textbox(
-                        label="…or describe it in words",
-                        elem_id="query-text",
-                        placeholder="a red apple on a table",
-                    )
-                    text_weight = gr.Slider(
-                        0,
-                        1,
-                        value=DEFAULT_TEXT_WEIGHT,
-                        step=0.05,
-                        label="Weight of the words when an image is given too",
-                        elem_id="text-weight",
-                    )
-                    top_k = gr.Slider(
-                        1,
-                        MAX_TOP_K,
-                        value=self.settings.top_k,
-                        step=1,
-                        label="How many results (top-k)",
-                        elem_id="top-k",
-                    )
-                    filters = self._filter_controls()
-                    search = gr.Button("Search", variant="primary", elem_id="search")
-                    with gr.Row():
-                        rescan = gr.Button("Rescan folder", elem_id="rescan")
-                    rescan_note = gr.HTML(elem_id="rescan-note")
-                with gr.Column(scale=2):
-                    best = gr.Image(
-                        label="Best match",
-                        interactive=False,
-                        elem_id="best-match",
-                        height=420,
-                        buttons=["fullscreen"],  # its download is the original, below
-                    )
-                    caption = gr.Markdown(elem_id="best-caption")
-                    original = gr.DownloadButton(
-                        "Download original", visible=False, size="sm", elem_id="best-original"
-                    )
-                    note = gr.Markdown(elem_id="result-note")
-                    gallery = gr.Gallery(
-                        label="Ranked results",
-                        columns=5,
-                        object_fit="contain",
-                        elem_id="gallery",
-                        buttons=["download", "fullscreen"],  # no share: a private tool
-                    )
-                    selection = self._selection_panel()
-                    with gr.Accordion("Ranked results as JSON", open=False):
-                        results = gr.JSON(elem_id="results-json")
-            searched = gr.on(
-                triggers=[search.click, text.submit],
-                fn=self.search,
-                inputs=[image, text, top_k, text_weight, *filters],
-                outputs=[best, gallery, note, results],
-                api_name="search",
-                preprocess=False,
-            )
-            searched.success(None, js=CLOSE_TOASTS, api_visibility="private")
-            results.change(  # after a search or Find similar: caption and download
-                lambda result: (best_caption(result), self.best_original(result)),
-                inputs=results,
-                outputs=[caption, original],
-                api_visibility="private",
-            )
-            self._wire_selection(selection, gallery, results, top_k, filters, [best, gallery, note])
-            rescan.click(self.rescan, outputs=[rescan_note, status], api_name="rescan")
+    def best_shown(self, result: Any) -> tuple[str, Any]:
+        """After a search or Find similar: the best match's caption and download button."""
+        return best_caption(result), self.best_original(result)
 
-    def _filter_controls(self) -> list[gr.components.Component]:
-        with gr.Accordion("Filters", open=False, elem_id="filters"):
-            under = gr.Textbox(
-                label="Only files under these folders (one per line)",
-                lines=2,
-                elem_id="filter-under",
-            )
-            with gr.Row():
-                after = gr.Textbox(
-                    label="Taken on or after", placeholder="2024-05-31", elem_id="taken-after"
-                )
-                before = gr.Textbox(
-                    label="Taken before", placeholder="2024-06-30", elem_id="taken-before"
-                )
-            min_score = gr.Slider(
-                0, 1, value=0, step=0.01, label="Lowest score (0: any)", elem_id="min-score"
-            )
-        return [under, after, before, min_score]
+    def build(self) -> Page:
+        """The page. Its cache is made first: Gradio reads where it is (GRADIO_TEMP_DIR) when
+        the blocks are made."""
+        self.close()
+        self.cache = PageCache(self.settings.data_directory)
+        self._files = FileGate(self.settings, self.cache)
+        return page_layout(self)
 
-    def _selection_panel(self) -> dict[str, Any]:
-        """Shown when a result is selected: its full path, Find similar, Open original."""
-        with gr.Group(visible=False, elem_id="selection") as panel:
-            path = gr.Textbox(
-                label="Selected result: full path",
-                interactive=False,
-                buttons=["copy"],
-                elem_id="selected-path",
-            )
-            with gr.Row():
-                similar = gr.Button("Find similar", elem_id="find-similar", scale=0)
-                link = gr.HTML(elem_id="open-original-box", padding=True)
-        self._link_block = link
-        return {"panel": panel, "path": path, "similar": similar, "link": link}
-
-    def _wire_selection(
-        self,
-        selection: dict[str, Any],
-        gallery: gr.Gallery,
-        results: gr.JSON,
-        top_k: gr.Slider,
-        filters: list[gr.components.Component],
-        shown: list[gr.components.Component],
-    ) -> None:
-        gallery.select(
-            self.select_result,
-            inputs=[results],
-            outputs=[selection["panel"], selection["path"], selection["link"]],
-            api_visibility="private",
-        )
-        selection["similar"].click(
-            self.find_similar,
-            inputs=[selection["path"], top_k, *filters],
-            outputs=[*shown, results],
-            api_name="similar",
-        )
-
-    def _duplicates_tab(self) -> None:
-        gr.Markdown(
-            "Groups of near-identical images: copies, resized or re-encoded copies, burst "
-            "shots. Nothing is ever deleted or moved."
-        )
-        with gr.Row():
-            threshold = gr.Slider(
-                0.5,
-                1,
-                value=DEFAULT_THRESHOLD,
-                step=0.005,
-                label="How alike (cosine similarity)",
-                elem_id="duplicate-threshold",
-            )
-            under = gr.Textbox(
-                label="Only under these folders (one per line)", lines=2, elem_id="duplicate-under"
-            )
-        find = gr.Button("Find duplicates", variant="primary", elem_id="find-duplicates")
-        note = gr.Markdown(elem_id="duplicates-note")
-        groups = gr.HTML(elem_id="duplicate-groups")
-        with gr.Accordion("Groups as JSON", open=False):
-            as_json = gr.JSON(elem_id="duplicates-json")
-        find.click(
-            self.duplicates,
-            inputs=[threshold, under],
-            outputs=[note, groups, as_json],
-            api_name="duplicates",
-        )
-
+    def close(self) -> None:
+        """Delete the page's cache (uploads and copies): nothing private stays behind."""
+        if self.cache is not None:
+            self.cache.remove()
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -544,7 +415,7 @@ def launch(
     database: Database,
     host: str,
     port: int,
-) -> gr.Blocks:
+) -> Page:
     """Start the page in the background and return it (serve() waits on it)."""
     auth = None
     if settings.server_auth:
@@ -553,23 +424,19 @@ def launch(
     elif not is_loopback(host):
         log.warning(
             "serving on %s without a login: anyone who can reach this address can search "
-            "your photos. Use --auth USER:PASSWORD",
+            "your photos. Set IMAGE_SEARCH_SERVER_AUTH=USER:PASSWORD (or server-auth in the "
+            "config file)",
             host,
         )
     web = WebApp(settings, embedder, database)
     app = web.build()
     app.queue(default_concurrency_limit=4)
-    allowed = [
-        str(settings.processed_directory.resolve()),
-        str(settings.output_directory.resolve()),
-        web._downloads.name,
-    ]
     try:
         app.launch(
             server_name=host,
             server_port=port,
             auth=auth,
-            allowed_paths=allowed,
+            allowed_paths=[],  # Gradio serves only its cache, where web_files puts copies
             max_file_size=MAX_UPLOAD,
             css=PAGE_CSS,
             prevent_thread_lock=True,
@@ -577,6 +444,7 @@ def launch(
             footer_links=["api"],
         )
     except OSError as exc:  # the port is taken (Gradio names its own variables for that)
+        web.close()
         log.debug("launch failed: %s", exc)
         raise ImageSearchError(
             f"cannot serve on {host}:{port}: the port is in use (another image-search?) or "

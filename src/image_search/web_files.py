@@ -1,0 +1,230 @@
+"""The only way a file leaves the server through the page: originals ("Open original",
+"Download original"), thumbnails (the processed JPEGs of the gallery, the best match and the
+Duplicates tab) and uploaded query images.
+
+Each file is checked when it is asked for, not only when it was indexed: a regular file (never
+a FIFO or a device), reached without a symlink that leads out of its folder (source-directory
+for originals, the processed folder for thumbnails, the page's upload folder for uploads), and
+for an original still the file that was indexed (size and mtime as stored, else the same
+content hash). What passes is copied, from the very file descriptor that was checked, into the
+page's own cache; Gradio serves nothing else. The cache is a folder under data-directory that
+only its owner can enter; it goes when the page stops, and a crashed run's is removed at the
+next start."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from PIL import Image
+
+from .config import Settings
+from .errors import ImageSearchError
+from .scan import display_path, folder_prefix
+from .store import StoredFile
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD = "50mb"  # Gradio's own limit on an upload
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # ours, on what a search may read from the upload folder
+CACHE_FOLDER = "page-cache"  # under data-directory
+LOCK_NAME = ".in-use"  # held (flock) by the run that owns a cache folder
+SWEEP_NAME = ".sweep"  # held while leftovers are removed and a new folder is made
+COPY_CHUNK = 1 << 20
+# Whatever is wrong with a query image's path, the answer is the same: it must not tell a
+# client whether some file exists on the server.
+NOT_UPLOADED = "that image is not one uploaded to this page (or it has gone): upload it again"
+GONE, OUTSIDE, NOT_REGULAR, CHANGED = "gone", "outside", "not a regular file", "changed"
+# What the page says when an indexed original is not served, by the reason.
+ORIGINAL_REFUSED = {
+    GONE: "The original file is gone (it is still indexed).",
+    OUTSIDE: "The original is not served: it lies outside source-directory (or a link leads "
+    "there).",
+    NOT_REGULAR: "The original is not served: it is no longer a regular file.",
+    CHANGED: "The original has changed since it was indexed; press Rescan folder first.",
+}
+
+
+class Refused(ImageSearchError):
+    """A file the page will not serve or read; `reason` is a key of ORIGINAL_REFUSED."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PageCache:
+    """The page's cache: <data-directory>/page-cache/<run>/, mode 0700. Gradio keeps uploads
+    there and serves from it (GRADIO_TEMP_DIR, read by Gradio when the page's blocks and app
+    are made, so this is opened before them). One page per process."""
+
+    def __init__(self, data_directory: Path) -> None:
+        parent = data_directory.resolve() / CACHE_FOLDER
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        parent.chmod(0o700)
+        with open(parent / SWEEP_NAME, "a") as sweep:
+            fcntl.flock(sweep, fcntl.LOCK_EX)  # no other start removes ours before we hold it
+            remove_leftovers(parent)
+            self.folder = Path(tempfile.mkdtemp(prefix="run-", dir=parent))  # 0700
+            self._lock: BinaryIO | None = open(self.folder / LOCK_NAME, "wb")  # noqa: SIM115
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._previous = os.environ.get("GRADIO_TEMP_DIR")
+        os.environ["GRADIO_TEMP_DIR"] = str(self.folder)
+
+    def remove(self) -> None:
+        """Delete the cache and everything in it (uploads, copies); safe to call twice."""
+        if self._lock is None:
+            return
+        if os.environ.get("GRADIO_TEMP_DIR") == str(self.folder):
+            if self._previous is None:
+                os.environ.pop("GRADIO_TEMP_DIR", None)
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = self._previous
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._lock.close()
+        self._lock = None
+
+
+def remove_leftovers(parent: Path) -> None:
+    """Remove the cache folders of runs that are over (crashed, killed): no process holds
+    their lock any more."""
+    for folder in parent.iterdir():
+        if folder.is_dir() and not folder.is_symlink() and not _in_use(folder):
+            log.debug("removing a stopped page's cache %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _in_use(folder: Path) -> bool:
+    try:
+        with open(folder / LOCK_NAME, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file: a folder its run never finished making
+        return False
+    return False
+
+
+def is_inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder_prefix(folder))
+
+
+@contextmanager
+def open_checked(path: str, folder: str) -> Iterator[tuple[int, os.stat_result]]:
+    """An open descriptor of `path` and its stat, if the file is a regular file inside
+    `folder` (a resolved path) however it is reached; else Refused."""
+    real = os.path.realpath(path)
+    if not is_inside(real, folder):
+        raise Refused(OUTSIDE)
+    try:  # O_NOFOLLOW: no link swapped in since; O_NONBLOCK: a FIFO does not hang the open
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        raise Refused(GONE) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(NOT_REGULAR)
+        if not is_inside(_opened_path(fd, real), folder):  # a folder on the way was swapped
+            raise Refused(OUTSIDE)
+        yield fd, info
+    finally:
+        os.close(fd)
+
+
+def _opened_path(fd: int, fallback: str) -> str:
+    """Where an open file really is (Linux says it in /proc); elsewhere the path opened."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return fallback
+
+
+class FileGate:
+    """Checks and copies every file the page hands out (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, cache: PageCache) -> None:
+        self.source = os.path.realpath(settings.source_directory)
+        self.processed = os.path.realpath(settings.processed_directory)
+        self.cache = cache
+        self._copies: dict[tuple[int, ...], tuple[Path, str]] = {}  # by file identity
+        self._lock = threading.Lock()
+
+    def original(self, stored: StoredFile) -> Path:
+        """A copy of an indexed file's original, if it is still the file that was indexed."""
+        with open_checked(stored.file_path, self.source) as (fd, info):
+            same = (info.st_size, info.st_mtime_ns) == (stored.size, stored.mtime_ns)
+            expected = None if same else stored.content_hash  # touched only, or replaced?
+            return self._copy(fd, info, os.path.basename(stored.file_path), expected)
+
+    def thumbnail(self, processed_path: str) -> Path:
+        """A copy of a processed JPEG; a grey placeholder (and a log line) if it cannot be
+        served, so that the gallery keeps one picture per result."""
+        try:
+            with open_checked(processed_path, self.processed) as (fd, info):
+                return self._copy(fd, info, os.path.basename(processed_path))
+        except Refused as refused:
+            log.warning("thumbnail %s not served: %s", display_path(processed_path), refused)
+            return self._placeholder()
+
+    def upload(self, payload: Any) -> Path | None:
+        """The path of a query image the client uploaded to this page (None for no image).
+        Any other path is refused with the same words, whether or not it exists."""
+        if not payload:
+            return None
+        path = payload.get("path") if isinstance(payload, dict) else payload
+        if not isinstance(path, str) or not path:
+            raise ImageSearchError(NOT_UPLOADED)
+        try:
+            with open_checked(path, str(self.cache.folder)) as (_, info):
+                if info.st_size > MAX_UPLOAD_BYTES:
+                    raise ImageSearchError(f"that image is over the {MAX_UPLOAD} upload limit")
+        except Refused:
+            raise ImageSearchError(NOT_UPLOADED) from None
+        return Path(os.path.realpath(path))
+
+    def _copy(self, fd: int, info: os.stat_result, name: str, expected: str | None = None) -> Path:
+        """The cached copy of an open file, <cache>/<sha256>/<name>, made once per file
+        version (a second search adds nothing). With `expected`, only if its content hash is
+        that (else Refused, and no copy is left)."""
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        with self._lock:
+            copy, digest = self._copies.get(identity, (None, None))
+        if copy is None or copy.name != display_path(name) or not copy.is_file():
+            copy, digest = self._write(fd, name, expected)
+            with self._lock:
+                self._copies[identity] = (copy, digest)
+        if expected is not None and digest != expected:
+            raise Refused(CHANGED)
+        return copy
+
+    def _write(self, fd: int, name: str, expected: str | None) -> tuple[Path, str]:
+        hashed = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(dir=self.cache.folder, delete=False) as out:
+            while chunk := os.read(fd, COPY_CHUNK):
+                hashed.update(chunk)
+                out.write(chunk)
+        digest = hashed.hexdigest()
+        if expected is not None and digest != expected:
+            os.unlink(out.name)
+            raise Refused(CHANGED)
+        folder = self.cache.folder / digest
+        folder.mkdir(exist_ok=True)
+        copy = folder / display_path(name)
+        os.replace(out.name, copy)
+        return copy, digest
+
+    def _placeholder(self) -> Path:
+        path = self.cache.folder / "unavailable.png"
+        if not path.is_file():
+            Image.new("RGB", (4, 3), (160, 160, 160)).save(path)
+        return path

@@ -47,7 +47,10 @@ KEY_HELP = {
     "top-k": "how many results a search returns (default: 10)",
     "batch-size": "images per model batch and per database transaction (default: 16 on the "
     "CPU; on a GPU 32-128, by its free memory)",
-    "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
+    "max-image-pixels": "larger images are refused as decompression bombs (default: "
+    "250000000, above a 200-megapixel phone photo)",
+    "raw-with-jpeg": "a RAW file beside a JPEG/HEIC of the same name: skip-raw (default: one "
+    "row per shot, the JPEG), skip-jpeg (the RAW) or both",
     "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
     "server-auth": "user:password protecting the web page (default: none)",
     "trust-remote-code": "true or false: may a model that brings its own code run it "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pillow_jxl  # noqa: F401  (registers Pillow's JPEG XL plugin; AVIF is Pillow's own)
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from .config import Settings
 from .errors import ImageError
-from .scan import path_hash
+from .raw import decode_raw, raw_capture_time
+from .scan import is_raw_name, path_hash
 
 try:  # HEIC/HEIF support is optional at run time; the dependency is declared.
     from pillow_heif import register_heif_opener
@@ -85,13 +88,17 @@ def read_file(path: str | Path) -> bytes:
 
 def prepare_file(path: str | Path, spec: ResizeSpec) -> Image.Image:
     """Read, decode and resize one file. Raises ImageError with a readable reason."""
-    return prepare_bytes(read_file(path), spec)
+    return prepare_bytes(read_file(path), spec, raw=is_raw_name(os.fspath(path)))
 
 
-def prepare_bytes(data: bytes, spec: ResizeSpec) -> Image.Image:
-    """Decode image bytes into an upright RGB image resized per `spec`."""
+def prepare_bytes(data: bytes, spec: ResizeSpec, raw: bool = False) -> Image.Image:
+    """Decode image bytes (`raw`: of a camera RAW file) into an upright RGB image resized
+    per `spec`."""
     if not data:
         raise ImageError("empty file (0 bytes)")
+    if raw:
+        target = functools.partial(target_size, spec=spec)
+        return resize(decode_raw(data, target, spec.max_pixels), spec)
     try:
         with _open_image(data, spec.max_pixels) as image:
             _draft_for(image, spec)
@@ -209,6 +216,15 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def file_capture_time(path: str, mtime_ns: int, data: bytes | None = None) -> datetime:
+    """`capture_time` of an indexed file (its bytes when already read): a RAW file's date
+    comes from LibRaw, which reads every RAW container."""
+    source = data if data is not None else path
+    if is_raw_name(path):
+        return raw_capture_time(source) or datetime.fromtimestamp(mtime_ns / 1e9)
+    return capture_time(source, mtime_ns)
 
 
 def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:

@@ -200,9 +200,13 @@ def write_dng(
 BIG_PHOTO_SIZE = (16320, 12240)  # a 200-megapixel phone sensor
 
 
+BIG_PHOTO_TAKEN = "2024:05:06 07:08:09"
+
+
 def write_big_jpeg(path: Path, size: tuple[int, int] = BIG_PHOTO_SIZE) -> Path:
-    """A 200-megapixel JPEG, mostly flat (quick to encode, 3 MB), made in a process of its own
-    so that its 600 MB of pixels never stay in the test's memory."""
+    """A 200-megapixel JPEG taken at BIG_PHOTO_TAKEN, mostly flat (quick to encode, 3 MB),
+    made in a process of its own so that its 600 MB of pixels never stay in the test's
+    memory."""
     import subprocess
     import sys
 
@@ -213,8 +217,11 @@ def write_big_jpeg(path: Path, size: tuple[int, int] = BIG_PHOTO_SIZE) -> Path:
         "draw = ImageDraw.Draw(im)\n"
         "draw.rectangle((w // 8, h // 4, w // 2, h * 2 // 3), fill=(220, 40, 30))\n"
         "draw.ellipse((w * 5 // 8, h // 10, w * 9 // 10, h // 2), fill=(30, 200, 60))\n"
-        "im.save(sys.argv[1], quality=85)\n"
+        "exif = Image.Exif()\n"
+        "exif.get_ifd(0x8769)[0x9003] = sys.argv[4]\n"  # DateTimeOriginal
+        "im.save(sys.argv[1], quality=85, exif=exif.tobytes())\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", script, str(path), *map(str, size)], check=True)
+    arguments = [str(path), *map(str, size), BIG_PHOTO_TAKEN]
+    subprocess.run([sys.executable, "-c", script, *arguments], check=True)
     return path

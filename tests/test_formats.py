@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli, stored_rows, write_config
-from imagegen import BIG_PHOTO_SIZE, photo, write_big_jpeg, write_dng, write_photo
+from imagegen import BIG_PHOTO_SIZE, BIG_PHOTO_TAKEN, photo, write_big_jpeg, write_dng, write_photo
 from PIL import Image
 
 from image_search.config import Settings
@@ -207,6 +207,14 @@ def test_a_200_megapixel_jpeg_is_prepared_by_default_within_600_mb(big_jpeg: Pat
     width, height, peak_mb = map(int, done.stdout.split())
     assert (width, height) == target_size(*BIG_PHOTO_SIZE, ResizeSpec.of(Settings()))
     assert peak_mb <= BIG_PHOTO_RSS_MB
+
+
+@pytest.mark.fast
+def test_a_200_megapixel_jpeg_keeps_its_capture_date(big_jpeg: Path) -> None:
+    """Pillow's own guard refuses to open it; the capture date is read all the same."""
+    taken = datetime.strptime(BIG_PHOTO_TAKEN, "%Y:%m:%d %H:%M:%S")
+    assert file_capture_time(str(big_jpeg), 0) == taken
+    assert file_capture_time(str(big_jpeg), 0, big_jpeg.read_bytes()) == taken
 
 
 @pytest.mark.fast

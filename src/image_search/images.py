@@ -119,10 +119,7 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     Pillow refuses images over twice its global limit before we see their size. When
     max-image-pixels allows such an image, it is opened again by the format's own plugin,
     which leaves that check to us, without lowering the guard for anyone else."""
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        image = _open_without_pillow_limit(data)
+    image = open_any_size(io.BytesIO(data))
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -132,15 +129,28 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _open_without_pillow_limit(data: bytes) -> Image.Image:
+def open_any_size(handle: BinaryIO) -> Image.Image:
+    """`Image.open`, also for images over twice Pillow's own limit (a 200-megapixel photo),
+    which Pillow refuses before anyone sees their size: such a file is opened again by its
+    format's own plugin, so that the caller decides (max-image-pixels)."""
+    try:
+        return Image.open(handle)
+    except Image.DecompressionBombError:
+        handle.seek(0)
+        return _open_without_pillow_limit(handle)
+
+
+def _open_without_pillow_limit(handle: BinaryIO) -> Image.Image:
     Image.init()
+    prefix = handle.read(16)
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
-        accepted = accept is None or accept(data[:16])
+        accepted = accept is None or accept(prefix)
         if not accepted or isinstance(accepted, str):  # a str is Pillow's reason for refusing
             continue
+        handle.seek(0)
         try:
-            return factory(io.BytesIO(data), "")
+            return factory(handle, "")
         except (SyntaxError, IndexError, TypeError, struct.error):
             continue
     raise Image.UnidentifiedImageError("cannot identify image file")
@@ -232,7 +242,7 @@ def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:
     file's mtime in this computer's local time. Reads the header only, never the pixels."""
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-        with handle, Image.open(handle) as image:
+        with handle, open_any_size(handle) as image:
             taken = _exif_capture_time(image)
     except Exception:  # an untrusted header: any failure only means "no EXIF date"
         taken = None

@@ -242,6 +242,12 @@ def _add_duplicates_command(
         f"{DEFAULT_THRESHOLD})",
     )
     _add_under_option(duplicates, "only images under this folder (repeat for several)")
+    duplicates.add_argument(
+        "--chain",
+        action="store_true",
+        help="keep chains of alike images whole (bursts): a member may then be less alike "
+        "to the one to keep than T; by default every member is at least T alike to it",
+    )
     duplicates.add_argument("--json", action="store_true", help="print the groups as JSON")
 
 
@@ -379,7 +385,7 @@ def command_duplicates(args: argparse.Namespace, services: Services) -> int:
     from .search import build_filters
 
     store = Store(services.database, services.settings.table_name)
-    report = find_duplicates(store, args.threshold, build_filters(args.under))
+    report = find_duplicates(store, args.threshold, build_filters(args.under), chain=args.chain)
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
     else:

@@ -63,6 +63,12 @@ def raw_capture_time(source: str | Path | bytes) -> datetime | None:
     return taken if taken != NO_TIMESTAMP else None
 
 
+def raw_size(path: str | Path) -> tuple[int, int]:
+    """The upright size of a RAW file's image, from its header."""
+    with rawpy.imread(str(path)) as raw:
+        return upright_size(raw.sizes.width, raw.sizes.height, raw.sizes.flip)
+
+
 def upright_size(width: int, height: int, flip: int) -> tuple[int, int]:
     return (height, width) if flip in SWAPS_SIDES else (width, height)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from image_search.config import Settings
 from image_search.models import Embedder
 
 FAKE_MODEL_NAME = "fake/mean-colour"
@@ -91,6 +92,27 @@ class FakeColourModel:
 
 def fake_embedder(model: FakeColourModel, dimension: int = FAKE_DIMENSION) -> Embedder:
     return Embedder(model.name, "cpu", dimension, loader=model.loader)
+
+
+def fake_model_settings(
+    folder: Path, data_directory: Path, table_name: str, **overrides: object
+) -> Settings:
+    """Settings for the fake model: photos in `folder`/photos (made here), results in
+    `folder`/output, a table of the caller's own on the session's server."""
+    settings = Settings(
+        source_directory=folder / "photos",
+        output_directory=folder / "output",
+        device="cpu",
+        model_name=FAKE_MODEL_NAME,
+        dimension=FAKE_DIMENSION,
+        resize_width=32,
+        resize_height=32,
+        data_directory=data_directory,
+        table_name=table_name,
+        **overrides,
+    )
+    settings.source_directory.mkdir(parents=True)
+    return settings
 
 
 def solid_photo(path: Path, rgb: Colour, size: tuple[int, int] = (48, 32)) -> Path:

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from conftest import run_cli, stored_rows, write_config
 from fake_model import (
-    FAKE_DIMENSION,
-    FAKE_MODEL_NAME,
     FakeColourModel,
     colour_vector,
     fake_embedder,
+    fake_model_settings,
     solid_photo,
 )
 
@@ -41,18 +40,7 @@ CHAIN = {
 
 @pytest.fixture
 def chain(tmp_path: Path, data_directory: Path) -> Settings:
-    settings = Settings(
-        source_directory=tmp_path / "photos",
-        output_directory=tmp_path / "output",
-        device="cpu",
-        model_name=FAKE_MODEL_NAME,
-        dimension=FAKE_DIMENSION,
-        resize_width=32,
-        resize_height=32,
-        data_directory=data_directory,
-        table_name=f"dupchain_{next(_tables)}",
-        batch_size=4,
-    )
+    settings = fake_model_settings(tmp_path, data_directory, f"dupchain_{next(_tables)}")
     for name, (rgb, size) in CHAIN.items():
         solid_photo(settings.source_directory / name, rgb, size)
     solid_photo(settings.source_directory / "blue.png", (0, 0, 255))  # alike to none

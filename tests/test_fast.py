@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from fake_model import (
     FAKE_DIMENSION,
-    FAKE_MODEL_NAME,
     Colour,
     FakeColourModel,
     colour_vector,
     fake_embedder,
+    fake_model_settings,
     solid_photo,
     text_vector,
 )
@@ -265,21 +265,9 @@ def test_fake_model_vectors_are_the_known_ones() -> None:
 @pytest.fixture
 def colour_settings(tmp_path: Path, data_directory: Path) -> Settings:
     """Settings for the fake model, in a table of this test's own on the session's server."""
-    settings = Settings(
-        source_directory=tmp_path / "photos",
-        output_directory=tmp_path / "output",
-        device="cpu",
-        model_name=FAKE_MODEL_NAME,
-        dimension=FAKE_DIMENSION,
-        resize_width=32,
-        resize_height=32,
-        data_directory=data_directory,
-        table_name=f"fast_{next(_tables)}",
-        top_k=4,
-        batch_size=2,
+    return fake_model_settings(
+        tmp_path, data_directory, f"fast_{next(_tables)}", top_k=4, batch_size=2
     )
-    settings.source_directory.mkdir(parents=True)
-    return settings
 
 
 @pytest.fixture

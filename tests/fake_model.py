@@ -35,6 +35,21 @@ COLOURS: dict[str, Colour] = {
 }
 
 
+# Solid colours whose cosine similarities to red, green, blue and to each other are all
+# distinct (test_fast.py's `distinct_order` checks), so that every expected ranking is exact.
+PALETTE: dict[str, Colour] = {
+    "red": (255, 0, 0),
+    "orange": (250, 130, 10),
+    "yellow": (240, 220, 30),
+    "green": (20, 200, 40),
+    "teal": (30, 130, 140),
+    "blue": (15, 25, 250),
+    "purple": (130, 30, 200),
+    "pink": (250, 110, 180),
+    "brown": (120, 60, 20),
+}
+
+
 def unit(vector: np.ndarray) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from fake_model import (
     FAKE_DIMENSION,
+    PALETTE,
     Colour,
     FakeColourModel,
     colour_vector,
@@ -48,19 +49,6 @@ from image_search.store import StoredFile, open_store
 
 pytestmark = pytest.mark.fast
 
-# Solid colours whose cosine similarities to red, green, blue and to each other are all
-# distinct (checked by `distinct_order`), so that every expected ranking is exact.
-PALETTE: dict[str, Colour] = {
-    "red": (255, 0, 0),
-    "orange": (250, 130, 10),
-    "yellow": (240, 220, 30),
-    "green": (20, 200, 40),
-    "teal": (30, 130, 140),
-    "blue": (15, 25, 250),
-    "purple": (130, 30, 200),
-    "pink": (250, 110, 180),
-    "brown": (120, 60, 20),
-}
 SCORE_TOLERANCE = 1e-4  # vectors are float32 in the table
 _tables = itertools.count(1)
 

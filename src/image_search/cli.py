@@ -185,7 +185,9 @@ def build_parser() -> Parser:
 
 
 def _add_query_options(search: argparse.ArgumentParser) -> None:
-    query = search.add_argument_group("query (--image, --text, both, or --like)")
+    query = search.add_argument_group(
+        "query (--image, --text, both, or --like; plus any --and and --not parts)"
+    )
     query.add_argument("--image", type=Path, metavar="FILE", help="query image")
     query.add_argument("--text", metavar="QUERY", help="query text")
     query.add_argument(
@@ -202,6 +204,16 @@ def _add_query_options(search: argparse.ArgumentParser) -> None:
         help="with --image and --text: the text's share of the query, 0 to 1 "
         f"(default: {DEFAULT_TEXT_WEIGHT})",
     )
+    for flag, dest, verb in (("--and", "add", "add"), ("--not", "subtract", "subtract")):
+        query.add_argument(
+            flag,
+            dest=dest,
+            action="append",
+            default=[],
+            metavar="[W:]TEXT|FILE",
+            help=f"{verb} a part (repeatable): a file that exists (an indexed one by its stored "
+            "vector), else a text; W: gives it a weight (default 1), as in 0.5:'at night'",
+        )
     filters = search.add_argument_group("filters")
     _add_under_option(filters, "only files under this folder (repeat for several)")
     filters.add_argument(
@@ -355,11 +367,13 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_search(args: argparse.Namespace, services: Services) -> int:
-    from .search import Query, Searcher, build_filters
+    from .search import Query, Searcher, build_filters, parse_part
 
     settings = services.settings
     searcher = Searcher(settings, Store(services.database, settings.table_name), services.embedder)
-    query = Query(args.image, args.text, args.like, args.text_weight)
+    more = [parse_part(given, 1, "--and") for given in args.add]
+    more += [parse_part(given, -1, "--not") for given in args.subtract]
+    query = Query(args.image, args.text, args.like, args.text_weight, tuple(more))
     filters = build_filters(args.under, args.taken_after, args.taken_before, args.min_score)
     try:
         result = searcher.search(query, filters=filters)

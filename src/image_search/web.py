@@ -21,7 +21,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, DuplicateReport, counted, find_duplicates
-from .errors import ImageError, ImageSearchError
+from .errors import ConfigError, ImageError, ImageSearchError
 from .ingest import Progress, run_index
 from .models import Embedder
 from .scan import display_path
@@ -32,6 +32,7 @@ from .search import (
     SearchResult,
     build_filters,
     describe_filters,
+    text_part,
 )
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store
@@ -189,13 +190,19 @@ class WebApp:
         taken_after: str | None = None,
         taken_before: str | None = None,
         min_score: float | None = None,
+        but_not: str | None = None,
     ) -> tuple[Any, ...]:
-        """An image, a text, or both together as one query; filtered."""
+        """An image, a text, or both together as one query, less the words `but_not`
+        ([W:]TEXT); filtered."""
         path = uploaded_path(image)
         query = (text or "").strip()
         if path is None and not query:  # a hint, not an error: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
-        request = Query(image=path, text=query or None, text_weight=float(text_weight))
+        try:
+            avoid = (text_part(but_not, -1, "'…but not'"),) if (but_not or "").strip() else ()
+        except ConfigError as exc:
+            raise page_error(str(exc)) from None
+        request = Query(path, query or None, text_weight=float(text_weight), more=avoid)
         return self._answer(request, top_k, under, taken_after, taken_before, min_score)
 
     def find_similar(
@@ -376,11 +383,17 @@ class WebApp:
                         sources=["upload", "clipboard", "webcam"],
                         elem_id="query-image",
                     )
-                    text = gr.Textbox(
-                        label="…or describe it in words",
-                        elem_id="query-text",
-                        placeholder="a red apple on a table",
-                    )
+                    with gr.Row():
+                        text = gr.Textbox(
+                            label="…or describe it in words",
+                            elem_id="query-text",
+                            placeholder="a red apple on a table",
+                        )
+                        but_not = gr.Textbox(
+                            label="…but not",
+                            elem_id="query-not",
+                            placeholder="people (0.5:people weighs them half)",
+                        )
                     text_weight = gr.Slider(
                         0,
                         1,
@@ -426,9 +439,9 @@ class WebApp:
                     with gr.Accordion("Ranked results as JSON", open=False):
                         results = gr.JSON(elem_id="results-json")
             searched = gr.on(
-                triggers=[search.click, text.submit],
+                triggers=[search.click, text.submit, but_not.submit],
                 fn=self.search,
-                inputs=[image, text, top_k, text_weight, *filters],
+                inputs=[image, text, top_k, text_weight, *filters, but_not],
                 outputs=[best, gallery, note, results],
                 api_name="search",
                 preprocess=False,

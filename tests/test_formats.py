@@ -299,3 +299,30 @@ def test_a_raw_file_is_a_query_too(
     with open_store(settings) as store:
         best = Searcher(settings, store, shared_embedder).by_image(raw, top_k=1).results[0]
     assert (best.file_path, best.score) == (str(stored_raw), pytest.approx(1.0, abs=1e-4))
+
+
+def test_a_raw_file_is_a_query_on_the_page_too(
+    settings: Settings, shared_embedder: Embedder, tmp_path: Path
+) -> None:
+    from conftest import running_page
+    from gradio_client import Client, handle_file
+
+    query = write_dng(tmp_path / "upload" / "IMG_0007.DNG", photo(41, 320, 240), 6, 0.5)
+    stored = write_dng(settings.source_directory / "IMG_0007.DNG", photo(41, 320, 240), 6, 0.5)
+    write_photo(settings.source_directory / "other.jpg", seed=42)
+    run_index(settings, shared_embedder)
+    with running_page(settings, shared_embedder) as url:
+        *_, results = Client(url, verbose=False).predict(
+            handle_file(str(query)), "", 2, api_name="/search"
+        )
+    best = results["results"][0]
+    assert (best["file_path"], best["score"]) == (str(stored), pytest.approx(1.0, abs=1e-4))
+
+
+@pytest.mark.fast
+def test_help_config_names_the_format_keys() -> None:
+    from image_search.cli import config_help
+
+    text = config_help()
+    assert "raw-with-jpeg" in text and "skip-raw" in text
+    assert f"{Settings().max_image_pixels}" in text and "200-megapixel" in text

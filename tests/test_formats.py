@@ -326,3 +326,16 @@ def test_help_config_names_the_format_keys() -> None:
     text = config_help()
     assert "raw-with-jpeg" in text and "skip-raw" in text
     assert f"{Settings().max_image_pixels}" in text and "200-megapixel" in text
+
+
+@pytest.mark.fast
+def test_big_jpegs_are_left_to_pillows_reduced_size_decoding(tmp_path: Path) -> None:
+    """The GPU path's decoder works at full size: a 108-megapixel photo goes to Pillow."""
+    from image_search.tensor_images import TENSOR_MAX_PIXELS, tensor_header
+
+    limit = Settings().max_image_pixels
+    big = write_big_jpeg(tmp_path / "phone-108mp.jpg", (12000, 9000))
+    assert TENSOR_MAX_PIXELS < 12000 * 9000
+    assert tensor_header(big.read_bytes(), limit) is None
+    camera = write_photo(tmp_path / "camera-12mp.jpg", seed=3, width=4000, height=3000)
+    assert tensor_header(camera.read_bytes(), limit) is not None

@@ -201,3 +201,16 @@ def test_and_and_not_on_the_command_line(library: Settings, tmp_path: Path) -> N
     ]
     bad = run_cli("search", "--env", str(config), "--not", "blue")
     assert bad.returncode == 2 and "--and" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_part_that_is_neither_indexed_nor_an_image_is_named(
+    library: Settings, model: FakeColourModel, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    query = Query(more=(parse_part(str(notes), 1, "--and"),))
+    with pytest.raises(ConfigError, match=f"--and {notes}: it is not indexed"):
+        search(library, fake_embedder(model), query)
+    config = write_config(tmp_path / "config.json", library)
+    done = run_cli("search", "--env", str(config), "--text", "red", "--not", str(notes))
+    assert done.returncode == 2 and f"--not {notes}: it is not indexed" in done.stderr

@@ -352,13 +352,14 @@ class Searcher:
         images = {i: prepare_file(p.value, spec) for i, p in enumerate(parts) if p.kind == "image"}
         info = self._table_info()
         stored: dict[int, StoredImage] = {}
+        given_with_like = len(parts) - len(query.more)  # the parts before are --like's
         for i, part in enumerate(parts):
             if part.kind == "like":
                 found = self._find(part.value)
                 if found is not None:
                     stored[i] = found
                 else:
-                    images[i] = self._prepare_unindexed(part, spec, first=i == 0)
+                    images[i] = self._prepare_unindexed(part, spec, i < given_with_like)
         vector = self._vector(parts, images, stored)
         k = top_k or self.settings.top_k
         matches = self.store.rows.nearest(vector, k, filters)
@@ -382,13 +383,13 @@ class Searcher:
         folder, more = write_result_folder(self.settings, matches, info.images, write_query)
         return SearchResult(folder, info.images, matches, warnings + more, query.describe())
 
-    def _prepare_unindexed(self, part: QueryPart, spec: ResizeSpec, first: bool) -> Image.Image:
+    def _prepare_unindexed(self, part: QueryPart, spec: ResizeSpec, like: bool) -> Image.Image:
         """A `like` file that is not indexed, prepared as an image; an error names the file
         (and for an added or subtracted part, its option)."""
         try:
             return prepare_file(part.value, spec)
         except ImageError as exc:
-            if first:  # --like: the command line names the option
+            if like:  # --like: the command line names the option
                 raise ImageError(f"it is not indexed, and {exc}") from exc
             option = "--and" if part.sign > 0 else "--not"
             raise ConfigError(

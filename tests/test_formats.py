@@ -339,3 +339,16 @@ def test_big_jpegs_are_left_to_pillows_reduced_size_decoding(tmp_path: Path) -> 
     assert tensor_header(big.read_bytes(), limit) is None
     camera = write_photo(tmp_path / "camera-12mp.jpg", seed=3, width=4000, height=3000)
     assert tensor_header(camera.read_bytes(), limit) is not None
+
+
+@pytest.mark.fast
+def test_raw_and_200_megapixel_files_count_their_pixels_for_the_one_to_keep(
+    tmp_path: Path, big_jpeg: Path
+) -> None:
+    """duplicates keeps the file with most pixels: a RAW file's come from LibRaw, a 200 MP
+    photo's from its header past Pillow's own limit (both counted 0 before)."""
+    from image_search.duplicates import pixel_count
+
+    dng = write_dng(tmp_path / "shot.dng", photo(4, width=160, height=120), orientation=6)
+    assert pixel_count(str(dng)) == 160 * 120
+    assert pixel_count(str(big_jpeg)) == BIG_PHOTO_SIZE[0] * BIG_PHOTO_SIZE[1]

@@ -130,6 +130,11 @@ def fake_model_settings(
     return settings
 
 
+def write_palette(folder: Path, palette: dict[str, Colour] = PALETTE) -> dict[str, Path]:
+    """One solid-colour PNG per colour, named after it."""
+    return {name: solid_photo(folder / f"{name}.png", rgb) for name, rgb in palette.items()}
+
+
 def solid_photo(path: Path, rgb: Colour, size: tuple[int, int] = (48, 32)) -> Path:
     """A photo of one colour, in the format its extension names (PNG keeps it exact)."""
     path.parent.mkdir(parents=True, exist_ok=True)

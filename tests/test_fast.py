@@ -30,6 +30,7 @@ from fake_model import (
     fake_model_settings,
     solid_photo,
     text_vector,
+    write_palette,
 )
 from PIL import Image
 
@@ -266,10 +267,6 @@ def model() -> FakeColourModel:
 @pytest.fixture
 def embedder(model: FakeColourModel) -> Embedder:
     return fake_embedder(model)
-
-
-def write_palette(folder: Path, palette: dict[str, Colour] = PALETTE) -> dict[str, Path]:
-    return {name: solid_photo(folder / f"{name}.png", rgb) for name, rgb in palette.items()}
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from fake_model import (
     fake_model_settings,
     solid_photo,
     text_vector,
+    write_palette,
 )
 
 from image_search.config import Settings
@@ -53,8 +54,7 @@ def library(tmp_path: Path, data_directory: Path, model: FakeColourModel) -> Set
     settings = fake_model_settings(
         tmp_path, data_directory, f"parts_{next(_tables)}", top_k=len(LIBRARY)
     )
-    for name, rgb in LIBRARY.items():
-        solid_photo(settings.source_directory / f"{name}.png", rgb)
+    write_palette(settings.source_directory, LIBRARY)
     run_index(settings, fake_embedder(model))
     model.image_batches.clear()
     return settings

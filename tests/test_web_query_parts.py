@@ -14,8 +14,8 @@ from fake_model import (
     FakeColourModel,
     fake_embedder,
     fake_model_settings,
-    solid_photo,
     text_vector,
+    write_palette,
 )
 from gradio_client import Client
 from test_query_parts import LIBRARY, expected_ranking
@@ -32,8 +32,7 @@ def colours(tmp_path: Path, data_directory: Path) -> Settings:
     settings = fake_model_settings(
         tmp_path, data_directory, f"page_parts_{next(_tables)}", top_k=len(LIBRARY)
     )
-    for name, rgb in LIBRARY.items():
-        solid_photo(settings.source_directory / f"{name}.png", rgb)
+    write_palette(settings.source_directory, LIBRARY)
     run_index(settings, fake_embedder(FakeColourModel()))
     return settings
 

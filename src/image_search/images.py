@@ -98,7 +98,8 @@ def prepare_bytes(data: bytes, spec: ResizeSpec, raw: bool = False) -> Image.Ima
         raise ImageError("empty file (0 bytes)")
     if raw:
         target = functools.partial(target_size, spec=spec)
-        return resize(decode_raw(data, target, spec.max_pixels), spec)
+        check = functools.partial(check_pixels, max_pixels=spec.max_pixels)
+        return resize(decode_raw(data, target, check), spec)
     try:
         with _open_image(data, spec.max_pixels) as image:
             _draft_for(image, spec)
@@ -120,13 +121,20 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     max-image-pixels allows such an image, it is opened again by the format's own plugin,
     which leaves that check to us, without lowering the guard for anyone else."""
     image = open_any_size(io.BytesIO(data))
-    width, height = image.size
-    if width * height > max_pixels:
+    try:
+        check_pixels(*image.size, max_pixels)
+    except ImageError:
         image.close()
+        raise
+    return image
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image over max-image-pixels, before any pixel is decoded."""
+    if width * height > max_pixels:
         raise ImageError(
             f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
         )
-    return image
 
 
 def open_any_size(handle: BinaryIO) -> Image.Image:

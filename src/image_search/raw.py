@@ -28,19 +28,18 @@ NO_TIMESTAMP = datetime.fromtimestamp(0)
 
 
 def decode_raw(
-    data: bytes, target: Callable[[int, int], tuple[int, int]], max_pixels: int
+    data: bytes,
+    target: Callable[[int, int], tuple[int, int]],
+    check_size: Callable[[int, int], None],
 ) -> Image.Image:
     """An upright RGB image of a RAW file: its embedded preview when that is at least the
     size `target` gives for the upright sensor image (what it will be resized to), else the
-    sensor data demosaiced at half size. Raises ImageError with a readable reason."""
+    sensor data demosaiced at half size. `check_size(width, height)` may refuse the file
+    before anything is decoded. Raises ImageError with a readable reason."""
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             width, height = raw.sizes.width, raw.sizes.height
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image too large: {width}x{height} pixels is over max-image-pixels "
-                    f"({max_pixels})"
-                )
+            check_size(width, height)
             flip = raw.sizes.flip
             wanted = target(*upright_size(width, height, flip))
             preview = _preview(raw, flip, wanted)

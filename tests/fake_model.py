@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from image_search.config import Settings
 from image_search.models import Embedder
 
 FAKE_MODEL_NAME = "fake/mean-colour"
@@ -31,6 +32,21 @@ COLOURS: dict[str, Colour] = {
     "blue": (0, 0, 255),
     "black": (0, 0, 0),
     "white": (255, 255, 255),
+}
+
+
+# Solid colours whose cosine similarities to red, green, blue and to each other are all
+# distinct (test_fast.py's `distinct_order` checks), so that every expected ranking is exact.
+PALETTE: dict[str, Colour] = {
+    "red": (255, 0, 0),
+    "orange": (250, 130, 10),
+    "yellow": (240, 220, 30),
+    "green": (20, 200, 40),
+    "teal": (30, 130, 140),
+    "blue": (15, 25, 250),
+    "purple": (130, 30, 200),
+    "pink": (250, 110, 180),
+    "brown": (120, 60, 20),
 }
 
 
@@ -91,6 +107,32 @@ class FakeColourModel:
 
 def fake_embedder(model: FakeColourModel, dimension: int = FAKE_DIMENSION) -> Embedder:
     return Embedder(model.name, "cpu", dimension, loader=model.loader)
+
+
+def fake_model_settings(
+    folder: Path, data_directory: Path, table_name: str, **overrides: object
+) -> Settings:
+    """Settings for the fake model: photos in `folder`/photos (made here), results in
+    `folder`/output, a table of the caller's own on the session's server."""
+    settings = Settings(
+        source_directory=folder / "photos",
+        output_directory=folder / "output",
+        device="cpu",
+        model_name=FAKE_MODEL_NAME,
+        dimension=FAKE_DIMENSION,
+        resize_width=32,
+        resize_height=32,
+        data_directory=data_directory,
+        table_name=table_name,
+        **overrides,
+    )
+    settings.source_directory.mkdir(parents=True)
+    return settings
+
+
+def write_palette(folder: Path, palette: dict[str, Colour] = PALETTE) -> dict[str, Path]:
+    """One solid-colour PNG per colour, named after it."""
+    return {name: solid_photo(folder / f"{name}.png", rgb) for name, rgb in palette.items()}
 
 
 def solid_photo(path: Path, rgb: Colour, size: tuple[int, int] = (48, 32)) -> Path:

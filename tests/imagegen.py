@@ -122,3 +122,106 @@ def write_ignored_entries(folder: Path) -> None:
     write_photo(folder / ".thumbnails" / "thumb.jpg", seed=501)
     (folder / "readme.txt").write_text("not an image extension")
     (folder / "loop").symlink_to(folder, target_is_directory=True)
+
+
+# -- camera RAW (DNG) and big phone photos ------------------------------------------
+
+# A DNG's ColorMatrix1 maps XYZ to the camera's RGB; this camera's RGB is linear sRGB, so the
+# demosaiced result comes out close to the photo the mosaic was sampled from.
+XYZ_TO_LINEAR_SRGB = (
+    (3.2406, -1.5372, -0.4986),
+    (-0.9689, 1.8758, 0.0415),
+    (0.0557, -0.2040, 1.0570),
+)
+WHITE_LEVEL = 4095  # 12-bit sensor
+# EXIF orientation: how the stored pixels turn to be upright, as the Pillow transpose that
+# stores an upright photo that way (6: the camera was turned clockwise).
+STORED_SIDEWAYS = {1: None, 3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90}
+
+
+def _rationals(matrix: tuple[tuple[float, ...], ...]) -> tuple[int, ...]:
+    return tuple(v for value in np.ravel(matrix) for v in (round(float(value) * 10000), 10000))
+
+
+def bayer_mosaic(rgb: np.ndarray) -> np.ndarray:
+    """What an RGGB sensor records of an sRGB photo: one linear 12-bit channel per pixel."""
+    scaled = rgb.astype(np.float64) / 255.0
+    linear = np.where(scaled <= 0.04045, scaled / 12.92, ((scaled + 0.055) / 1.055) ** 2.4)
+    mosaic = np.empty(rgb.shape[:2], dtype=np.uint16)
+    for (row, column), channel in {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 2}.items():
+        mosaic[row::2, column::2] = np.round(linear[row::2, column::2, channel] * WHITE_LEVEL)
+    return mosaic
+
+
+def write_dng(
+    path: Path,
+    upright: Image.Image,
+    orientation: int = 1,
+    preview_scale: float | None = None,
+    taken: str = "2021:03:04 05:06:07",
+) -> Path:
+    """A real DNG (tifffile) of an upright RGB photo, stored as a camera held with
+    `orientation` records it: the Bayer mosaic, its DNG colour tags, the orientation and
+    capture date, and with `preview_scale` an 8-bit RGB preview of that fraction of its size
+    in IFD 0 with the mosaic in a SubIFD, the way cameras lay out a DNG."""
+    import tifffile
+
+    transpose = STORED_SIDEWAYS[orientation]
+    stored = upright.transpose(transpose) if transpose is not None else upright
+    mosaic = bayer_mosaic(np.asarray(stored.convert("RGB")))
+    header = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (271, "s", 0, "Imagegen", True),  # Make
+        (272, "s", 0, "Bayer 12", True),  # Model
+        (274, "H", 1, orientation, True),
+        (306, "s", 0, taken, True),  # DateTime
+    ]
+    sensor = [
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: RGGB
+        (50717, "I", 1, WHITE_LEVEL, True),
+        (50721, "2i", 9, _rationals(XYZ_TO_LINEAR_SRGB), True),  # ColorMatrix1
+        (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
+        (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True),  # AsShotNeutral
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path) as tif:
+        if preview_scale is None:
+            tif.write(mosaic, photometric=32803, subfiletype=0, extratags=header + sensor)
+        else:
+            size = (round(stored.width * preview_scale), round(stored.height * preview_scale))
+            preview = np.asarray(stored.convert("RGB").resize(size, Image.Resampling.BICUBIC))
+            tif.write(preview, photometric="rgb", subfiletype=1, subifds=1, extratags=header)
+            tif.write(mosaic, photometric=32803, subfiletype=0, extratags=sensor)
+    return path
+
+
+BIG_PHOTO_SIZE = (16320, 12240)  # a 200-megapixel phone sensor
+
+
+BIG_PHOTO_TAKEN = "2024:05:06 07:08:09"
+
+
+def write_big_jpeg(path: Path, size: tuple[int, int] = BIG_PHOTO_SIZE) -> Path:
+    """A 200-megapixel JPEG taken at BIG_PHOTO_TAKEN, mostly flat (quick to encode, 3 MB),
+    made in a process of its own so that its 600 MB of pixels never stay in the test's
+    memory."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom PIL import Image, ImageDraw\n"
+        "w, h = int(sys.argv[2]), int(sys.argv[3])\n"
+        "im = Image.new('RGB', (w, h), (70, 120, 200))\n"
+        "draw = ImageDraw.Draw(im)\n"
+        "draw.rectangle((w // 8, h // 4, w // 2, h * 2 // 3), fill=(220, 40, 30))\n"
+        "draw.ellipse((w * 5 // 8, h // 10, w * 9 // 10, h // 2), fill=(30, 200, 60))\n"
+        "exif = Image.Exif()\n"
+        "exif.get_ifd(0x8769)[0x9003] = sys.argv[4]\n"  # DateTimeOriginal
+        "im.save(sys.argv[1], quality=85, exif=exif.tobytes())\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arguments = [str(path), *map(str, size), BIG_PHOTO_TAKEN]
+    subprocess.run([sys.executable, "-c", script, *arguments], check=True)
+    return path

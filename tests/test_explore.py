@@ -156,7 +156,7 @@ def test_like_through_the_cli(indexed: Settings, photos: list[Path], tmp_path: P
     assert (first["file_path"], first["score"]) == (str(photos[3]), pytest.approx(1.0, abs=1e-6))
     assert set(first) == {"rank", "score", "file_name", "file_path", "taken_at"}
     assert sorted(p.name for p in Path(answer["output_dir"]).iterdir()) == sorted(
-        ["config.json", "results.jsonl", "query.jpg", photos[3].name]
+        ["config.json", "results.jsonl", "query.jpg", "query.json", photos[3].name]
     )
 
 

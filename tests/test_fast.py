@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 from fake_model import (
     FAKE_DIMENSION,
-    FAKE_MODEL_NAME,
+    PALETTE,
     Colour,
     FakeColourModel,
     colour_vector,
     fake_embedder,
+    fake_model_settings,
     solid_photo,
     text_vector,
+    write_palette,
 )
 from PIL import Image
 
@@ -48,19 +50,6 @@ from image_search.store import StoredFile, open_store
 
 pytestmark = pytest.mark.fast
 
-# Solid colours whose cosine similarities to red, green, blue and to each other are all
-# distinct (checked by `distinct_order`), so that every expected ranking is exact.
-PALETTE: dict[str, Colour] = {
-    "red": (255, 0, 0),
-    "orange": (250, 130, 10),
-    "yellow": (240, 220, 30),
-    "green": (20, 200, 40),
-    "teal": (30, 130, 140),
-    "blue": (15, 25, 250),
-    "purple": (130, 30, 200),
-    "pink": (250, 110, 180),
-    "brown": (120, 60, 20),
-}
 SCORE_TOLERANCE = 1e-4  # vectors are float32 in the table
 _tables = itertools.count(1)
 
@@ -265,21 +254,9 @@ def test_fake_model_vectors_are_the_known_ones() -> None:
 @pytest.fixture
 def colour_settings(tmp_path: Path, data_directory: Path) -> Settings:
     """Settings for the fake model, in a table of this test's own on the session's server."""
-    settings = Settings(
-        source_directory=tmp_path / "photos",
-        output_directory=tmp_path / "output",
-        device="cpu",
-        model_name=FAKE_MODEL_NAME,
-        dimension=FAKE_DIMENSION,
-        resize_width=32,
-        resize_height=32,
-        data_directory=data_directory,
-        table_name=f"fast_{next(_tables)}",
-        top_k=4,
-        batch_size=2,
+    return fake_model_settings(
+        tmp_path, data_directory, f"fast_{next(_tables)}", top_k=4, batch_size=2
     )
-    settings.source_directory.mkdir(parents=True)
-    return settings
 
 
 @pytest.fixture
@@ -290,10 +267,6 @@ def model() -> FakeColourModel:
 @pytest.fixture
 def embedder(model: FakeColourModel) -> Embedder:
     return fake_embedder(model)
-
-
-def write_palette(folder: Path, palette: dict[str, Colour] = PALETTE) -> dict[str, Path]:
-    return {name: solid_photo(folder / f"{name}.png", rgb) for name, rgb in palette.items()}
 
 
 @pytest.fixture

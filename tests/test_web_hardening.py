@@ -36,7 +36,7 @@ from image_search.web_inputs import AFTER_LABEL, TEXT_WEIGHT_LABEL, THRESHOLD_LA
 
 SECRET = b'{"postgres-password": "not-for-the-page"}\n'
 # /search's inputs after the image, as a raw HTTP call must give them all.
-NO_TEXT_NOR_FILTERS = ["", 3, 0.5, "", "", "", 0]
+NO_TEXT_NOR_FILTERS = ["", 3, 0.5, "", "", "", 0, ""]  # text, top-k, weight, filters, but not
 
 
 @contextmanager

@@ -51,7 +51,10 @@ KEY_HELP = {
     "top-k": "how many results a search returns (default: 10)",
     "batch-size": "images per model batch and per database transaction (default: 16 on the "
     "CPU; on a GPU 32-128, by its free memory)",
-    "max-image-pixels": "larger images are refused as decompression bombs (default: 100000000)",
+    "max-image-pixels": "larger images are refused as decompression bombs (default: "
+    "250000000, above a 200-megapixel phone photo)",
+    "raw-with-jpeg": "a RAW file beside a JPEG/HEIC of the same name: skip-raw (default: one "
+    "row per shot, the JPEG), skip-jpeg (the RAW) or both",
     "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
     "server-auth": "user:password protecting the web page (default: none); as a flag it "
     "shows in `ps` to every user of this machine: prefer IMAGE_SEARCH_SERVER_AUTH or the "
@@ -189,7 +192,9 @@ def build_parser() -> Parser:
 
 
 def _add_query_options(search: argparse.ArgumentParser) -> None:
-    query = search.add_argument_group("query (--image, --text, both, or --like)")
+    query = search.add_argument_group(
+        "query (--image, --text, both, or --like; plus any --and and --not parts)"
+    )
     query.add_argument("--image", type=Path, metavar="FILE", help="query image")
     query.add_argument("--text", metavar="QUERY", help="query text")
     query.add_argument(
@@ -206,6 +211,16 @@ def _add_query_options(search: argparse.ArgumentParser) -> None:
         help="with --image and --text: the text's share of the query, 0 to 1 "
         f"(default: {DEFAULT_TEXT_WEIGHT})",
     )
+    for flag, dest, verb in (("--and", "add", "add"), ("--not", "subtract", "subtract")):
+        query.add_argument(
+            flag,
+            dest=dest,
+            action="append",
+            default=[],
+            metavar="[W:]TEXT|FILE",
+            help=f"{verb} a part (repeatable): a file that exists (an indexed one by its stored "
+            "vector), else a text; W: gives it a weight (default 1), as in 0.5:'at night'",
+        )
     filters = search.add_argument_group("filters")
     _add_under_option(filters, "only files under this folder (repeat for several)")
     filters.add_argument(
@@ -246,6 +261,12 @@ def _add_duplicates_command(
         f"{DEFAULT_THRESHOLD})",
     )
     _add_under_option(duplicates, "only images under this folder (repeat for several)")
+    duplicates.add_argument(
+        "--chain",
+        action="store_true",
+        help="keep chains of alike images whole (bursts): a member may then be less alike "
+        "to the one to keep than T; by default every member is at least T alike to it",
+    )
     duplicates.add_argument("--json", action="store_true", help="print the groups as JSON")
 
 
@@ -333,17 +354,10 @@ def check_before_starting(args: argparse.Namespace, settings: Settings) -> None:
     for a model not cached here."""
     if args.command in ("serve", None):
         check_port_free(args.host, args.port)
-    if needs_model(args):
+    if args.command in ("index", "serve", None):  # those that may load the model
         if settings.backend == "torch":
             require_torch("backend torch")
-        check_hub_for(settings.model_name)
-
-
-def needs_model(args: argparse.Namespace) -> bool:
-    """Commands that may load the model (a search by --like alone uses stored vectors)."""
-    if args.command == "search":
-        return args.image is not None or args.text is not None
-    return args.command in ("index", "serve", None)
+        check_hub_for(settings.model_name)  # a search checks it when it loads the model
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -410,11 +424,13 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_search(args: argparse.Namespace, services: Services) -> int:
-    from .search import Query, Searcher, build_filters
+    from .search import Query, Searcher, build_filters, parse_part
 
     settings = services.settings
     searcher = Searcher(settings, Store(services.database, settings.table_name), services.embedder)
-    query = Query(args.image, args.text, args.like, args.text_weight)
+    more = [parse_part(given, 1, "--and") for given in args.add]
+    more += [parse_part(given, -1, "--not") for given in args.subtract]
+    query = Query(args.image, args.text, args.like, args.text_weight, tuple(more))
     filters = build_filters(args.under, args.taken_after, args.taken_before, args.min_score)
     try:
         result = searcher.search(query, filters=filters)
@@ -440,7 +456,7 @@ def command_duplicates(args: argparse.Namespace, services: Services) -> int:
     from .search import build_filters
 
     store = Store(services.database, services.settings.table_name)
-    report = find_duplicates(store, args.threshold, build_filters(args.under))
+    report = find_duplicates(store, args.threshold, build_filters(args.under), chain=args.chain)
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
     else:

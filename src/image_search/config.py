@@ -26,6 +26,9 @@ RESIZE_MODES = ("fit", "stretch")
 VECTOR_TYPES = ("vector", "halfvec")
 BACKENDS = ("auto", "onnx", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# A RAW file and a JPEG (or HEIC) of the same name in one folder: index the JPEG only (one
+# row per shot, the camera's own rendering; rclip does the same), the RAW only, or both.
+RAW_WITH_JPEG = ("skip-raw", "skip-jpeg", "both")
 # The ray-address that starts a private Ray instance on this machine for the run.
 LOCAL_RAY = "local"
 # How a boolean key may be written in the environment or on the command line.
@@ -56,7 +59,9 @@ class Settings:
     table_name: str = "images"
     top_k: int = 10
     batch_size: int | None = None  # None: 16 on the CPU, chosen by GPU memory on a GPU
-    max_image_pixels: int = 100_000_000
+    # Above a 200-megapixel phone's 16320x12240; a decompression bomb is still refused.
+    max_image_pixels: int = 250_000_000
+    raw_with_jpeg: str = "skip-raw"
     vector_type: str = "vector"
     server_auth: str | None = None
     trust_remote_code: bool = True
@@ -231,6 +236,11 @@ def validate(settings: Settings) -> None:
         settings.vector_type in VECTOR_TYPES,
         "vector-type",
         f"must be one of {', '.join(VECTOR_TYPES)}",
+    )
+    _require(
+        settings.raw_with_jpeg in RAW_WITH_JPEG,
+        "raw-with-jpeg",
+        f"must be one of {', '.join(RAW_WITH_JPEG)}",
     )
     _require(settings.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
     _require(

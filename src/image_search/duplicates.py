@@ -1,5 +1,6 @@
 """Near-identical images: each image's nearest neighbours through the HNSW index, joined into
-connected groups, the one to keep first. Nothing is ever deleted or moved."""
+connected groups, then split around the one to keep (every member at least `threshold` alike
+to it; whole chains on request). Nothing is ever deleted or moved."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .errors import ConfigError, ImageSearchError
-from .scan import display_path
+from .images import open_any_size
+from .raw import raw_size
+from .scan import display_path, is_raw_name
 from .store import NO_FILTERS, Filters, Store, StoredImage
 
 DEFAULT_THRESHOLD = 0.95
@@ -66,10 +68,14 @@ def find_duplicates(
     threshold: float = DEFAULT_THRESHOLD,
     filters: Filters = NO_FILTERS,
     neighbours: int = NEIGHBOURS,
+    chain: bool = False,
 ) -> DuplicateReport:
     """Groups of stored images at least `threshold` alike (cosine similarity), among the
-    images that pass `filters`: the k nearest of each image by the index, then the connected
-    groups of those pairs. Each group starts with the one to keep: most pixels, then oldest."""
+    images that pass `filters`: the k nearest of each image by the index, the connected
+    groups of those pairs, and each of those split around the one to keep (most pixels, then
+    oldest) so that every member is at least `threshold` alike to it. With `chain` the
+    connected groups are kept whole (a burst: each shot like the next, the last maybe not
+    like the first)."""
     check_threshold(threshold)
     info = store.info()
     if info is None or info.images == 0:
@@ -79,9 +85,34 @@ def find_duplicates(
     pairs = store.rows.close_pairs(threshold, neighbours, filters, parts=SEARCH_PARTS)
     components = connected_groups((a, b) for a, b, _ in pairs)
     images = {image.id: image for image in store.rows.images([i for c in components for i in c])}
-    groups = [ordered_group([images[i] for i in component]) for component in components]
+    pixels = {i: pixel_count(image.file_path) for i, image in images.items()}
+    groups: list[Group] = []
+    for component in components:
+        members = [images[i] for i in component]
+        if chain:
+            groups.append(ordered_group(members, pixels))
+        else:
+            groups += around_keepers(members, pixels, threshold)
     groups.sort(key=lambda group: (-len(group.members), group.members[0].image.file_path))
     return DuplicateReport(threshold, groups)
+
+
+def around_keepers(
+    images: list[StoredImage], pixels: dict[int, int], threshold: float
+) -> list[Group]:
+    """Connected images split into groups each at least `threshold` alike to its first: the
+    best to keep takes every image alike enough to it, then the best of the rest, and so on.
+    An image left without a partner is in no group."""
+    left = sorted(images, key=lambda image: keep_order(image, pixels[image.id]))
+    groups = []
+    while len(left) > 1:
+        keep, rest = left[0], left[1:]
+        alike = [i for i in rest if similarity(i.embedding, keep.embedding) >= threshold]
+        if alike:
+            groups.append(ordered_group([keep, *alike], pixels))
+        taken = {image.id for image in alike}
+        left = [image for image in rest if image.id not in taken]
+    return groups
 
 
 def connected_groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
@@ -105,10 +136,9 @@ def connected_groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     return [sorted(members) for members in components.values() if len(members) > 1]
 
 
-def ordered_group(images: list[StoredImage]) -> Group:
+def ordered_group(images: list[StoredImage], pixels: dict[int, int]) -> Group:
     """The one to keep first (most pixels, then the oldest capture date, then the oldest
     file), the others by their similarity to it."""
-    pixels = {image.id: pixel_count(image.file_path) for image in images}
     keep = min(images, key=lambda image: keep_order(image, pixels[image.id]))
 
     def member(image: StoredImage) -> Member:
@@ -134,10 +164,14 @@ def keep_order(image: StoredImage, pixels: int) -> tuple:
 
 
 def pixel_count(path: str) -> int:
-    """Width x height from the file's header (no decode); 0 if it cannot be read."""
+    """Width x height from the file's header (no decode; a RAW file's from LibRaw, a
+    200-megapixel photo's past Pillow's own limit); 0 if it cannot be read."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        if is_raw_name(path):
+            width, height = raw_size(path)
+        else:
+            with open(path, "rb") as handle, open_any_size(handle) as image:
+                width, height = image.size
     except Exception:  # a file gone or unreadable since it was indexed ranks last
         return 0
     return width * height

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pillow_jxl  # noqa: F401  (registers Pillow's JPEG XL plugin; AVIF is Pillow's own)
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from .config import Settings
 from .errors import ImageError
-from .scan import path_hash
+from .raw import decode_raw, raw_capture_time
+from .scan import is_raw_name, path_hash
 
 try:  # HEIC/HEIF support is optional at run time; the dependency is declared.
     from pillow_heif import register_heif_opener
@@ -85,13 +88,18 @@ def read_file(path: str | Path) -> bytes:
 
 def prepare_file(path: str | Path, spec: ResizeSpec) -> Image.Image:
     """Read, decode and resize one file. Raises ImageError with a readable reason."""
-    return prepare_bytes(read_file(path), spec)
+    return prepare_bytes(read_file(path), spec, raw=is_raw_name(os.fspath(path)))
 
 
-def prepare_bytes(data: bytes, spec: ResizeSpec) -> Image.Image:
-    """Decode image bytes into an upright RGB image resized per `spec`."""
+def prepare_bytes(data: bytes, spec: ResizeSpec, raw: bool = False) -> Image.Image:
+    """Decode image bytes (`raw`: of a camera RAW file) into an upright RGB image resized
+    per `spec`."""
     if not data:
         raise ImageError("empty file (0 bytes)")
+    if raw:
+        target = functools.partial(target_size, spec=spec)
+        check = functools.partial(check_pixels, max_pixels=spec.max_pixels)
+        return resize(decode_raw(data, target, check), spec)
     try:
         with _open_image(data, spec.max_pixels) as image:
             _draft_for(image, spec)
@@ -112,28 +120,45 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     Pillow refuses images over twice its global limit before we see their size. When
     max-image-pixels allows such an image, it is opened again by the format's own plugin,
     which leaves that check to us, without lowering the guard for anyone else."""
+    image = open_any_size(io.BytesIO(data))
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        image = _open_without_pillow_limit(data)
-    width, height = image.size
-    if width * height > max_pixels:
+        check_pixels(*image.size, max_pixels)
+    except ImageError:
         image.close()
-        raise ImageError(
-            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
-        )
+        raise
     return image
 
 
-def _open_without_pillow_limit(data: bytes) -> Image.Image:
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image over max-image-pixels, before any pixel is decoded."""
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
+        )
+
+
+def open_any_size(handle: BinaryIO) -> Image.Image:
+    """`Image.open`, also for images over twice Pillow's own limit (a 200-megapixel photo),
+    which Pillow refuses before anyone sees their size: such a file is opened again by its
+    format's own plugin, so that the caller decides (max-image-pixels)."""
+    try:
+        return Image.open(handle)
+    except Image.DecompressionBombError:
+        handle.seek(0)
+        return _open_without_pillow_limit(handle)
+
+
+def _open_without_pillow_limit(handle: BinaryIO) -> Image.Image:
     Image.init()
+    prefix = handle.read(16)
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
-        accepted = accept is None or accept(data[:16])
+        accepted = accept is None or accept(prefix)
         if not accepted or isinstance(accepted, str):  # a str is Pillow's reason for refusing
             continue
+        handle.seek(0)
         try:
-            return factory(io.BytesIO(data), "")
+            return factory(handle, "")
         except (SyntaxError, IndexError, TypeError, struct.error):
             continue
     raise Image.UnidentifiedImageError("cannot identify image file")
@@ -211,12 +236,21 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
         raise
 
 
+def file_capture_time(path: str, mtime_ns: int, data: bytes | None = None) -> datetime:
+    """`capture_time` of an indexed file (its bytes when already read): a RAW file's date
+    comes from LibRaw, which reads every RAW container."""
+    source = data if data is not None else path
+    if is_raw_name(path):
+        return raw_capture_time(source) or datetime.fromtimestamp(mtime_ns / 1e9)
+    return capture_time(source, mtime_ns)
+
+
 def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:
     """When a photo was taken: EXIF DateTimeOriginal (the camera's wall-clock time), else the
     file's mtime in this computer's local time. Reads the header only, never the pixels."""
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-        with handle, Image.open(handle) as image:
+        with handle, open_any_size(handle) as image:
             taken = _exif_capture_time(image)
     except Exception:  # an untrusted header: any failure only means "no EXIF date"
         taken = None

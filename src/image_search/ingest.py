@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .config import Settings
 from .errors import ConfigError
-from .images import ResizeSpec, capture_time
+from .images import ResizeSpec, file_capture_time
 from .models import Embedder
 from .pipeline import (
     BackgroundWriter,
@@ -202,7 +202,9 @@ class Indexer:
         if also:
             stored.update(rows.stored_files_at(also))
         own_folders = (self.settings.output_directory, self.settings.data_directory)
-        found = self.progress.scanning(scan_images(Path(root), exclude=own_folders))
+        found = self.progress.scanning(
+            scan_images(Path(root), own_folders, self.settings.raw_with_jpeg)
+        )
         scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
@@ -235,7 +237,7 @@ class Indexer:
         files = [file for _, file in undated]
         workers = max(1, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dates") as pool:
-            dates = list(pool.map(lambda file: capture_time(file.path, file.mtime_ns), files))
+            dates = list(pool.map(lambda file: file_capture_time(file.path, file.mtime_ns), files))
         changes = [(row_id, taken) for (row_id, _), taken in zip(undated, dates, strict=True)]
         for start in range(0, len(changes), DATES_PER_WRITE):
             self.store.rows.set_taken_at(changes[start : start + DATES_PER_WRITE])

@@ -20,15 +20,15 @@ from .errors import ImageError
 from .images import (
     PreparedImage,
     ResizeSpec,
-    capture_time,
     content_hash_of,
+    file_capture_time,
     prepare_bytes,
     processed_path_for,
     read_file,
     save_jpeg,
     write_atomically,
 )
-from .scan import ScannedFile
+from .scan import ScannedFile, is_raw_name
 from .store import NewRow, StoredFile
 from .tensor_images import (
     JpegHeader,
@@ -102,14 +102,14 @@ def prepare_with_pillow(
     """A file's bytes decoded, resized and written as the processed JPEG by Pillow."""
     path = item.file.path
     try:
-        image = prepare_bytes(data, spec)
+        image = prepare_bytes(data, spec, raw=is_raw_name(path))
         destination = processed_path_for(settings, path)
         save_jpeg(image, destination)
     except ImageError as exc:
         return Failure(path, str(exc))
     except OSError as exc:  # e.g. the data directory became unwritable
         return Failure(path, f"cannot write processed JPEG: {exc}")
-    taken_at = capture_time(data, item.file.mtime_ns)
+    taken_at = file_capture_time(path, item.file.mtime_ns, data)
     return Prepared(item, PreparedImage(image, digest), str(destination), taken_at)
 
 
@@ -249,7 +249,7 @@ class DevicePreparer:
 
     @staticmethod
     def _taken_at(read: _Read) -> datetime | None:
-        return capture_time(read.data, read.item.file.mtime_ns)
+        return file_capture_time(read.item.file.path, read.item.file.mtime_ns, read.data)
 
     def _balance(self, cpu_seconds: float, device_seconds: float) -> None:
         """Give the CPU more JPEGs when it waited for the GPU, fewer when the GPU waited."""

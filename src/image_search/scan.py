@@ -10,8 +10,21 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-IMAGE_EXTENSIONS = frozenset(
-    {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif"}
+# Camera RAW containers LibRaw reads (Adobe, Canon, Nikon, Sony, Fujifilm, Olympus/OM,
+# Panasonic, Pentax, Samsung, Leica, Hasselblad, Phase One, Sigma, Kodak, Minolta).
+RAW_EXTENSIONS = frozenset(
+    {
+        *("dng", "cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "raf", "orf", "rw2"),
+        *("pef", "srw", "rwl", "3fr", "fff", "iiq", "x3f", "kdc", "dcr", "mrw", "erf", "mos"),
+    }
+)
+# What a camera or phone writes beside a RAW file as its own rendering of the same shot.
+RENDERED_EXTENSIONS = frozenset({"jpg", "jpeg", "heic", "heif"})
+IMAGE_EXTENSIONS = (
+    frozenset(
+        {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "heic", "heif", "avif", "jxl"}
+    )
+    | RAW_EXTENSIONS
 )
 
 
@@ -42,9 +55,36 @@ def folder_prefix(folder: str) -> str:
     return folder.rstrip(os.sep) + os.sep
 
 
-def is_image_name(name: str) -> bool:
+def _extension(name: str) -> str:
     stem, dot, extension = name.rpartition(".")
-    return bool(dot and stem) and extension.lower() in IMAGE_EXTENSIONS
+    return extension.lower() if dot and stem else ""
+
+
+def is_image_name(name: str) -> bool:
+    return _extension(name) in IMAGE_EXTENSIONS
+
+
+def is_raw_name(name: str) -> bool:
+    return _extension(name) in RAW_EXTENSIONS
+
+
+def paired_out(names: list[str], raw_with_jpeg: str) -> set[str]:
+    """The names in one folder that raw-with-jpeg leaves out: RAW files with a JPEG (or HEIC)
+    of the same stem beside them (`skip-raw`), or those JPEGs (`skip-jpeg`). Stems compare
+    without case: cameras write IMG_0001.CR2 beside IMG_0001.JPG."""
+    if raw_with_jpeg == "both":
+        return set()
+    drop, keep = (
+        (RAW_EXTENSIONS, RENDERED_EXTENSIONS)
+        if raw_with_jpeg == "skip-raw"
+        else (RENDERED_EXTENSIONS, RAW_EXTENSIONS)
+    )
+    kept_stems = {_stem(name) for name in names if _extension(name) in keep}
+    return {name for name in names if _extension(name) in drop and _stem(name) in kept_stems}
+
+
+def _stem(name: str) -> str:
+    return name.rpartition(".")[0].lower()
 
 
 def _visible(name: str) -> bool:
@@ -59,9 +99,12 @@ def _identity(path: str | Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino)
 
 
-def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Iterator[ScannedFile]:
+def scan_images(
+    root: Path, exclude: Iterable[Path] = (), raw_with_jpeg: str = "skip-raw"
+) -> Iterator[ScannedFile]:
     """Every image file under `root`, hidden files and folders skipped, symlinks followed once,
-    the folders in `exclude` (our own output and data) left out.
+    the folders in `exclude` (our own output and data) left out, and RAW+JPEG pairs thinned
+    as `raw_with_jpeg` says (see paired_out).
 
     Files that vanish or cannot be stat'ed during the walk are left out: they are not there.
     """
@@ -77,8 +120,10 @@ def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Iterator[ScannedFil
             continue
         seen_directories.add(identity)
         subdirectories[:] = sorted(d for d in subdirectories if _visible(d))
-        for name in sorted(files):
-            if not (_visible(name) and is_image_name(name)):
+        images = sorted(name for name in files if _visible(name) and is_image_name(name))
+        left_out = paired_out(images, raw_with_jpeg)
+        for name in images:
+            if name in left_out:
                 continue
             found = stat_file(os.path.join(directory, name))
             if found is not None:

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,19 +39,79 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.jsonl"
 QUERY_IMAGE_FILE = "query.jpg"
 QUERY_TEXT_FILE = "query.txt"
-RESERVED_NAMES = {CONFIG_FILE, RESULTS_FILE, QUERY_IMAGE_FILE, QUERY_TEXT_FILE}
+QUERY_RECORD_FILE = "query.json"  # every part with its sign and weight, and the filters
+RESERVED_NAMES = {CONFIG_FILE, RESULTS_FILE, QUERY_IMAGE_FILE, QUERY_TEXT_FILE, QUERY_RECORD_FILE}
 DEFAULT_TEXT_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One part of a query: an image file, a text, or a file `like` (its stored vector when
+    indexed), added (`sign` +1) or subtracted (-1) with a weight."""
+
+    kind: str  # "image", "text" or "like"
+    value: str
+    weight: float = 1.0
+    sign: int = 1
+
+    def describe(self) -> str:
+        if self.kind == "text":
+            return f"text '{self.value}'"
+        if self.kind == "image":  # --image, or the page's upload (a temporary name)
+            return "image"
+        return f"like {display_path(os.path.basename(self.value))}"
+
+    def record(self) -> dict[str, Any]:
+        """The part as query.json records it."""
+        value = display_path(self.value) if self.kind != "text" else self.value
+        return {"sign": "+" if self.sign > 0 else "-", "weight": self.weight,
+                "kind": self.kind, "value": value}
+
+
+# A part given as `W:TEXT` or `W:FILE` has the weight W (a positive number).
+WEIGHTED = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.*)$", re.DOTALL)
+
+
+def split_weight(given: str, option: str) -> tuple[float, str]:
+    """`W:VALUE` as (W, VALUE), a bare VALUE as (1, VALUE); a ConfigError names `option`."""
+    weight, value = 1.0, given
+    if match := WEIGHTED.match(given):
+        weight, value = float(match[1]), match[2]
+        if weight <= 0:
+            raise ConfigError(f"{option} {given!r}: the weight must be above 0")
+    if not value.strip():
+        raise ConfigError(f"{option} {given!r}: give a text or a file after the weight")
+    return weight, value
+
+
+def text_part(given: str, sign: int, option: str) -> QueryPart:
+    """A `[W:]TEXT` part (the page's words: never a file on the server)."""
+    weight, value = split_weight(given, option)
+    return QueryPart("text", value.strip(), weight, sign)
+
+
+def parse_part(given: str, sign: int, option: str) -> QueryPart:
+    """A query part from the command line: `[W:]FILE` when that file exists (an indexed one is
+    searched by its stored vector, as with --like), else `[W:]TEXT`."""
+    weight, value = split_weight(given, option)
+    path = os.path.expanduser(value)
+    if os.path.isfile(path):
+        return QueryPart("like", path, weight, sign)
+    return QueryPart("text", value, weight, sign)
 
 
 @dataclass(frozen=True)
 class Query:
     """What to search for: an image file, a text, both (one combined query), or `like` a
-    file (its stored vector when it is indexed, else the file embedded as an image)."""
+    file (its stored vector when it is indexed, else the file embedded as an image), plus
+    any number of further parts added or subtracted (`more`). The query vector is the
+    normalised weighted sum of the parts' unit vectors, subtracted parts counted negative."""
 
     image: Path | None = None
     text: str | None = None
     like: str | None = None
     text_weight: float = DEFAULT_TEXT_WEIGHT
+    more: tuple[QueryPart, ...] = ()
 
     def check(self) -> None:
         """A ConfigError for a query that cannot run, naming what to fix."""
@@ -59,23 +119,44 @@ class Query:
             raise ConfigError("--like searches by one file alone; leave out --image and --text")
         if self.text is not None and not self.text.strip():
             raise ConfigError("the text query is empty")
-        if self.image is None and self.text is None and self.like is None:
-            raise ConfigError("give a query: --image FILE, --text TEXT, both, or --like FILE")
+        if not any(part.sign > 0 for part in self.parts()):
+            raise ConfigError(
+                "give a query: --image FILE, --text TEXT, both, --like FILE, or --and TEXT|FILE "
+                "(--not only takes away from one of those)"
+            )
         if not 0 <= self.text_weight <= 1:
             raise ConfigError(f"--text-weight must be between 0 and 1, got {self.text_weight}")
 
-    def describe(self) -> str:
-        """What was searched, in words: "image", "text 'a cat'", "like chelsea.jpg"."""
+    def parts(self) -> list[QueryPart]:
+        """Every part with its sign and weight: --image and --text share a weight of 1 as
+        --text-weight says, --like weighs 1, then the added and subtracted parts."""
+        base: list[QueryPart] = []
         if self.like is not None:
-            return f"like {display_path(os.path.basename(self.like))}"
-        if self.image is not None and self.text is not None:
-            return f"image + text '{self.text}'"
-        return "image" if self.image is not None else f"text '{self.text}'"
+            base.append(QueryPart("like", self.like))
+        both = self.image is not None and self.text is not None
+        if self.image is not None:
+            base.append(QueryPart("image", str(self.image), 1 - self.text_weight if both else 1))
+        if self.text is not None:
+            base.append(QueryPart("text", self.text, self.text_weight if both else 1))
+        return base + list(self.more)
+
+    def describe(self) -> str:
+        """What was searched, in words: "image", "text 'a cat'", "like chelsea.jpg",
+        "text 'a beach' + text 'at night' - text 'people'"."""
+        words = []
+        for part in self.parts():
+            words.append(("- " if part.sign < 0 else "+ " if words else "") + part.describe())
+        return " ".join(words)
 
 
 def combine(image_vector: np.ndarray, text_vector: np.ndarray, text_weight: float) -> np.ndarray:
     """One query from an image and a text: the normalised weighted sum of their unit vectors."""
-    mixed = (1 - text_weight) * image_vector + text_weight * text_vector
+    return weighted_sum([image_vector, text_vector], [1 - text_weight, text_weight])
+
+
+def weighted_sum(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The normalised weighted sum of unit vectors (negative weights subtract)."""
+    mixed = sum(w * v.astype(np.float64) for v, w in zip(vectors, weights, strict=True))
     return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
 
 
@@ -138,6 +219,16 @@ def describe_filters(filters: Filters) -> str:
     if filters.min_score is not None:
         parts.append(f"score at least {filters.min_score:g}")
     return "; ".join(parts)
+
+
+def filters_record(filters: Filters) -> dict[str, Any]:
+    """The filters as query.json records them (null: not set)."""
+    return {
+        "under": [display_path(folder) for folder in filters.under],
+        "taken_after": filters.taken_after.isoformat() if filters.taken_after else None,
+        "taken_before": filters.taken_before.isoformat() if filters.taken_before else None,
+        "min_score": filters.min_score,
+    }
 
 
 @dataclass
@@ -253,46 +344,79 @@ class Searcher:
         self, query: Query, top_k: int | None = None, filters: Filters = NO_FILTERS
     ) -> SearchResult:
         """Any query, filtered: images are preprocessed and embedded exactly as indexed images
-        are; an indexed `like` file is searched by its stored vector (no model)."""
+        are; an indexed `like` file is searched by its stored vector (no model); several parts
+        are one vector, their normalised weighted sum."""
         query.check()
+        parts = query.parts()
         spec = ResizeSpec.of(self.settings)
-        image = prepare_file(query.image, spec) if query.image is not None else None
+        images = {i: prepare_file(p.value, spec) for i, p in enumerate(parts) if p.kind == "image"}
         info = self._table_info()
-        stored = self._find(query.like) if query.like is not None else None
-        if query.like is not None and stored is None:
-            try:
-                image = prepare_file(query.like, spec)
-            except ImageError as exc:
-                raise ImageError(f"it is not indexed, and {exc}") from exc
-        if stored is not None:
-            vector = stored.embedding
-        else:
-            vector = self._embed(image, query.text, query.text_weight)
-        matches = self.store.rows.nearest(vector, top_k or self.settings.top_k, filters)
+        stored: dict[int, StoredImage] = {}
+        given_with_like = len(parts) - len(query.more)  # the parts before are --like's
+        for i, part in enumerate(parts):
+            if part.kind == "like":
+                found = self._find(part.value)
+                if found is not None:
+                    stored[i] = found
+                else:
+                    images[i] = self._prepare_unindexed(part, spec, i < given_with_like)
+        vector = self._vector(parts, images, stored)
+        k = top_k or self.settings.top_k
+        matches = self.store.rows.nearest(vector, k, filters)
         warnings: list[str] = []
 
         def write_query(folder: Path) -> None:
-            if stored is not None:
-                warnings.extend(copy_stored_query(stored, folder))
-            if image is not None:
-                save_jpeg(image, folder / QUERY_IMAGE_FILE)
-            if query.text is not None:
-                (folder / QUERY_TEXT_FILE).write_text(query.text + "\n", encoding="utf-8")
+            pictured = next((i for i in sorted({*images, *stored}) if parts[i].sign > 0), None)
+            if pictured in stored:
+                warnings.extend(copy_stored_query(stored[pictured], folder))
+            elif pictured is not None:
+                save_jpeg(images[pictured], folder / QUERY_IMAGE_FILE)
+            words = next((p.value for p in parts if p.kind == "text" and p.sign > 0), None)
+            if words is not None:
+                (folder / QUERY_TEXT_FILE).write_text(words + "\n", encoding="utf-8")
+            record = {"parts": [p.record() for p in parts], "filters": filters_record(filters),
+                      "top_k": k}
+            (folder / QUERY_RECORD_FILE).write_text(
+                json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
 
         folder, more = write_result_folder(self.settings, matches, info.images, write_query)
         return SearchResult(folder, info.images, matches, warnings + more, query.describe())
 
+    def _prepare_unindexed(self, part: QueryPart, spec: ResizeSpec, like: bool) -> Image.Image:
+        """A `like` file that is not indexed, prepared as an image; an error names the file
+        (and for an added or subtracted part, its option)."""
+        try:
+            return prepare_file(part.value, spec)
+        except ImageError as exc:
+            if like:  # --like: the command line names the option
+                raise ImageError(f"it is not indexed, and {exc}") from exc
+            option = "--and" if part.sign > 0 else "--not"
+            raise ConfigError(
+                f"cannot use {option} {display_path(part.value)}: it is not indexed, and {exc}"
+            ) from exc
+
     def _find(self, like: str) -> StoredImage | None:
         return find_stored(self.store, like)
 
-    def _embed(self, image: Image.Image | None, text: str | None, text_weight: float) -> np.ndarray:
-        if image is not None and text is not None:
-            image_vector = self.embedder.embed_images([image])[0]
-            return combine(image_vector, self.embedder.embed_texts([text])[0], text_weight)
-        if image is not None:
-            return self.embedder.embed_images([image])[0]
-        assert text is not None
-        return self.embedder.embed_texts([text])[0]
+    def _vector(
+        self,
+        parts: list[QueryPart],
+        images: dict[int, Image.Image],
+        stored: dict[int, StoredImage],
+    ) -> np.ndarray:
+        """Each part's unit vector (images and texts embedded one at a time, as a single
+        query always was), then their normalised weighted sum; one part is its own vector."""
+        vectors = {i: found.embedding for i, found in stored.items()}
+        for i, image in images.items():
+            vectors[i] = self.embedder.embed_images([image])[0]
+        for i, part in enumerate(parts):
+            if part.kind == "text":
+                vectors[i] = self.embedder.embed_texts([part.value])[0]
+        if len(parts) == 1:
+            return vectors[0]
+        ordered = [vectors[i] for i in range(len(parts))]
+        return weighted_sum(ordered, [part.sign * part.weight for part in parts])
 
     def by_image(
         self, image_path: Path, top_k: int | None = None, filters: Filters = NO_FILTERS

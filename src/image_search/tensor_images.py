@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}
 # Other start-of-frame markers: lossless, hierarchical or arithmetic coded.
 OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# nvJPEG decodes at full size: a 108- or 200-megapixel phone photo would take 324-600 MB of GPU
+# memory each, times the batch. Larger JPEGs go to Pillow, whose decoder scales down as it
+# decodes (a 200 MP photo in 160 MB of CPU memory: BENCHMARKS.md, l).
+TENSOR_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -36,14 +40,17 @@ class JpegHeader:
 
 def tensor_header(data: bytes, max_pixels: int) -> JpegHeader | None:
     """The size and orientation of a JPEG the tensor decoder can take; None for anything
-    else, and for an image over `max_pixels` (Pillow's path reports those)."""
+    else, for an image over `max_pixels` (Pillow's path reports those) and for one over
+    TENSOR_MAX_PIXELS (Pillow's reduced-size decoding takes those)."""
     if not data.startswith(b"\xff\xd8"):
         return None
     frame = _frame(data)
     if frame is None:
         return None
     precision, height, width, components = frame
-    if precision != 8 or components not in (1, 3) or width * height > max_pixels:
+    if precision != 8 or components not in (1, 3):
+        return None
+    if width * height > min(max_pixels, TENSOR_MAX_PIXELS):
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only

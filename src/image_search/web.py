@@ -21,7 +21,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, DuplicateReport, counted, find_duplicates
-from .errors import ImageError, ImageSearchError, one_line
+from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .ingest import Progress, run_index
 from .models import Embedder
 from .scan import display_path
@@ -33,11 +33,13 @@ from .search import (
     build_filters,
     describe_filters,
     find_stored,
+    text_part,
 )
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store, StoredFile
 from .web_files import MAX_UPLOAD, ORIGINAL_REFUSED, FileGate, PageCache, Refused
 from .web_inputs import (
+    BUT_NOT_LABEL,
     DUPLICATE_UNDER_LABEL,
     PATH_LABEL,
     TEXT_LABEL,
@@ -175,8 +177,10 @@ class WebApp:
         taken_after: Any = None,
         taken_before: Any = None,
         min_score: Any = None,
+        but_not: Any = None,
     ) -> tuple[Any, ...]:
-        """An image, a text, or both together as one query; filtered. The event runs with
+        """An image, a text, or both together as one query, less the words `but_not`
+        ([W:]TEXT); filtered. The event runs with
         preprocess=False: the image is the client's payload, read only if it was uploaded
         to this page (web_files), and an unreadable one gets our own message."""
         inputs = Inputs()
@@ -185,19 +189,26 @@ class WebApp:
             "text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, DEFAULT_TEXT_WEIGHT
         )
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
+        avoid_text = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
         try:
             path = self.files.upload(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if path is None and not query:  # a hint, not an error: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
-        return self._answer(Query(image=path, text=query or None, text_weight=weight), shared)
+        try:
+            avoid = (text_part(avoid_text, -1, f"'{BUT_NOT_LABEL}'"),) if avoid_text else ()
+        except ConfigError as exc:
+            raise page_error(str(exc)) from None
+        request = Query(image=path, text=query or None, text_weight=weight, more=avoid)
+        return self._answer(request, shared)
 
     def check_search(self, *values: Any) -> list[dict]:
         """The search's validator: a message next to each field that is wrong."""
         inputs = Inputs()
-        _, text, top_k, text_weight, *filters = values
+        _, text, top_k, text_weight, *filters, but_not = values
         inputs.text("text", TEXT_LABEL, text)
+        inputs.text("but_not", BUT_NOT_LABEL, but_not)
         inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
         read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
         return inputs.validations(self.search)

@@ -20,6 +20,7 @@ from .store import Filters
 MAX_TOP_K = 100
 TOP_K_LABEL = "How many results (top-k)"
 TEXT_LABEL = "…or describe it in words"
+BUT_NOT_LABEL = "…but not"
 TEXT_WEIGHT_LABEL = "Weight of the words when an image is given too"
 UNDER_LABEL = "Only files under these folders (one per line)"
 AFTER_LABEL = "Taken on or after"

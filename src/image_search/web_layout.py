@@ -12,6 +12,7 @@ from .search import DEFAULT_TEXT_WEIGHT
 from .web_inputs import (
     AFTER_LABEL,
     BEFORE_LABEL,
+    BUT_NOT_LABEL,
     DUPLICATE_UNDER_LABEL,
     MAX_TOP_K,
     MIN_SCORE_LABEL,
@@ -88,11 +89,17 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                     sources=["upload", "clipboard", "webcam"],
                     elem_id="query-image",
                 )
-                text = gr.Textbox(
-                    label=TEXT_LABEL,
-                    elem_id="query-text",
-                    placeholder="a red apple on a table",
-                )
+                with gr.Row():
+                    text = gr.Textbox(
+                        label=TEXT_LABEL,
+                        elem_id="query-text",
+                        placeholder="a red apple on a table",
+                    )
+                    but_not = gr.Textbox(
+                        label=BUT_NOT_LABEL,
+                        elem_id="query-not",
+                        placeholder="people (0.5:people weighs them half)",
+                    )
                 text_weight = gr.Slider(
                     0,
                     1,
@@ -138,9 +145,9 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                 with gr.Accordion("Ranked results as JSON", open=False):
                     results = gr.JSON(elem_id="results-json")
         searched = gr.on(
-            triggers=[search.click, text.submit],
+            triggers=[search.click, text.submit, but_not.submit],
             fn=web.search,
-            inputs=[image, text, top_k, text_weight, *filters],
+            inputs=[image, text, top_k, text_weight, *filters, but_not],
             outputs=[best, gallery, note, results],
             api_name="search",
             preprocess=False,

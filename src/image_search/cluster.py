@@ -249,13 +249,14 @@ class Outcome:
     path: str
     item: WorkItem | None = None  # None for a failure
     error: str = ""
+    of_file: bool = True  # see Failure
     images: int = 0  # model time of the whole batch, on its first outcome
     seconds: float = 0.0
 
     @classmethod
     def of(cls, result: Prepared | Unchanged | Failure) -> Outcome:
         if isinstance(result, Failure):
-            return cls("failed", result.path, error=result.error)
+            return cls("failed", result.path, error=result.error, of_file=result.of_file)
         kind = "stored" if isinstance(result, Prepared) else "unchanged"
         return cls(kind, result.item.file.path, result.item)
 
@@ -299,7 +300,9 @@ class ClusterIndexer(Indexer):
                     continue
                 if outcome.kind == "failed":
                     log.warning("skipped %s: %s", display_path(outcome.path), outcome.error)
-                    self.report.failed.append(Failure(outcome.path, outcome.error))
+                    self.report.failed.append(
+                        Failure(outcome.path, outcome.error, outcome.of_file)
+                    )
                 elif outcome.item is not None:
                     touched.append(Unchanged(outcome.item))
                 progress.passed()

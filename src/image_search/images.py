@@ -120,7 +120,8 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         image.close()
         raise ImageError(
-            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
+            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels}); "
+            f"to accept it, raise that setting (--max-image-pixels {width * height})"
         )
     return image
 
@@ -226,7 +227,11 @@ def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:
 def _exif_capture_time(image: Image.Image) -> datetime | None:
     if image.format == "PNG" and "exif" not in image.info:
         return None  # Pillow would decode the whole image to look for EXIF after the pixels
-    original = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
+    exif = image.getexif()
+    # Its place is the Exif sub-IFD; some tools write it into the main IFD instead.
+    original = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
+    if not isinstance(original, str):
+        original = exif.get(ExifTags.Base.DateTimeOriginal)
     if not isinstance(original, str):
         return None
     try:  # cameras pad with NULs or spaces, and write 0000:00:00 when the clock was unset

@@ -48,6 +48,10 @@ R = TypeVar("R")
 class Failure:
     path: str
     error: str
+    of_file: bool = True
+    """False when the file is not to blame (the processed JPEG could not be written): such
+    a failure is neither remembered nor a reason to drop the file's stored row."""
+    remembered: bool = False  # failed in an earlier run and unchanged since: not read again
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def prepare_with_pillow(
     except ImageError as exc:
         return Failure(path, str(exc))
     except OSError as exc:  # e.g. the data directory became unwritable
-        return Failure(path, f"cannot write processed JPEG: {exc}")
+        return Failure(path, f"cannot write processed JPEG: {exc}", of_file=False)
     taken_at = capture_time(data, item.file.mtime_ns)
     return Prepared(item, PreparedImage(image, digest), str(destination), taken_at)
 
@@ -242,7 +246,8 @@ class DevicePreparer:
         try:
             write_atomically(destination, lambda out: out.write(data))
         except OSError as exc:
-            return Failure(read.item.file.path, f"cannot write processed JPEG: {exc}")
+            error = f"cannot write processed JPEG: {exc}"
+            return Failure(read.item.file.path, error, of_file=False)
         return Prepared(
             read.item, PreparedImage(pixels, read.digest), str(destination), self._taken_at(read)
         )

@@ -30,7 +30,8 @@ def status_of(settings: Settings, database: Database) -> dict[str, Any]:
         "database_size": database_size(database),
         "configured_model": configured.model_name,
         "configured_dimension": configured.dimension,
-        "settings_match_table": spec == configured,
+        # Precision classes, not names: the settings' `auto` is a float precision, like fp32.
+        "settings_match_table": spec.same_vectors(configured),
     }
 
 

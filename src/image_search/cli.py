@@ -319,8 +319,7 @@ def print_index_report(report: IndexReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
         return
-    for failure in report.failed:
-        print(f"skipped {display_path(failure.path)}: {failure.error}", file=sys.stderr)
+    # Each skipped file was logged as a warning when the run met it: not listed again here.
     print(f"Indexed: {report.summary()}")
 
 

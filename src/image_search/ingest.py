@@ -239,6 +239,11 @@ class Indexer:
         for item in work:
             file, known = item.file, failed_before.get(item.file.path)
             if known and item.stored is None and known.stat == (file.size, file.mtime_ns):
+                log.warning(
+                    "skipped %s (unchanged since it failed before): %s",
+                    display_path(file.path),
+                    known.error,
+                )
                 self.report.failed.append(Failure(file.path, known.error, remembered=True))
             else:
                 todo.append(item)

@@ -9,6 +9,7 @@ outcomes (never images or vectors) and drives the same bars and report."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -277,6 +278,14 @@ class ClusterIndexer(Indexer):
 
     def __init__(self, settings: Settings, store: Store, progress: Progress) -> None:
         import_ray()  # a missing extra is one line before anything is drawn
+        # Workers would resolve relative folders against their own working directories (on
+        # a real cluster, each its own): the settings they get name absolute ones.
+        settings = dataclasses.replace(
+            settings,
+            source_directory=settings.source_directory.absolute(),
+            output_directory=settings.output_directory.absolute(),
+            data_directory=settings.data_directory.absolute(),
+        )
         # The driver never loads the model: the actors do. The Embedder stays unloaded.
         super().__init__(settings, store, Embedder.from_settings(settings), progress)
 

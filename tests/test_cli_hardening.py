@@ -439,3 +439,32 @@ def test_ray_workers_are_given_absolute_folders(make_settings, tmp_path: Path, m
 
     for attribute, folder in folders.items():
         assert getattr(given, attribute) == tmp_path / folder
+
+
+def test_mtime_dates_are_taken_in_the_zone_of_the_process_that_planned_the_run(
+    settings: Settings,
+) -> None:
+    from image_search.images import ResizeSpec
+    from image_search.ingest import plan
+    from image_search.pipeline import prepare_item
+    from image_search.scan import stat_file
+
+    scan = write_photo(settings.source_directory / "scan.png", seed=3)  # no EXIF: the mtime
+    os.utime(scan, (1_700_000_000, 1_700_000_000))  # whole seconds: no rounding to compare
+    zone = os.environ.get("TZ")
+    try:
+        os.environ["TZ"] = "EST5EDT,M3.2.0,M11.1.0"  # the driver's zone
+        time.tzset()
+        [item], _, _ = plan([stat_file(str(scan))], {})
+        expected = datetime.fromtimestamp(scan.stat().st_mtime)
+        os.environ["TZ"] = "UTC0"  # a Ray worker in a container
+        time.tzset()
+        prepared = prepare_item(settings, ResizeSpec.of(settings), item)
+    finally:
+        if zone is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = zone
+        time.tzset()
+
+    assert prepared.taken_at == expected

@@ -212,16 +212,19 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
         raise
 
 
-def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:
+def capture_time(
+    source: str | Path | bytes, mtime_ns: int, local_mtime: datetime | None = None
+) -> datetime:
     """When a photo was taken: EXIF DateTimeOriginal (the camera's wall-clock time), else the
-    file's mtime in this computer's local time. Reads the header only, never the pixels."""
+    file's mtime in this computer's local time (or `local_mtime`, that time as another
+    computer took it: the driver of a Ray run). Reads the header only, never the pixels."""
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with handle, Image.open(handle) as image:
             taken = _exif_capture_time(image)
     except Exception:  # an untrusted header: any failure only means "no EXIF date"
         taken = None
-    return taken or datetime.fromtimestamp(mtime_ns / 1e9)
+    return taken or local_mtime or datetime.fromtimestamp(mtime_ns / 1e9)
 
 
 def _exif_capture_time(image: Image.Image) -> datetime | None:

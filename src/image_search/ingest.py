@@ -183,7 +183,7 @@ def plan(
         if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
             unchanged += 1
         else:
-            work.append(WorkItem(file, row))
+            work.append(WorkItem(file, row, datetime.fromtimestamp(file.mtime_ns / 1e9)))
     present = {file.path for file in scanned}
     missing = [row for path, row in stored.items() if path not in present]
     return work, unchanged, missing

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -60,6 +60,9 @@ class WorkItem:
 
     file: ScannedFile
     stored: StoredFile | None
+    # The mtime in the local time of the process that planned the run: a Ray worker in
+    # another time zone (containers run in UTC) dates the file as an in-process run would.
+    local_mtime: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def prepare_with_pillow(
         return Failure(path, str(exc))
     except OSError as exc:  # e.g. the data directory became unwritable
         return Failure(path, f"cannot write processed JPEG: {exc}", of_file=False)
-    taken_at = capture_time(data, item.file.mtime_ns)
+    taken_at = capture_time(data, item.file.mtime_ns, item.local_mtime)
     return Prepared(item, PreparedImage(image, digest), str(destination), taken_at)
 
 
@@ -254,7 +257,7 @@ class DevicePreparer:
 
     @staticmethod
     def _taken_at(read: _Read) -> datetime | None:
-        return capture_time(read.data, read.item.file.mtime_ns)
+        return capture_time(read.data, read.item.file.mtime_ns, read.item.local_mtime)
 
     def _balance(self, cpu_seconds: float, device_seconds: float) -> None:
         """Give the CPU more JPEGs when it waited for the GPU, fewer when the GPU waited."""

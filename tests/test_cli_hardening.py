@@ -74,6 +74,7 @@ def test_status_with_default_precision_matches_a_table_filled_in_fp32(
         ["search", "--text", "a cat", "--taken-before", "0000"],
         ["search", "--text", "a cat", "--text-weight", "2"],
         ["duplicates", "--threshold", "1.5"],
+        ["search", "--image", "no-such-photo.jpg"],
     ],
 )
 def test_a_bad_request_exits_2_before_the_database_is_reached(

@@ -372,6 +372,8 @@ def check_request(args: argparse.Namespace, settings: Settings) -> None:
     else:
         args.query = Query(args.image, args.text, args.like, args.text_weight)
         args.query.check()
+        if args.image is not None and not args.image.is_file():
+            raise ConfigError(f"--image {args.image}: no such file")
         args.filters = build_filters(
             args.under, args.taken_after, args.taken_before, args.min_score, roots=roots
         )

@@ -336,6 +336,7 @@ class Rows:
         return {file.file_path: file for file in failed}
 
     def remember_failures(self, failed: Sequence[FailedFile]) -> None:
+        """Record files that failed, with the size and mtime they failed at."""
         query = sql.SQL(
             """
             INSERT INTO {failures} (table_name, path_hash, file_path, file_path_raw,
@@ -361,6 +362,7 @@ class Rows:
         self._write_many(query, params)
 
     def forget_failures(self, paths: Iterable[str]) -> None:
+        """Drop the records of files that no longer fail, or are gone."""
         query = sql.SQL(
             "DELETE FROM {failures} WHERE table_name = %s AND path_hash = ANY(%s)"
         ).format(failures=FAILURES)

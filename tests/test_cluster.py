@@ -272,25 +272,3 @@ def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) ->
     assert result.stderr.count("\n") == 1 and "no-such-model" in result.stderr
     assert "(raylet)" not in result.stderr and "Traceback" not in result.stderr
 
-
-def test_workers_get_absolute_folders_and_the_drivers_time_zone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On a real cluster a worker's working directory and time zone are its own: relative
-    folders are resolved here, and capture dates from mtimes use the driver's zone."""
-    from image_search.cluster import worker_environment, worker_settings
-
-    monkeypatch.chdir(tmp_path)
-    relative = Settings(
-        source_directory=Path("photos"),
-        output_directory=Path("output"),
-        data_directory=Path(".image-search"),
-    )
-    sent = worker_settings(relative)
-    assert sent.data_directory == tmp_path / ".image-search"
-    assert sent.source_directory == tmp_path / "photos"
-    assert sent.output_directory == tmp_path / "output"
-    assert sent.processed_directory.is_absolute()
-
-    monkeypatch.setenv("TZ", "Pacific/Chatham")
-    assert worker_environment() == {"TZ": "Pacific/Chatham"}

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -207,7 +208,10 @@ def test_progress_without_bars_writes_nothing(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr() == ("", "")
 
 
-def test_progress_with_bars_shows_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_with_bars_shows_every_stage(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are for a terminal only
     drive_progress(Progress(show_bars=True))
     err = capsys.readouterr().err
     for label in ("Scanning", *Progress.STAGES):

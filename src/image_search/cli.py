@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -18,7 +19,7 @@ from typing import NoReturn
 import psycopg
 
 from . import __version__
-from .config import Settings, all_keys, attribute_of, load_settings
+from .config import Settings, all_keys, attribute_of, did_you_mean, load_settings
 from .duplicates import DEFAULT_THRESHOLD
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .ingest import IndexReport, Progress, run_index, source_folder
@@ -85,10 +86,22 @@ KEYS_POINTER = (
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors as the one line that matters and a pointer to --help, not the usage."""
+    """Usage errors as the one line that matters, the nearest known flag or command to a
+    mistyped one, and a pointer to --help, not the usage."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\nSee '{self.prog} --help'.\n")
+        hint = self._nearest(message)
+        self.exit(2, f"{self.prog}: error: {message}{hint}\nSee '{self.prog} --help'.\n")
+
+    def _nearest(self, message: str) -> str:
+        commands = getattr(self, "command_parsers", {})
+        if choice := re.search(r"invalid choice: '([^']*)'", message):
+            return did_you_mean(choice[1], commands)
+        if unknown := re.search(r"unrecognized arguments: (\S+)", message):
+            parsers = [self, *commands.values()]
+            flags = {flag for parser in parsers for flag in parser._option_string_actions}
+            return did_you_mean(unknown[1].partition("=")[0], sorted(flags))
+        return ""
 
 
 def _common_options(shown: Collection[str] = ()) -> argparse.ArgumentParser:
@@ -384,8 +397,7 @@ def print_index_report(report: IndexReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
         return
-    for failure in report.failed:
-        print(f"skipped {display_path(failure.path)}: {failure.error}", file=sys.stderr)
+    # Each skipped file was logged as a warning when the run met it: not listed again here.
     print(f"Indexed: {report.summary()}")
 
 
@@ -423,17 +435,42 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
+def check_request(args: argparse.Namespace, settings: Settings) -> None:
+    """The query and filters of `search` and `duplicates`, checked before the database is
+    started or the model loaded (a bad date is exit 2 at once) and kept on `args`."""
+    from .duplicates import check_threshold
+    from .search import Query, build_filters, missing_folders, parse_part
+
+    if args.command not in ("search", "duplicates"):
+        return
+    roots = [settings.source_directory]
+    if args.command == "duplicates":
+        check_threshold(args.threshold)
+        args.filters = build_filters(args.under, roots=roots)
+    else:
+        more = [parse_part(given, 1, "--and") for given in args.add]
+        more += [parse_part(given, -1, "--not") for given in args.subtract]
+        args.query = Query(args.image, args.text, args.like, args.text_weight, tuple(more))
+        args.query.check()
+        if args.image is not None and not args.image.is_file():
+            raise ConfigError(f"--image {args.image}: no such file")
+        args.filters = build_filters(
+            args.under, args.taken_after, args.taken_before, args.min_score, roots=roots
+        )
+    for folder in missing_folders(args.filters):
+        log.warning(
+            "--under %s: no such folder (only images indexed from it earlier can match)",
+            display_path(folder),
+        )
+
+
 def command_search(args: argparse.Namespace, services: Services) -> int:
-    from .search import Query, Searcher, build_filters, parse_part
+    from .search import Searcher, describe_filters
 
     settings = services.settings
     searcher = Searcher(settings, Store(services.database, settings.table_name), services.embedder)
-    more = [parse_part(given, 1, "--and") for given in args.add]
-    more += [parse_part(given, -1, "--not") for given in args.subtract]
-    query = Query(args.image, args.text, args.like, args.text_weight, tuple(more))
-    filters = build_filters(args.under, args.taken_after, args.taken_before, args.min_score)
     try:
-        result = searcher.search(query, filters=filters)
+        result = searcher.search(args.query, filters=args.filters)
     except ImageError as exc:
         flag, path = ("--like", args.like) if args.like is not None else ("--image", args.image)
         raise ConfigError(f"cannot use {flag} {path}: {exc}") from exc
@@ -441,7 +478,9 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
     saved = f" Results in {result.output_dir}" if result.output_dir else ""
-    print(f"Searched {result.searched} images for {result.description}.{saved}")
+    described = describe_filters(args.filters)
+    among = f" ({described})" if described else ""
+    print(f"Searched {result.searched} images for {result.description}{among}.{saved}")
     for match in result.results:
         print(f"{match.rank:>3}  {match.score:.4f}  {display_path(match.file_path)}")
     if not result.results:
@@ -453,10 +492,9 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
 
 def command_duplicates(args: argparse.Namespace, services: Services) -> int:
     from .duplicates import find_duplicates, report_lines
-    from .search import build_filters
 
     store = Store(services.database, services.settings.table_name)
-    report = find_duplicates(store, args.threshold, build_filters(args.under), chain=args.chain)
+    report = find_duplicates(store, args.threshold, args.filters, chain=args.chain)
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
     else:
@@ -541,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = settings_from(args)
+        check_request(args, settings)
         check_before_starting(args, settings)
         with Database(settings) as database:
             reindex = getattr(args, "reindex", False)

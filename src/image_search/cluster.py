@@ -96,7 +96,6 @@ def connected(settings: Settings) -> Iterator[Any]:
     options: dict[str, Any] = {
         "log_to_driver": debug,
         "logging_level": logging.INFO if debug else logging.ERROR,
-        "runtime_env": {"env_vars": worker_environment()},
     }
     with ExitStack() as stack:
         if not debug:
@@ -113,32 +112,6 @@ def connected(settings: Settings) -> Iterator[Any]:
             ) from exc
         stack.callback(ray.shutdown)
         yield ray
-
-
-def worker_environment() -> dict[str, str]:
-    """What workers need of the driver's environment: its time zone, so that a capture date
-    taken from a file's modification time is the same wherever a worker runs (containers
-    usually run in UTC)."""
-    zone = os.environ.get("TZ") or local_zone_name()
-    return {"TZ": zone} if zone else {}
-
-
-def local_zone_name() -> str | None:
-    """The IANA name of this computer's zone (Europe/Berlin) from /etc/localtime's link."""
-    target = os.path.realpath("/etc/localtime")
-    _, found, zone = target.partition("/zoneinfo/")
-    return zone if found and zone else None
-
-
-def worker_settings(settings: Settings) -> Settings:
-    """The settings with their folders made absolute here: a worker would resolve a relative
-    data-directory against its own working directory, and its rows would point there."""
-    return dataclasses.replace(
-        settings,
-        source_directory=settings.source_directory.absolute(),
-        output_directory=settings.output_directory.absolute(),
-        data_directory=settings.data_directory.absolute(),
-    )
 
 
 @contextmanager
@@ -277,13 +250,14 @@ class Outcome:
     path: str
     item: WorkItem | None = None  # None for a failure
     error: str = ""
+    of_file: bool = True  # see Failure
     images: int = 0  # model time of the whole batch, on its first outcome
     seconds: float = 0.0
 
     @classmethod
     def of(cls, result: Prepared | Unchanged | Failure) -> Outcome:
         if isinstance(result, Failure):
-            return cls("failed", result.path, error=result.error)
+            return cls("failed", result.path, error=result.error, of_file=result.of_file)
         kind = "stored" if isinstance(result, Prepared) else "unchanged"
         return cls(kind, result.item.file.path, result.item)
 
@@ -304,6 +278,14 @@ class ClusterIndexer(Indexer):
 
     def __init__(self, settings: Settings, store: Store, progress: Progress) -> None:
         import_ray()  # a missing extra is one line before anything is drawn
+        # Workers would resolve relative folders against their own working directories (on
+        # a real cluster, each its own): the settings they get name absolute ones.
+        settings = dataclasses.replace(
+            settings,
+            source_directory=settings.source_directory.absolute(),
+            output_directory=settings.output_directory.absolute(),
+            data_directory=settings.data_directory.absolute(),
+        )
         # The driver never loads the model: the actors do. The Embedder stays unloaded.
         super().__init__(settings, store, Embedder.from_settings(settings), progress)
 
@@ -327,7 +309,9 @@ class ClusterIndexer(Indexer):
                     continue
                 if outcome.kind == "failed":
                     log.warning("skipped %s: %s", display_path(outcome.path), outcome.error)
-                    self.report.failed.append(Failure(outcome.path, outcome.error))
+                    self.report.failed.append(
+                        Failure(outcome.path, outcome.error, outcome.of_file)
+                    )
                 elif outcome.item is not None:
                     touched.append(Unchanged(outcome.item))
                 progress.passed()
@@ -344,17 +328,16 @@ class ClusterIndexer(Indexer):
         items = ray.data.from_items(
             [{"item": pickle.dumps(item)} for item in work], override_num_blocks=blocks
         )
-        settings = worker_settings(self.settings)
         prepared = items.map_batches(
             prepare_batch,
-            fn_kwargs={"settings": settings, "spec": ResizeSpec.of(settings)},
+            fn_kwargs={"settings": self.settings, "spec": ResizeSpec.of(self.settings)},
             batch_size=batch_size,
             num_cpus=1,
             memory=PREPARE_MEMORY,
         )
         outcomes = prepared.map_batches(
             EmbedAndStore,
-            fn_constructor_kwargs={"settings": settings, "table": self.store.table},
+            fn_constructor_kwargs={"settings": self.settings, "table": self.store.table},
             batch_size=batch_size,
             **resources,
         )

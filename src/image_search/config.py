@@ -7,7 +7,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 # Lower-case identifiers only: a table name is an SQL identifier, never free text.
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The names of image-search's own tables (the meta table, failed files, the shadow tables of
+# re-index runs) start with this; no table-name may.
+RESERVED_TABLE_PREFIX = "image_search_"
 
 
 @dataclass(frozen=True)
@@ -180,14 +183,16 @@ def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str,
     layer: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"unknown configuration key '{key}' in {source}{_suggest(key)}")
+            raise ConfigError(
+                f"unknown configuration key '{key}' in {source}{did_you_mean(key, all_keys())}"
+            )
         layer[attribute_of(key)] = _coerce(key, value, from_text)
     return layer
 
 
-def _suggest(key: str) -> str:
-    """"; did you mean model-name?" for the known key nearest a misspelt one, if any is near."""
-    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """"; did you mean model-name?" for the known word nearest a misspelt one, if any is near."""
+    near = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return f"; did you mean {near[0]}?" if near else ""
 
 
@@ -277,6 +282,12 @@ def validate(settings: Settings) -> None:
         "table-name",
         "must be a lower-case SQL name: letters, digits and _ (at most 63), not starting "
         f"with a digit; got {settings.table_name!r}",
+    )
+    _require(
+        not settings.table_name.startswith(RESERVED_TABLE_PREFIX),
+        "table-name",
+        f"names starting with {RESERVED_TABLE_PREFIX} are image-search's own tables; got "
+        f"{settings.table_name!r}",
     )
     if settings.ray_address is not None:
         _require(bool(settings.ray_address.strip()), "ray-address", "must not be empty")

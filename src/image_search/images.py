@@ -133,7 +133,8 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """Refuse an image over max-image-pixels, before any pixel is decoded."""
     if width * height > max_pixels:
         raise ImageError(
-            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels})"
+            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels}); "
+            f"to accept it, raise that setting (--max-image-pixels {width * height})"
         )
 
 
@@ -236,31 +237,40 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
         raise
 
 
-def file_capture_time(path: str, mtime_ns: int, data: bytes | None = None) -> datetime:
+def file_capture_time(
+    path: str, mtime_ns: int, data: bytes | None = None, local_mtime: datetime | None = None
+) -> datetime:
     """`capture_time` of an indexed file (its bytes when already read): a RAW file's date
     comes from LibRaw, which reads every RAW container."""
     source = data if data is not None else path
     if is_raw_name(path):
-        return raw_capture_time(source) or datetime.fromtimestamp(mtime_ns / 1e9)
-    return capture_time(source, mtime_ns)
+        return raw_capture_time(source) or local_mtime or datetime.fromtimestamp(mtime_ns / 1e9)
+    return capture_time(source, mtime_ns, local_mtime)
 
 
-def capture_time(source: str | Path | bytes, mtime_ns: int) -> datetime:
+def capture_time(
+    source: str | Path | bytes, mtime_ns: int, local_mtime: datetime | None = None
+) -> datetime:
     """When a photo was taken: EXIF DateTimeOriginal (the camera's wall-clock time), else the
-    file's mtime in this computer's local time. Reads the header only, never the pixels."""
+    file's mtime in this computer's local time (or `local_mtime`, that time as another
+    computer took it: the driver of a Ray run). Reads the header only, never the pixels."""
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with handle, open_any_size(handle) as image:
             taken = _exif_capture_time(image)
     except Exception:  # an untrusted header: any failure only means "no EXIF date"
         taken = None
-    return taken or datetime.fromtimestamp(mtime_ns / 1e9)
+    return taken or local_mtime or datetime.fromtimestamp(mtime_ns / 1e9)
 
 
 def _exif_capture_time(image: Image.Image) -> datetime | None:
     if image.format == "PNG" and "exif" not in image.info:
         return None  # Pillow would decode the whole image to look for EXIF after the pixels
-    original = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
+    exif = image.getexif()
+    # Its place is the Exif sub-IFD; some tools write it into the main IFD instead.
+    original = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
+    if not isinstance(original, str):
+        original = exif.get(ExifTags.Base.DateTimeOriginal)
     if not isinstance(original, str):
         return None
     try:  # cameras pad with NULs or spaces, and write 0000:00:00 when the clock was unset

@@ -4,19 +4,22 @@ store each batch in one transaction, remove rows of deleted files, report."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from .config import Settings
+from .config import RESERVED_TABLE_PREFIX, Settings
 from .errors import ConfigError
 from .images import ResizeSpec, file_capture_time
 from .models import Embedder
@@ -31,8 +34,8 @@ from .pipeline import (
     prepared_batches,
     row_for,
 )
-from .scan import ScannedFile, display_path, scan_images, stat_file
-from .store import Database, Store, StoredFile, VectorSpec
+from .scan import IMAGE_EXTENSIONS, ScannedFile, display_path, scan_images, stat_file
+from .store import Database, FailedFile, Store, StoredFile, VectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,13 @@ class IndexReport:
         }
 
     def summary(self) -> str:
+        """One line. Files that cannot be indexed are `skipped`: not failures of the run."""
         text = (
             f"{self.scanned} scanned, {self.added} added, {self.updated} updated, "
-            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} failed"
+            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} skipped"
         )
+        if remembered := sum(1 for failure in self.failed if failure.remembered):
+            text += f" ({remembered} unchanged since they failed before: not read again)"
         if self.dated:
             text += f"; capture dates filled for {self.dated} stored images"
         return text
@@ -90,7 +96,8 @@ class Progress:
     STAGES = ("Converting + resizing", "Embedding", "Registering")
 
     def __init__(self, show_bars: bool = False, callback: ProgressCallback | None = None) -> None:
-        self.show_bars = show_bars
+        # Bars redraw with \r and escape codes: only for a terminal, never into a log file.
+        self.show_bars = show_bars and sys.stderr.isatty()
         self.callback = callback
         self._bars: list[tqdm] = []
         self._total = 0
@@ -176,7 +183,7 @@ def plan(
         if row is not None and row.size == file.size and row.mtime_ns == file.mtime_ns:
             unchanged += 1
         else:
-            work.append(WorkItem(file, row))
+            work.append(WorkItem(file, row, datetime.fromtimestamp(file.mtime_ns / 1e9)))
     present = {file.path for file in scanned}
     missing = [row for path, row in stored.items() if path not in present]
     return work, unchanged, missing
@@ -208,16 +215,58 @@ class Indexer:
         scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
         self.report.scanned = len(scanned)
         work, self.report.unchanged, missing = plan(scanned, stored)
+        failed_before = rows.failed_files(root)
+        work = self._pass_over_failed(work, failed_before)
+        warn_clamped_dates(work)
         info = self.store.info()
         if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
             self.store.schema.drop_vector_index()  # rebuilt once below, not row by row
         self._fill_dates(scanned, stored)
         self._process(work)
-        if not keep_missing:
-            self._remove(missing, folder_is_empty=not scanned)
+        self._settle_failures(work, failed_before)
+        if not scanned:
+            self._warn_no_images(root, kept=0 if keep_missing else len(missing))
+        elif not keep_missing:
+            self._delete(missing)
         self.store.schema.ensure_vector_index()
         self.store.schema.mark_indexed()
         return self.report
+
+    def _pass_over_failed(
+        self, work: list[WorkItem], failed_before: dict[str, FailedFile]
+    ) -> list[WorkItem]:
+        """The work less new files that failed before with this same size and mtime: they
+        are reported again, not read again (nor the model loaded for them)."""
+        todo = []
+        for item in work:
+            file, known = item.file, failed_before.get(item.file.path)
+            if known and item.stored is None and known.stat == (file.size, file.mtime_ns):
+                log.warning(
+                    "skipped %s (unchanged since it failed before): %s",
+                    display_path(file.path),
+                    known.error,
+                )
+                self.report.failed.append(Failure(file.path, known.error, remembered=True))
+            else:
+                todo.append(item)
+        return todo
+
+    def _settle_failures(self, work: list[WorkItem], failed_before: dict[str, FailedFile]) -> None:
+        """Remember the files that failed in this run; forget those that no longer fail (or
+        are gone); drop the stored rows of changed files that now fail, like missing ones:
+        a search must not return a picture the file no longer holds."""
+        items = {item.file.path: item for item in work}
+        new = [f for f in self.report.failed if f.of_file and not f.remembered]
+        rows = self.store.rows
+        rows.remember_failures(
+            [
+                FailedFile(f.path, items[f.path].file.size, items[f.path].file.mtime_ns, f.error)
+                for f in new
+            ]
+        )
+        failing = {f.path for f in self.report.failed if f.of_file}
+        rows.forget_failures(set(failed_before) - failing)
+        self._delete([stored for f in new if (stored := items[f.path].stored) is not None])
 
     # -- the pipeline -------------------------------------------------------
 
@@ -327,20 +376,35 @@ class Indexer:
         self.store.rows.update_stat(changes)
         self.report.unchanged += len(touched)
 
-    def _remove(self, missing: list[StoredFile], folder_is_empty: bool) -> None:
-        if not missing:
+    @staticmethod
+    def _warn_no_images(root: str, kept: int) -> None:
+        """An empty folder, one of other files, or an unmounted drive (which looks empty:
+        never wipe an index for that)."""
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        keeping = f"; keeping its {kept} stored images (is the drive mounted?)" if kept else ""
+        log.warning(
+            "no images found in %s (looked for %s)%s", display_path(root), extensions, keeping
+        )
+
+    def _delete(self, rows: list[StoredFile]) -> None:
+        """Remove these rows and their processed JPEGs."""
+        if not rows:
             return
-        if folder_is_empty:
-            # An unmounted drive looks like an empty folder: never wipe an index for that.
+        processed = self.store.rows.delete([row.id for row in rows])
+        for path in processed:
+            Path(path).unlink(missing_ok=True)
+        self.report.removed += len(processed)
+
+
+def warn_clamped_dates(work: list[WorkItem]) -> None:
+    """Files dated where the table cannot follow (see scan.MTIME_NS_RANGE) are still indexed."""
+    for item in work:
+        if item.file.mtime_clamped:
             log.warning(
-                "no images found in the source folder; keeping its %d stored images "
-                "(is the drive mounted?)",
-                len(missing),
+                "%s: its modification time is out of range; stored as %s",
+                display_path(item.file.path),
+                datetime.fromtimestamp(item.file.mtime_ns / 1e9).date(),
             )
-            return
-        for processed in self.store.rows.delete([row.id for row in missing]):
-            Path(processed).unlink(missing_ok=True)
-        self.report.removed = len(missing)
 
 
 def run_index(
@@ -422,4 +486,8 @@ def source_folder(settings: Settings, source: Path | None = None) -> str:
 
 
 def shadow_table_name(table: str) -> str:
-    return f"{table[:54]}_reindex"
+    """The table a re-index of `table` fills: named by a hash of the whole name under the
+    prefix no table-name may take, so that it is neither a user's table nor the shadow of
+    another table (cut names could collide)."""
+    digest = hashlib.sha256(table.encode()).hexdigest()[:16]
+    return f"{RESERVED_TABLE_PREFIX}reindex_{digest}"

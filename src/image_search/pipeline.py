@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -48,6 +48,10 @@ R = TypeVar("R")
 class Failure:
     path: str
     error: str
+    of_file: bool = True
+    """False when the file is not to blame (the processed JPEG could not be written): such
+    a failure is neither remembered nor a reason to drop the file's stored row."""
+    remembered: bool = False  # failed in an earlier run and unchanged since: not read again
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class WorkItem:
 
     file: ScannedFile
     stored: StoredFile | None
+    # The mtime in the local time of the process that planned the run: a Ray worker in
+    # another time zone (containers run in UTC) dates the file as an in-process run would.
+    local_mtime: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -108,8 +115,8 @@ def prepare_with_pillow(
     except ImageError as exc:
         return Failure(path, str(exc))
     except OSError as exc:  # e.g. the data directory became unwritable
-        return Failure(path, f"cannot write processed JPEG: {exc}")
-    taken_at = file_capture_time(path, item.file.mtime_ns, data)
+        return Failure(path, f"cannot write processed JPEG: {exc}", of_file=False)
+    taken_at = file_capture_time(path, item.file.mtime_ns, data, item.local_mtime)
     return Prepared(item, PreparedImage(image, digest), str(destination), taken_at)
 
 
@@ -242,14 +249,16 @@ class DevicePreparer:
         try:
             write_atomically(destination, lambda out: out.write(data))
         except OSError as exc:
-            return Failure(read.item.file.path, f"cannot write processed JPEG: {exc}")
+            error = f"cannot write processed JPEG: {exc}"
+            return Failure(read.item.file.path, error, of_file=False)
         return Prepared(
             read.item, PreparedImage(pixels, read.digest), str(destination), self._taken_at(read)
         )
 
     @staticmethod
     def _taken_at(read: _Read) -> datetime | None:
-        return file_capture_time(read.item.file.path, read.item.file.mtime_ns, read.data)
+        file = read.item.file
+        return file_capture_time(file.path, file.mtime_ns, read.data, read.item.local_mtime)
 
     def _balance(self, cpu_seconds: float, device_seconds: float) -> None:
         """Give the CPU more JPEGs when it waited for the GPU, fewer when the GPU waited."""

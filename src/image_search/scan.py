@@ -28,6 +28,11 @@ IMAGE_EXTENSIONS = (
 )
 
 
+# The table keeps mtimes as bigint nanoseconds, from 1677 to 2262; ext4 dates files up to
+# 2446. A file dated outside is stored with its mtime clamped to the nearest end.
+MTIME_NS_RANGE = (-(2**63), 2**63 - 1)
+
+
 @dataclass(frozen=True)
 class ScannedFile:
     path: str  # absolute, as reached from the source directory (symlinks not resolved)
@@ -37,6 +42,10 @@ class ScannedFile:
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
+
+    @property
+    def mtime_clamped(self) -> bool:
+        return self.mtime_ns in MTIME_NS_RANGE
 
 
 def display_path(path: str) -> str:
@@ -136,4 +145,6 @@ def stat_file(path: str) -> ScannedFile | None:
         stat = os.stat(path)
     except OSError:
         return None
-    return ScannedFile(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    low, high = MTIME_NS_RANGE
+    mtime_ns = min(max(stat.st_mtime_ns, low), high)
+    return ScannedFile(path=path, size=stat.st_size, mtime_ns=mtime_ns)

@@ -21,10 +21,9 @@ from .config import Settings
 from .errors import ConfigError, ImageError, ImageSearchError
 from .images import ResizeSpec, prepare_file, save_jpeg
 from .models import Embedder
-from .scan import display_path
+from .scan import display_path, folder_prefix
 from .store import (
     NO_FILTERS,
-    SCHEMA_VERSION,
     Filters,
     Match,
     Store,
@@ -170,17 +169,15 @@ def parse_date(name: str, text: str) -> datetime:
     """A date or date and time from a user: 2024, 2024-05, 2024-05-31, 2024-05-31T18:30.
     Capture dates are wall-clock times, so a time zone given is turned into local time."""
     text = text.strip()
-    for pattern, form in DATE_FORMATS.items():
-        if pattern.fullmatch(text):
-            return datetime.strptime(text, form)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
+    try:  # a month 13 or a year 0 matches a pattern but is no date
+        form = next((f for pattern, f in DATE_FORMATS.items() if pattern.fullmatch(text)), None)
+        value = datetime.strptime(text, form) if form else datetime.fromisoformat(text)
+        return value.astimezone().replace(tzinfo=None) if value.tzinfo else value
+    except (ValueError, OverflowError):
         raise ConfigError(
             f"{name}: expected a date like 2024-05-31 (or 2024, 2024-05, 2024-05-31T18:30), "
             f"got {text!r}"
         ) from None
-    return value.astimezone().replace(tzinfo=None) if value.tzinfo else value
 
 
 def build_filters(
@@ -189,12 +186,15 @@ def build_filters(
     taken_before: str | None = None,
     min_score: float | None = None,
     prefix: str = "--",
+    roots: Iterable[str | Path] = (),
 ) -> Filters:
     """Filters from what a user typed (command line or page); a ConfigError names the
-    option (`prefix` + its name) that needs fixing."""
-    folders = tuple(
-        os.path.abspath(os.path.expanduser(str(folder))) for folder in under if str(folder).strip()
-    )
+    option (`prefix` + its name) that needs fixing. `roots` are the source folders, whose
+    files are stored as reached through them (links kept): an `under` folder given by
+    another path to the same place is matched in them too."""
+    given = [os.path.expanduser(str(folder)) for folder in under if str(folder).strip()]
+    folders = tuple(os.path.abspath(folder) for folder in given)
+    aliases = tuple(alias for folder in given for alias in folder_aliases(folder, roots))
     after = parse_date(f"{prefix}taken-after", taken_after) if taken_after else None
     before = parse_date(f"{prefix}taken-before", taken_before) if taken_before else None
     if after is not None and before is not None and after >= before:
@@ -204,7 +204,25 @@ def build_filters(
         )
     if min_score is not None and not -1 <= min_score <= 1:
         raise ConfigError(f"{prefix}min-score must be between -1 and 1, got {min_score}")
-    return Filters(folders, after, before, min_score)
+    return Filters(folders, after, before, min_score, aliases)
+
+
+def folder_aliases(folder: str, roots: Iterable[str | Path] = ()) -> list[str]:
+    """Other absolute paths of `folder`: with its links resolved (`.` from inside a linked
+    folder is its physical path already), and its place inside each root that holds it."""
+    real = os.path.realpath(folder)
+    aliases = [real]
+    for root in roots:
+        root_real = os.path.realpath(root)
+        if real == root_real or real.startswith(folder_prefix(root_real)):
+            inside = os.path.relpath(real, root_real)
+            aliases.append(os.path.normpath(os.path.join(os.path.abspath(root), inside)))
+    return [alias for alias in aliases if alias != os.path.abspath(folder)]
+
+
+def missing_folders(filters: Filters) -> list[str]:
+    """The `under` folders that do not exist (a typo, or a drive not mounted)."""
+    return [folder for folder in filters.under if not os.path.isdir(folder)]
 
 
 def describe_filters(filters: Filters) -> str:
@@ -336,8 +354,6 @@ class Searcher:
                 "run `image-search index` (or press Rescan on the page) first"
             )
         info.spec.refuse_other(VectorSpec.of(self.settings), self.store.table)
-        if info.schema_version < SCHEMA_VERSION:  # new columns only; the next index fills them
-            self.store.schema.ensure(info.spec)
         return info
 
     def search(

@@ -33,7 +33,8 @@ def status_of(
         "database_size": database_size(database),
         "configured_model": configured.model_name,
         "configured_dimension": configured.dimension,
-        "settings_match_table": spec == configured,
+        # Precision classes, not names: the settings' `auto` is a float precision, like fp32.
+        "settings_match_table": spec.same_vectors(configured),
         "backend_in_use": configured.backend,
         "precision_in_use": configured.precision,
         "backend_reason": backend_reason or "set in the configuration",

@@ -8,12 +8,23 @@ from contextlib import contextmanager
 
 from ..config import Settings
 from .connection import Database, describe_location, redact, start_embedded_server
-from .rows import NO_FILTERS, Filters, Match, NewRow, Rows, StoredFile, StoredImage, as_array
+from .rows import (
+    NO_FILTERS,
+    FailedFile,
+    Filters,
+    Match,
+    NewRow,
+    Rows,
+    StoredFile,
+    StoredImage,
+    as_array,
+)
 from .schema import SCHEMA_VERSION, Schema, TableInfo, VectorSpec, database_size, index_name
 
 __all__ = [
     "SCHEMA_VERSION",
     "Database",
+    "FailedFile",
     "Filters",
     "Match",
     "NO_FILTERS",

@@ -38,7 +38,9 @@ HANDLE_PIDS_FILE = ".handle_pids.json"
 CONNECT_TIMEOUT_S = 10
 RETRY_ATTEMPTS = 6
 RETRY_DELAY_S = 1.0
-POOL_MAX_SIZE = 8
+# The page answers 4 requests at once (its queue's concurrency) and a duplicates search holds
+# up to 4 connections at once (duplicates.SEARCH_PARTS); two more for an index run's writer.
+POOL_MAX_SIZE = 4 * 4 + 2
 # The embedded server's shared_buffers, in MB (see shared_buffers_mb).
 MIN_SHARED_BUFFERS_MB = 128
 MAX_SHARED_BUFFERS_MB = 4096
@@ -72,7 +74,9 @@ def redact(text: str, settings: Settings) -> str:
 def is_broken_connection(error: BaseException, conn: psycopg.Connection | None = None) -> bool:
     """True when the connection is gone (server restarted, network cut), so that running
     the same statement again on a new connection can succeed. A full disk, a cancelled
-    statement or a constraint violation are answers from a live server: not retried."""
+    statement or a constraint violation are answers from a live server: not retried. A pool
+    timeout counts when the pool was not simply busy (see Database.run): then it could not
+    connect."""
     if isinstance(error, PoolTimeout):
         return True
     if not isinstance(error, psycopg.OperationalError):
@@ -313,15 +317,18 @@ class Database:
         with a concurrent run; anything else is one readable DatabaseError."""
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             conn = None
-            # A server that is down keeps the pool waiting: wait longer at each attempt.
-            timeout = CONNECT_TIMEOUT_S if attempt == 1 else RETRY_DELAY_S * attempt
             try:
-                with self.connection(timeout) as conn:
+                with self.connection(CONNECT_TIMEOUT_S) as conn:
                     return action(conn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == RETRY_ATTEMPTS:
                     raise DatabaseError("gave up after repeated deadlocks; run again") from None
             except (psycopg.Error, PoolTimeout) as exc:
+                if isinstance(exc, PoolTimeout) and self._all_in_use():
+                    raise DatabaseError(
+                        f"the database is busy: all {POOL_MAX_SIZE} connections of this "
+                        f"process stayed in use for {CONNECT_TIMEOUT_S} s; try again"
+                    ) from None
                 if not is_broken_connection(exc, conn):
                     raise DatabaseError(describe_database_error(exc, self.settings)) from None
                 if attempt == RETRY_ATTEMPTS:
@@ -330,8 +337,18 @@ class Database:
                         "stored before is kept: run the command again to finish"
                     ) from None
                 log.warning("lost the database connection; reconnecting (%d)", attempt)
-                time.sleep(RETRY_DELAY_S * attempt)
+                # A server that is restarting needs a moment, one that is down longer: wait
+                # twice as long at each attempt (1, 2, 4, 8, 16 s).
+                time.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
+
+    def _all_in_use(self) -> bool:
+        """Whether every connection the pool may hold is open and lent out: a pool timeout
+        then means a busy process, not a lost server."""
+        if self._pool is None:
+            return False
+        stats = self._pool.get_stats()
+        return stats["pool_size"] >= stats["pool_max"] and stats["pool_available"] == 0
 
 
 def describe_database_error(error: BaseException, settings: Settings) -> str:

@@ -21,7 +21,7 @@ from psycopg.pq import TransactionStatus
 
 from ..scan import display_path, folder_prefix, path_hash
 from .connection import Database
-from .schema import META
+from .schema import FAILURES, META
 
 # pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
 # At 1,000,000 rows, 100 found 91% of the true 10 nearest and 200 found 98%, for a search
@@ -42,6 +42,20 @@ class StoredFile:
     mtime_ns: int
     content_hash: str
     undated: bool = False  # no capture date yet (a row stored before schema 3)
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be indexed, as it was when it failed."""
+
+    file_path: str
+    size: int
+    mtime_ns: int
+    error: str
+
+    @property
+    def stat(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,9 @@ class Filters:
     taken_after: datetime | None = None
     taken_before: datetime | None = None
     min_score: float | None = None
+    under_aliases: tuple[str, ...] = ()
+    """Other spellings of the `under` folders (through links, or with links resolved) that
+    stored paths may use: matched too, never shown."""
 
     @property
     def narrows_rows(self) -> bool:
@@ -110,7 +127,7 @@ class Filters:
         params: list = []
         if self.under:
             folders = []
-            for folder in self.under:
+            for folder in dict.fromkeys(self.under + self.under_aliases):
                 prefix = display_path(folder_prefix(folder))
                 folders.append(sql.SQL("left({}, %s) = %s").format(column("file_path")))
                 params += [len(prefix), prefix]
@@ -261,13 +278,7 @@ class Rows:
         query = sql.SQL(
             "UPDATE {table} SET file_size = %s, file_mtime_ns = %s WHERE id = %s"
         ).format(table=self._ident)
-        params = [(size, mtime, row_id) for row_id, size, mtime in sorted(changes)]
-
-        def write(conn: psycopg.Connection) -> None:
-            with conn.transaction(), conn.cursor() as cursor:
-                cursor.executemany(query, params)
-
-        self.database.run(write)
+        self._write_many(query, [(size, mtime, row_id) for row_id, size, mtime in sorted(changes)])
 
     def set_taken_at(self, dates: Sequence[tuple[int, datetime]]) -> None:
         """Record capture dates of stored rows, (id, taken_at), in one statement."""
@@ -306,6 +317,69 @@ class Rows:
                 ),
                 [change, self.table],
             )
+
+    # -- files that failed ---------------------------------------------------
+
+    def failed_files(self, under: str) -> dict[str, FailedFile]:
+        """Files under the folder `under` that failed, by file path."""
+        prefix = display_path(folder_prefix(under))
+        query = sql.SQL(
+            "SELECT {path}, file_size, file_mtime_ns, error FROM {failures} "
+            "WHERE table_name = %s AND left(file_path, %s) = %s"
+        ).format(path=REAL_PATH, failures=FAILURES)
+        params = [self.table, len(prefix), prefix]
+        rows = self.database.run(lambda conn: conn.execute(query, params).fetchall())
+        failed = (
+            FailedFile(real_path(text, raw), size, mtime, error)
+            for text, raw, size, mtime, error in rows
+        )
+        return {file.file_path: file for file in failed}
+
+    def remember_failures(self, failed: Sequence[FailedFile]) -> None:
+        """Record files that failed, with the size and mtime they failed at."""
+        query = sql.SQL(
+            """
+            INSERT INTO {failures} (table_name, path_hash, file_path, file_path_raw,
+                                    file_size, file_mtime_ns, error)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (table_name, path_hash) DO UPDATE SET
+                file_size = EXCLUDED.file_size, file_mtime_ns = EXCLUDED.file_mtime_ns,
+                error = EXCLUDED.error
+            """
+        ).format(failures=FAILURES)
+        params = sorted(
+            (
+                self.table,
+                path_hash(f.file_path),
+                display_path(f.file_path),
+                raw_path(f.file_path),
+                f.size,
+                f.mtime_ns,
+                f.error,
+            )
+            for f in failed
+        )
+        self._write_many(query, params)
+
+    def forget_failures(self, paths: Iterable[str]) -> None:
+        """Drop the records of files that no longer fail, or are gone."""
+        query = sql.SQL(
+            "DELETE FROM {failures} WHERE table_name = %s AND path_hash = ANY(%s)"
+        ).format(failures=FAILURES)
+        hashes = sorted(path_hash(path) for path in paths)
+        if hashes:
+            self.database.run(lambda conn: conn.execute(query, [self.table, hashes]))
+
+    def _write_many(self, query: sql.Composable, params: Sequence[tuple]) -> None:
+        """One statement per parameter tuple, in one transaction."""
+        if not params:
+            return
+
+        def write(conn: psycopg.Connection) -> None:
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(query, params)
+
+        self.database.run(write)
 
     # -- search -------------------------------------------------------------
 

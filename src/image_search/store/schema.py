@@ -14,13 +14,16 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from ..config import Settings
+from ..config import RESERVED_TABLE_PREFIX, Settings
 from ..errors import ConfigError, ImageSearchError
 from .connection import SCHEMA_LOCK, Database
 
 log = logging.getLogger(__name__)
 
-META_TABLE = "image_search_meta"
+META_TABLE = f"{RESERVED_TABLE_PREFIX}meta"
+# Files that could not be indexed, per table, by path, size and mtime: an unchanged broken
+# file is not read again, so a run with nothing new never loads the model.
+FAILURES_TABLE = f"{RESERVED_TABLE_PREFIX}failures"
 SCHEMA_VERSION = 3
 # PostgreSQL cuts identifiers longer than this many bytes.
 MAX_IDENTIFIER = 63
@@ -134,6 +137,7 @@ def _ident(name: str) -> sql.Identifier:
 
 
 META = _ident(META_TABLE)
+FAILURES = _ident(FAILURES_TABLE)
 
 
 # ---------------------------------------------------------------- migrations
@@ -229,7 +233,7 @@ def _lock_schema(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [SCHEMA_LOCK])
 
 
-def _create_meta_table(conn: psycopg.Connection) -> None:
+def _create_shared_tables(conn: psycopg.Connection) -> None:
     conn.execute(
         sql.SQL(
             """
@@ -257,6 +261,22 @@ def _create_meta_table(conn: psycopg.Connection) -> None:
                 meta=META, column=_ident(column)
             )
         )
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {failures} (
+                table_name text NOT NULL,
+                path_hash text NOT NULL,
+                file_path text NOT NULL,
+                file_path_raw bytea,
+                file_size bigint NOT NULL,
+                file_mtime_ns bigint NOT NULL,
+                error text NOT NULL,
+                PRIMARY KEY (table_name, path_hash)
+            )
+            """
+        ).format(failures=FAILURES)
+    )
 
 
 def _info_query(with_backend: bool) -> sql.Composed:
@@ -288,10 +308,15 @@ class Schema:
 
     def info(self) -> TableInfo | None:
         """The table's vectors, schema and size (one round trip, no count); None if nothing
-        was ever indexed here."""
+        was ever indexed here. A table of an earlier schema is migrated first, so that every
+        command (and every query that reads a newer column) works on it."""
         info = self.database.run(self._info)
-        if info is not None:
-            self._kind = info.spec.kind
+        if info is None:
+            return None
+        if info.schema_version < SCHEMA_VERSION:
+            self.ensure(info.spec)
+            info = replace(info, schema_version=SCHEMA_VERSION)
+        self._kind = info.spec.kind
         return info
 
     def _info(self, conn: psycopg.Connection) -> TableInfo | None:
@@ -306,7 +331,7 @@ class Schema:
         if row is None:
             return None
         model_name, dimension, version, last_indexed_at, images, backend, precision, column = row
-        if images is None:  # not migrated yet (see _create_meta_table): count this once
+        if images is None:  # not migrated yet (see _create_shared_tables): count this once
             count = sql.SQL("SELECT count(*) FROM {}").format(_ident(self.table))
             images = conn.execute(count).fetchone()[0]
         kind = "halfvec" if (column or "").startswith("halfvec") else "vector"
@@ -321,7 +346,7 @@ class Schema:
         def ensure(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 _lock_schema(conn)  # one process at a time: CREATE ... IF NOT EXISTS can race
-                _create_meta_table(conn)
+                _create_shared_tables(conn)
                 info = self._info(conn)
                 if info is not None and not info.spec.same_vectors(wanted) and info.images == 0:
                     # Nothing stored yet (say, a first run whose model failed to load): nothing
@@ -359,9 +384,10 @@ class Schema:
     def _drop(self, conn: psycopg.Connection) -> None:
         """Drop the table and its meta row (inside the caller's transaction)."""
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=_ident(self.table)))
-        conn.execute(
-            sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(meta=META), [self.table]
-        )
+        for shared in (META, FAILURES):
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE table_name = %s").format(shared), [self.table]
+            )
         self._kind = None
 
     def _migrate(self, conn: psycopg.Connection, version: int, spec: VectorSpec) -> None:
@@ -412,15 +438,16 @@ class Schema:
                             _ident(index_name(self.table, role)), _ident(index_name(target, role))
                         )
                     )
-                conn.execute(
-                    sql.SQL("DELETE FROM {meta} WHERE table_name = %s").format(meta=META), [target]
-                )
-                conn.execute(
-                    sql.SQL("UPDATE {meta} SET table_name = %s WHERE table_name = %s").format(
-                        meta=META
-                    ),
-                    [target, self.table],
-                )
+                for shared in (META, FAILURES):
+                    conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE table_name = %s").format(shared), [target]
+                    )
+                    conn.execute(
+                        sql.SQL("UPDATE {} SET table_name = %s WHERE table_name = %s").format(
+                            shared
+                        ),
+                        [target, self.table],
+                    )
 
         self.database.run(swap)
         self.table = target

@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import textwrap
 import traceback
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,16 @@ from typing import NoReturn
 import psycopg
 
 from . import __version__
-from .config import Settings, all_keys, attribute_of, did_you_mean, load_settings
+from .config import (
+    Settings,
+    all_keys,
+    attribute_of,
+    did_you_mean,
+    key_info,
+    key_kind,
+    load_settings,
+    shown_default,
+)
 from .duplicates import DEFAULT_THRESHOLD
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .ingest import IndexReport, Progress, run_index, source_folder
@@ -33,52 +44,6 @@ from .store import Database, Store, redact
 
 log = logging.getLogger("image_search")
 
-KEY_HELP = {
-    "source-directory": "folder of images to index (default: images)",
-    "output-directory": "where result folders are written (default: output)",
-    "device": "auto, cpu, cuda or mps (default: auto)",
-    "model-name": "Hugging Face model id or local folder (default: jinaai/jina-clip-v2)",
-    "dimension": "vector size stored; Matryoshka-cut if smaller than the model's (default: 1024)",
-    "resize-width": "width of the processed JPEG (default: 960)",
-    "resize-height": "height of the processed JPEG (default: 540)",
-    "resize-mode": "fit (keep aspect ratio, default) or stretch (exact size)",
-    "postgres-host": "PostgreSQL server host; leave unset for the embedded database",
-    "postgres-port": "PostgreSQL server port (default: 5432)",
-    "postgres-user": "PostgreSQL user (default: postgres)",
-    "postgres-password": "PostgreSQL password (prefer IMAGE_SEARCH_POSTGRES_PASSWORD)",
-    "postgres-database": "PostgreSQL database (default: postgres)",
-    "data-directory": "processed JPEGs and the embedded database (default: .image-search)",
-    "table-name": "table holding the vectors (default: images)",
-    "top-k": "how many results a search returns (default: 10)",
-    "batch-size": "images per model batch and per database transaction (default: 16 on the "
-    "CPU; on a GPU 32-128, by its free memory)",
-    "max-image-pixels": "larger images are refused as decompression bombs (default: "
-    "250000000, above a 200-megapixel phone photo)",
-    "raw-with-jpeg": "a RAW file beside a JPEG/HEIC of the same name: skip-raw (default: one "
-    "row per shot, the JPEG), skip-jpeg (the RAW) or both",
-    "vector-type": "vector (float32, default) or halfvec (float16: half the space)",
-    "server-auth": "user:password protecting the web page (default: none); as a flag it "
-    "shows in `ps` to every user of this machine: prefer IMAGE_SEARCH_SERVER_AUTH or the "
-    "config file",
-    "trust-remote-code": "true or false: may a model that brings its own code run it "
-    "(default: true, which jinaai/jina-clip-v2 needs)",
-    "save-results": "true or false: write a result folder for each search (default: true)",
-    "backend": "auto (default: onnx on the CPU, torch on a GPU when installed, and whatever "
-    "filled an existing table), onnx (ONNX Runtime) or torch (needs image-search[torch])",
-    "precision": "auto (default), fp32, bf16, fp16 or int8 (int8: onnx backend only)",
-    "ray-address": "index on a Ray cluster: local (a private Ray instance), auto, HOST:PORT or "
-    "ray://HOST:10001 (default: unset, in this process; needs image-search[cluster])",
-}
-
-
-# Keys with a second, shorter flag, and placeholders that say more than the key's last word.
-KEY_ALIASES = {"server-auth": ("--auth",)}
-KEY_METAVARS = {
-    "server-auth": "USER:PASSWORD",
-    "trust-remote-code": "BOOL",
-    "save-results": "BOOL",
-    "ray-address": "ADDRESS",
-}
 KEYS_POINTER = (
     "Every configuration key is also a flag of every command (--model-name, --table-name, "
     "...): 'image-search help config' lists them."
@@ -119,21 +84,33 @@ def _common_options(shown: Collection[str] = ()) -> argparse.ArgumentParser:
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     for key in all_keys():
-        metavar = KEY_METAVARS.get(key, key.split("-")[-1].upper())
-        shown_help = f"{KEY_HELP.get(key)}{_alias_note(key)}"
         common.add_argument(
             f"--{key}",
             dest=attribute_of(key),
-            metavar=metavar,
-            help=shown_help if key in shown else argparse.SUPPRESS,
+            metavar=_metavar(key),
+            help=key_help(key) if key in shown else argparse.SUPPRESS,
         )
-        for alias in KEY_ALIASES.get(key, ()):  # one option, one name in the help
+        for alias in key_info(key).aliases:  # one option, one name in the help
             common.add_argument(alias, dest=attribute_of(key), help=argparse.SUPPRESS)
     return common
 
 
-def _alias_note(key: str) -> str:
-    return "".join(f"; {alias} for short" for alias in KEY_ALIASES.get(key, ()))
+def _metavar(key: str) -> str:
+    if key_info(key).metavar:
+        return key_info(key).metavar
+    return "BOOL" if key_kind(key) is bool else key.split("-")[-1].upper()
+
+
+def key_help(key: str) -> str:
+    """One key's help from its Settings field: what it is, its default, the values it takes
+    (true or false for a switch) and its short flag, if any."""
+    info = key_info(key)
+    values = [f"{value} ({note})" if note else value for value, note in info.choices.items()]
+    if key_kind(key) is bool:
+        values = ["true", "false"]
+    listed = f": {', '.join(values[:-1])} or {values[-1]}" if values else ""
+    short = "".join(f"; {alias} for short" for alias in info.aliases)
+    return f"{info.help} (default: {shown_default(key)}){listed}{short}"
 
 
 def build_parser() -> Parser:
@@ -302,8 +279,16 @@ def config_help() -> str:
         "",
     ]
     width = max(map(len, all_keys()))
+    columns = min(shutil.get_terminal_size().columns, 100)
     for key in all_keys():
-        lines.append(f"  {key:<{width}}  {KEY_HELP.get(key, '')}{_alias_note(key)}")
+        lines += textwrap.wrap(
+            key_help(key),
+            columns,
+            initial_indent=f"  {key:<{width}}  ",
+            subsequent_indent=" " * (width + 4),
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     return "\n".join(lines)
 
 

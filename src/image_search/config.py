@@ -7,8 +7,8 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,6 @@ SECRET_KEYS = ("postgres-password", "server-auth")
 # IMAGE_SEARCH_* variables that are switches of their own, not configuration keys: --debug,
 # and the opt-in test with real model weights (tests/test_real_models.py).
 NOT_KEYS = (ENV_PREFIX + "DEBUG", ENV_PREFIX + "REAL_MODEL")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-RESIZE_MODES = ("fit", "stretch")
-VECTOR_TYPES = ("vector", "halfvec")
-BACKENDS = ("auto", "onnx", "torch")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-# A RAW file and a JPEG (or HEIC) of the same name in one folder: index the JPEG only (one
-# row per shot, the camera's own rendering; rclip does the same), the RAW only, or both.
-RAW_WITH_JPEG = ("skip-raw", "skip-jpeg", "both")
 # The ray-address that starts a private Ray instance on this machine for the run.
 LOCAL_RAY = "local"
 # How a boolean key may be written in the environment or on the command line.
@@ -42,36 +34,140 @@ RESERVED_TABLE_PREFIX = "image_search_"
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every configuration key. Attribute `a_b` is the key `a-b`."""
+class KeyInfo:
+    """What the help, the flags and the validation say of one key; kept on its Settings field.
 
-    source_directory: Path = Path("images")
-    output_directory: Path = Path("output")
-    device: str = "auto"
-    model_name: str = "jinaai/jina-clip-v2"
-    dimension: int = 1024
-    resize_width: int = 960
-    resize_height: int = 540
-    resize_mode: str = "fit"
-    postgres_host: str | None = None
-    postgres_port: int = 5432
-    postgres_user: str = "postgres"
-    postgres_password: str | None = None
-    postgres_database: str = "postgres"
-    data_directory: Path = Path(".image-search")
-    table_name: str = "images"
-    top_k: int = 10
-    batch_size: int | None = None  # None: 16 on the CPU, chosen by GPU memory on a GPU
+    `choices`: the only values the key takes, each with a note for the help ("" for none).
+    `shown_default`: words for a default that its value does not say (batch-size's None).
+    `positive`: an integer that must be above 0. `metavar`, `aliases`: of the key's flag."""
+
+    help: str
+    choices: Mapping[str, str]
+    shown_default: str | None
+    positive: bool
+    metavar: str | None
+    aliases: tuple[str, ...]
+
+
+def key_field(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | Mapping[str, str] = (),
+    shown_default: str | None = None,
+    positive: bool = False,
+    metavar: str | None = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """A Settings field carrying its key's KeyInfo."""
+    notes = dict(choices) if isinstance(choices, Mapping) else dict.fromkeys(choices, "")
+    info = KeyInfo(help, notes, shown_default, positive, metavar, aliases)
+    return field(default=default, metadata={"key": info})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every configuration key, with its help. Attribute `a_b` is the key `a-b`."""
+
+    source_directory: Path = key_field(Path("images"), "folder of images to index")
+    output_directory: Path = key_field(Path("output"), "where result folders are written")
+    device: str = key_field("auto", "where the model runs", choices=("auto", "cpu", "cuda", "mps"))
+    model_name: str = key_field("jinaai/jina-clip-v2", "Hugging Face model id or local folder")
+    dimension: int = key_field(
+        1024,
+        "vector size stored; Matryoshka-cut if smaller than the model's",
+        positive=True,
+    )
+    resize_width: int = key_field(960, "width of the processed JPEG", positive=True)
+    resize_height: int = key_field(540, "height of the processed JPEG", positive=True)
+    resize_mode: str = key_field(
+        "fit",
+        "how an image takes the processed JPEG's size",
+        choices={"fit": "keeps the aspect ratio, never enlarges", "stretch": "the exact size"},
+    )
+    postgres_host: str | None = key_field(
+        None, "PostgreSQL server host; unset: the embedded database"
+    )
+    postgres_port: int = key_field(5432, "PostgreSQL server port")
+    postgres_user: str = key_field("postgres", "PostgreSQL user")
+    postgres_password: str | None = key_field(
+        None, "PostgreSQL password, best given as IMAGE_SEARCH_POSTGRES_PASSWORD"
+    )
+    postgres_database: str = key_field("postgres", "PostgreSQL database")
+    data_directory: Path = key_field(
+        Path(".image-search"), "processed JPEGs and the embedded database"
+    )
+    table_name: str = key_field(
+        "images", "table holding the vectors; lower-case letters, digits and _"
+    )
+    top_k: int = key_field(10, "how many results a search returns", positive=True)
+    batch_size: int | None = key_field(
+        None,
+        "images per model batch and per database transaction",
+        # None: ingest.batch_size_for chooses (tests/test_keys.py holds the 16 to it).
+        shown_default="16 on the CPU; by free memory on a GPU (32-128)",
+        positive=True,
+    )
     # Above a 200-megapixel phone's 16320x12240; a decompression bomb is still refused.
-    max_image_pixels: int = 250_000_000
-    raw_with_jpeg: str = "skip-raw"
-    vector_type: str = "vector"
-    server_auth: str | None = None
-    trust_remote_code: bool = True
-    save_results: bool = True
-    backend: str = "auto"
-    precision: str = "auto"
-    ray_address: str | None = None
+    max_image_pixels: int = key_field(
+        250_000_000,
+        "larger images are refused as decompression bombs; the default takes a "
+        "200-megapixel phone photo",
+        positive=True,
+    )
+    # A RAW file and a JPEG (or HEIC) of the same name in one folder: index the JPEG only (one
+    # row per shot, the camera's own rendering; rclip does the same), the RAW only, or both.
+    raw_with_jpeg: str = key_field(
+        "skip-raw",
+        "a RAW file beside a JPEG/HEIC of the same name",
+        choices={
+            "skip-raw": "index the JPEG: one row per shot",
+            "skip-jpeg": "index the RAW",
+            "both": "",
+        },
+    )
+    vector_type: str = key_field(
+        "vector",
+        "how vectors are stored; changing it needs index --reindex",
+        choices={"vector": "float32", "halfvec": "float16: half the space"},
+    )
+    server_auth: str | None = key_field(
+        None,
+        "user:password protecting the web page; prefer IMAGE_SEARCH_SERVER_AUTH or the config "
+        "file to the flag, which `ps` shows to every user of this machine",
+        metavar="USER:PASSWORD",
+        aliases=("--auth",),
+    )
+    trust_remote_code: bool = key_field(
+        True, "may a model that brings its own code run it; the default model needs it"
+    )
+    save_results: bool = key_field(True, "write a result folder for each search")
+    backend: str = key_field(
+        "auto",
+        "which library runs the model",
+        choices={
+            "auto": "a filled table keeps its backend; else onnx on the CPU, torch on a GPU "
+            "when installed",
+            "onnx": "ONNX Runtime",
+            "torch": "PyTorch; needs image-search[torch]",
+        },
+    )
+    precision: str = key_field(
+        "auto",
+        "the model's arithmetic; vectors are always stored as vector-type says",
+        choices={
+            "auto": "by backend and device",
+            "fp32": "",
+            "bf16": "torch only",
+            "fp16": "",
+            "int8": "onnx only",
+        },
+    )
+    ray_address: str | None = key_field(
+        None,
+        "Ray cluster to index on: local (a private Ray instance), auto, HOST:PORT or "
+        "ray://HOST:10001; unset: in this process; needs image-search[cluster]",
+    )
 
     @property
     def embedded_database(self) -> bool:
@@ -110,18 +206,37 @@ def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def _field_kind(key: str) -> type:
+def _field(key: str) -> dataclasses.Field[Any]:
+    return {f.name: f for f in fields(Settings)}[attribute_of(key)]
+
+
+def key_info(key: str) -> KeyInfo:
+    return _field(key).metadata["key"]
+
+
+def shown_default(key: str) -> str:
+    """The default as the help and README say it: unset, true/false, or the value."""
+    info, value = key_info(key), _field(key).default
+    if info.shown_default is not None:
+        return info.shown_default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def key_kind(key: str) -> type:
     """The base type of a key: bool, int, str or Path (Optional stripped)."""
-    annotation = {f.name: f.type for f in fields(Settings)}[attribute_of(key)]
+    annotation = str(_field(key).type)
     for kind in (bool, int, Path):
-        if kind.__name__ in str(annotation):
+        if kind.__name__ in annotation:
             return kind
     return str
 
 
 def _optional(key: str) -> bool:
-    annotation = {f.name: f.type for f in fields(Settings)}[attribute_of(key)]
-    return "None" in str(annotation)
+    return "None" in str(_field(key).type)
 
 
 def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
@@ -140,7 +255,7 @@ def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
 
 def _coerce(key: str, value: Any, from_text: bool) -> Any:
     """Convert one raw value to the key's type, or raise a ConfigError naming the key."""
-    kind = _field_kind(key)
+    kind = key_kind(key)
     if kind is bool:  # never None: a switch is on or off
         return _coerce_bool(key, value, from_text)
     if value is None:
@@ -231,28 +346,11 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 def validate(settings: Settings) -> None:
     """Raise a ConfigError naming the first key whose value cannot work."""
-    _require(settings.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
-    _require(
-        settings.resize_mode in RESIZE_MODES,
-        "resize-mode",
-        f"must be one of {', '.join(RESIZE_MODES)}",
-    )
-    _require(
-        settings.vector_type in VECTOR_TYPES,
-        "vector-type",
-        f"must be one of {', '.join(VECTOR_TYPES)}",
-    )
-    _require(
-        settings.raw_with_jpeg in RAW_WITH_JPEG,
-        "raw-with-jpeg",
-        f"must be one of {', '.join(RAW_WITH_JPEG)}",
-    )
-    _require(settings.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
-    _require(
-        settings.precision in PRECISIONS,
-        "precision",
-        f"must be one of {', '.join(PRECISIONS)}",
-    )
+    for key in all_keys():
+        choices = key_info(key).choices
+        if choices:
+            value = getattr(settings, attribute_of(key))
+            _require(value in choices, key, f"must be one of {', '.join(choices)}")
     _require(
         not (settings.precision == "int8" and settings.backend == "torch"),
         "precision",
@@ -265,16 +363,10 @@ def validate(settings: Settings) -> None:
         "is bf16, which the onnx backend does not offer; set precision to auto, fp32, fp16 "
         "or int8, or backend to torch",
     )
-    for key in (
-        "dimension",
-        "resize-width",
-        "resize-height",
-        "top-k",
-        "batch-size",
-        "max-image-pixels",
-    ):
-        value = getattr(settings, attribute_of(key))
-        _require(value is None or value > 0, key, "must be a positive integer")
+    for key in all_keys():
+        if key_info(key).positive:
+            value = getattr(settings, attribute_of(key))
+            _require(value is None or value > 0, key, "must be a positive integer")
     _require(0 < settings.postgres_port < 65536, "postgres-port", "must be between 1 and 65535")
     _require(bool(settings.model_name.strip()), "model-name", "must not be empty")
     _require(

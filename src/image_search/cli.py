@@ -279,7 +279,7 @@ def config_help() -> str:
         "",
     ]
     width = max(map(len, all_keys()))
-    columns = min(shutil.get_terminal_size().columns, 100)
+    columns = min(max(shutil.get_terminal_size().columns, 60), 100)
     for key in all_keys():
         lines += textwrap.wrap(
             key_help(key),

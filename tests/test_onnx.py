@@ -1,5 +1,6 @@
-"""The onnx backend with tiny real models: the export cache, int8 on the CPU, jina-clip-v2's
-published layout, and that a table never mixes vectors of another backend or int8."""
+"""The onnx backend with tiny real models: the export cache, int8 on the CPU, one vector per photo
+whatever its batch, jina-clip-v2's published layout, and that a table never mixes vectors of
+another backend or int8."""
 
 from __future__ import annotations
 
@@ -179,6 +180,57 @@ def test_auto_picks_half_precision_on_gpus(monkeypatch: pytest.MonkeyPatch) -> N
     assert resolve_torch_precision("auto", "mps") == "fp16"
     assert resolve_torch_precision("auto", "cpu") == "fp32"
     assert resolve_onnx_precision("auto", "cuda") == "fp16"
+
+
+# ---------------------------------------------------------------- one vector per photo
+
+# Every way the CPU runs a model: backend, precision, model (exported CLIP or jina's layout).
+CPU_RUNS = {
+    "torch-fp32": ("torch", "fp32", "tiny-clip"),
+    "torch-bf16": ("torch", "bf16", "tiny-clip"),
+    "onnx-fp32": ("onnx", "fp32", "tiny-clip"),
+    "onnx-int8": ("onnx", "int8", "tiny-clip"),
+    "jina-layout-fp32": ("onnx", "fp32", "tiny-jina-layout"),
+    "jina-layout-int8": ("onnx", "int8", "tiny-jina-layout"),
+}
+
+
+def loud_images() -> list[Image.Image]:
+    """Images whose activations reach further than a photo's: flat white and black, pixel-fine
+    checkerboards, full-range noise. A scale computed over a batch holding them is theirs, not
+    the photo's (int8's dynamic quantisation), whatever the CPU."""
+    checker = (np.indices((120, 160)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    noise = np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    return [
+        Image.new("RGB", (160, 120), (255, 255, 255)),
+        Image.new("RGB", (160, 120), (0, 0, 0)),
+        Image.fromarray(checker).convert("RGB"),
+        Image.fromarray(noise, "RGB"),
+        Image.new("RGB", (160, 120), (255, 0, 255)),
+    ]
+
+
+@pytest.mark.parametrize("run", list(CPU_RUNS))
+def test_a_photos_vector_does_not_depend_on_its_batch(
+    run: str, tiny_clip: Path, jina_layout_model: Path, model_cache: Path, tmp_path: Path
+) -> None:
+    backend, precision, model = CPU_RUNS[run]
+    folder = tiny_clip if model == "tiny-clip" else jina_layout_model
+    embedder = Embedder(
+        str(folder),
+        "cpu",
+        EMBEDDING_DIM,
+        backend=backend,
+        precision=precision,
+        cache_directory=model_cache,
+    )
+    photos = some_images(tmp_path / "photos", 6)
+    others = loud_images() * 2 + photos[1:]  # 15 others, the louder ones first
+    batch = others[:8] + [photos[0]] + others[8:]
+    assert len(batch) == 16
+    alone = embedder.embed_images([photos[0]])
+    in_batch = embedder.embed_images(batch)[8:9]
+    assert cosines(alone, in_batch).min() >= 0.99999
 
 
 # ---------------------------------------------------------------- jina-clip-v2's layout

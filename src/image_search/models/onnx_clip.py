@@ -22,7 +22,7 @@ from .onnx_export import (
     model_folder,
     read_manifest,
 )
-from .onnx_runtime import OnnxModel, PixelRecipe, TextTokenizer, Tower
+from .onnx_runtime import OnnxModel, PixelRecipe, TextTokenizer, Tower, quantises_per_batch
 
 # What an export reads from a hub repository (never the TensorFlow or Flax weights).
 MODEL_FILES = ("*.json", "*.txt", "*.model", "*.safetensors")
@@ -58,7 +58,12 @@ class OnnxClip:
         )
         return OnnxModel(
             name,
-            Tower(entry / IMAGE_GRAPH, OUTPUT, device),
+            Tower(
+                entry / IMAGE_GRAPH,
+                OUTPUT,
+                device,
+                one_at_a_time=quantises_per_batch(options.precision),
+            ),
             Tower(entry / TEXT_GRAPH, OUTPUT, device),
             PixelRecipe.from_file(entry / "preprocessor_config.json"),
             tokenizer,

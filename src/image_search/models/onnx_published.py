@@ -24,7 +24,14 @@ from .onnx_export import (
     fingerprint,
     model_folder,
 )
-from .onnx_runtime import OnnxModel, PixelRecipe, TextTokenizer, Tower, pad_token_of
+from .onnx_runtime import (
+    OnnxModel,
+    PixelRecipe,
+    TextTokenizer,
+    Tower,
+    pad_token_of,
+    quantises_per_batch,
+)
 
 GRAPHS = {
     "fp32": ("onnx/model.onnx",),
@@ -73,7 +80,13 @@ class PublishedOnnx:
         prefix = QUERY_INSTRUCTION if config.get("model_type") == "jina_clip" else ""
         return OnnxModel(
             name,
-            Tower(entry / IMAGE_GRAPH, IMAGE_OUTPUT, device, weights),
+            Tower(
+                entry / IMAGE_GRAPH,
+                IMAGE_OUTPUT,
+                device,
+                weights,
+                one_at_a_time=quantises_per_batch(options.precision),
+            ),
             Tower(entry / TEXT_GRAPH, TEXT_OUTPUT, device, weights),
             PixelRecipe.from_file(folder / "preprocessor_config.json"),
             TextTokenizer(folder / "tokenizer.json", text_length(folder), pad_token_of(folder)),

@@ -60,17 +60,34 @@ def open_session(
     return session
 
 
+def quantises_per_batch(precision: str) -> bool:
+    """Whether a graph in `precision` quantises its activations on the fly with one scale for
+    the whole input tensor (ONNX Runtime's DynamicQuantizeLinear, in int8 graphs), so that an
+    item's result depends on the other items of its batch."""
+    return precision == "int8"
+
+
 class Tower:
     """One graph (an image or a text tower): opened on first use, so that an index run never
-    loads the text tower and a text query never loads the image tower."""
+    loads the text tower and a text query never loads the image tower.
+
+    `one_at_a_time`: run each item of a batch alone, so that its result never depends on the
+    rest of the batch (for a graph that quantises_per_batch)."""
 
     def __init__(
-        self, graph: Path, output: str, device: str, external_data: Path | None = None
+        self,
+        graph: Path,
+        output: str,
+        device: str,
+        external_data: Path | None = None,
+        *,
+        one_at_a_time: bool = False,
     ) -> None:
         self.graph = graph
         self.output = output
         self.device = device
         self.external_data = external_data
+        self.one_at_a_time = one_at_a_time
         self._session: Any = None
         self._lock = threading.Lock()
 
@@ -86,7 +103,16 @@ class Tower:
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         session = self.session()
         wanted = {i.name for i in session.get_inputs()}
-        (vectors,) = session.run([self.output], {k: v for k, v in feeds.items() if k in wanted})
+        feeds = {k: v for k, v in feeds.items() if k in wanted}
+        if not self.one_at_a_time:
+            return self._run(session, feeds)
+        count = len(next(iter(feeds.values())))
+        return np.concatenate(
+            [self._run(session, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(count)]
+        )
+
+    def _run(self, session: Any, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        (vectors,) = session.run([self.output], dict(feeds))
         return np.asarray(vectors, dtype=np.float32)
 
 

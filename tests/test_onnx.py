@@ -491,3 +491,15 @@ def test_impossible_backend_and_precision_are_configuration_errors(
     assert done.returncode == 2
     assert f"'{key}'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_thread_count_given_reaches_every_session(
+    tiny_clip: Path, jina_layout_model: Path, model_cache: Path
+) -> None:
+    """A Ray actor owns two CPUs: its ONNX Runtime sessions must not take every core."""
+    for model in (tiny_clip, jina_layout_model):
+        embedder = onnx_embedder(model, model_cache, "int8")
+        embedder.threads = 1
+        loaded = embedder.model()
+        for tower in (loaded._image, loaded._text):
+            assert tower.session().get_session_options().intra_op_num_threads == 1

@@ -55,7 +55,7 @@ RELAYED_LINE = re.compile(r"^\s*(\x1b\[[\d;]*m)?\((raylet|pid=\d+|[\w.()-]+ pid=
 # explicitly, it also keeps Ray Data from fusing these tasks into the model's actors, whose
 # CPUs would then decode instead of embedding.)
 PREPARE_MEMORY = 512 * 2**20
-# Torch threads of an actor on the CPU: it holds one CPU of Ray's and shares a second with the
+# Threads (torch's or ONNX Runtime's) of an actor on the CPU: it holds one CPU of Ray's and shares a second with the
 # prepare tasks, which leave it idle while the actor waits for their batches.
 CPU_ACTOR_THREADS = 2
 # Images per batch when batch-size is unset and the actors have GPUs (the driver cannot see
@@ -204,10 +204,12 @@ class EmbedAndStore:
     def __init__(self, settings: Settings, table: str) -> None:
         self.settings = settings
         self.embedder = Embedder.from_settings(settings)
-        if self.embedder.backend == "torch" and self.embedder.resolved_device == "cpu":
-            import torch
+        if self.embedder.resolved_device == "cpu":  # the threads this actor owns
+            self.embedder.threads = CPU_ACTOR_THREADS  # ONNX Runtime's sessions
+            if self.embedder.backend == "torch":
+                import torch
 
-            torch.set_num_threads(CPU_ACTOR_THREADS)
+                torch.set_num_threads(CPU_ACTOR_THREADS)
         self.embedder.model()
         self.database = Database(settings)
         self.database.open()

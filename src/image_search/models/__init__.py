@@ -98,6 +98,7 @@ class Embedder:
         self.backend = backend
         self.precision = precision
         self.cache_directory = cache_directory or Settings().data_directory / "models"
+        self.threads: int | None = None  # ONNX Runtime's CPU threads (None: one per core)
         self._loader = loader or self._load
         self._model: EmbeddingModel | None = None
         self._lock = threading.Lock()
@@ -128,7 +129,7 @@ class Embedder:
         return precision_for(self.backend, self.precision, self.resolved_device)
 
     def _load(self, name: str, device: str) -> EmbeddingModel:
-        options = LoadOptions(self.resolved_precision, self.cache_directory)
+        options = LoadOptions(self.resolved_precision, self.cache_directory, self.threads)
         return load_model(
             name,
             device,

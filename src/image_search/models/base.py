@@ -39,6 +39,8 @@ class LoadOptions:
     """Resolved (never `auto`): fp32, bf16, fp16 or int8."""
     cache_directory: Path = Path(".image-search/models")
     """Where models converted for another runtime (ONNX exports) are kept."""
+    threads: int | None = None
+    """CPU threads for ONNX Runtime's sessions (None: one per core)."""
 
 
 class ModelAdapter(Protocol):

@@ -63,8 +63,9 @@ class OnnxClip:
                 OUTPUT,
                 device,
                 one_at_a_time=quantises_per_batch(options.precision),
+                threads=options.threads,
             ),
-            Tower(entry / TEXT_GRAPH, OUTPUT, device),
+            Tower(entry / TEXT_GRAPH, OUTPUT, device, threads=options.threads),
             PixelRecipe.from_file(entry / "preprocessor_config.json"),
             tokenizer,
         )

@@ -33,13 +33,16 @@ RESAMPLING = {
 
 
 def open_session(
-    graph: Path, device: str, external_data: Path | None = None
+    graph: Path, device: str, external_data: Path | None = None, threads: int | None = None
 ) -> Any:  # onnxruntime.InferenceSession
     """A session for `graph` on `device`. `external_data`: the folder holding the weights the
-    graph refers to, where that is not the graph's own folder."""
+    graph refers to, where that is not the graph's own folder. `threads`: the CPU threads it
+    may use (default: one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning threads would keep both cores busy between batches, while an index run
     # decodes the next batch on them.
@@ -82,8 +85,10 @@ class Tower:
         external_data: Path | None = None,
         *,
         one_at_a_time: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.graph = graph
+        self.threads = threads
         self.output = output
         self.device = device
         self.external_data = external_data
@@ -94,7 +99,9 @@ class Tower:
     def session(self) -> Any:
         with self._lock:
             if self._session is None:
-                self._session = open_session(self.graph, self.device, self.external_data)
+                self._session = open_session(
+                    self.graph, self.device, self.external_data, self.threads
+                )
             return self._session
 
     def input_type(self, name: str) -> str:

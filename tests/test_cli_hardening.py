@@ -29,7 +29,7 @@ from image_search.images import capture_time
 from image_search.ingest import Progress, run_index, shadow_table_name
 from image_search.models import Embedder
 from image_search.status import status_of
-from image_search.store import Database, Store, open_store
+from image_search.store import Database, Store, VectorSpec, open_store
 from image_search.store import connection as connection_module
 
 
@@ -140,6 +140,19 @@ def test_failed_files_follow_a_reindex_and_stay_per_table(
     report = run_index(settings, again)
     assert not again.loaded
     assert sorted(f.path for f in report.failed if f.remembered) == sorted(map(str, broken))
+
+
+def test_a_database_from_before_the_failures_table_still_drops_a_stale_table(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder
+) -> None:
+    """A database whose meta table predates the failures table: dropping a table made for
+    other vectors (a stale re-index, a benchmark's fresh start) must still work."""
+    run_index(settings, shared_embedder)
+    with open_store(settings) as store:
+        store.database.run(lambda conn: conn.execute("DROP TABLE image_search_failures"))
+        store.schema.drop_if_other_vectors(VectorSpec("another model", 3))
+        assert store.info() is None
+    assert run_index(settings, shared_embedder).added == len(photos)
 
 
 # ---------------------------------------------------------------- 10: messages

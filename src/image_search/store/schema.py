@@ -383,6 +383,7 @@ class Schema:
 
     def _drop(self, conn: psycopg.Connection) -> None:
         """Drop the table and its meta row (inside the caller's transaction)."""
+        _create_shared_tables(conn)  # a database made before the failures table had none
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=_ident(self.table)))
         for shared in (META, FAILURES):
             conn.execute(
@@ -426,6 +427,7 @@ class Schema:
         def swap(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 _lock_schema(conn)
+                _create_shared_tables(conn)
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(target)))
                 conn.execute(
                     sql.SQL("ALTER TABLE {} RENAME TO {}").format(

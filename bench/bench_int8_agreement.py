@@ -30,7 +30,15 @@ import time
 
 import numpy as np
 from bench_onnx import index_seconds
-from common import DATA, cores, jpeg_folder, median_of, photo_like, vit_b32_folder
+from common import (
+    DATA,
+    cores,
+    jpeg_folder,
+    median_of,
+    photo_like,
+    vit_b32_folder,
+    vit_l14_at_512_config,
+)
 from imagegen import photo
 from PIL import Image
 from tiny_models import build_tiny_clip
@@ -126,20 +134,11 @@ def large_int8_tower() -> Tower:
     graph = folder / "image.onnx"
     if not graph.exists():
         import torch
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
 
         folder.mkdir(parents=True, exist_ok=True)
-        config = CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            patch_size=14,
-            image_size=512,
-            projection_dim=1024,
-        )
         torch.manual_seed(0)
-        model = CLIPVisionModelWithProjection(config).eval()
+        model = CLIPVisionModelWithProjection(vit_l14_at_512_config()).eval()
         model.config.return_dict = False  # a tuple, image_embeds first
         torch.onnx.export(
             model,

@@ -28,6 +28,7 @@ from common import (
     reference_preprocess,
     timed,
     vit_b32_folder,
+    vit_l14_at_512_config,
 )
 
 from image_search.config import Settings
@@ -166,18 +167,10 @@ def gpu_decode_rate(paths: list, batch: int, runs: int) -> float:
 def vit_l14_at_512(dtype):
     """A random-weight ViT-L/14 vision tower at 512 px: jina-clip-v2's compute class."""
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
-    config = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        patch_size=14,
-        image_size=512,
-    )
     torch.manual_seed(0)
-    return CLIPVisionModel(config).to("cuda", dtype).eval()
+    return CLIPVisionModel(vit_l14_at_512_config()).to("cuda", dtype).eval()
 
 
 def gpu_report(args: argparse.Namespace) -> None:

@@ -1,18 +1,24 @@
 """ONNX int8 against fp32 on the same exported graph, and what one image at a time costs int8.
 
     uv run python bench/bench_int8_agreement.py [--images 1000] [--runs 7] [--large]
+        [--index 48] [--model jinaai/jina-clip-v2 --dimension 1024]
 
 Agreement (issue 17, item 4), on CLIP ViT-B/32 with random weights and `--images` generated
 photos of two kinds (smooth colour fields with noise, colour fields with blocks): the mean and
 minimum cosine between each image's int8 and fp32 vectors, and the mean overlap of the top-10
 rankings, each image a query against all the others (int8 vectors ranked among int8 vectors,
 fp32 among fp32). Target: int8 keeps >= 0.95 of the top-10, or `precision` `auto` should pick
-fp32 on the CPU.
+fp32 on the CPU. `--model` measures the agreement on another model instead (a hub id or a
+folder: jina-clip-v2's own int8 and fp32 graphs where the hub is reachable).
 
 Cost: the int8 image tower runs each image alone (its activations are quantised with one
 scale per input tensor, so a batch would change a photo's vector). Side by side, interleaved
 round after round, medians: the same int8 graph on a batch of 16 at once against one image at a
-time, and fp32 on the batch, for ViT-B/32 and for the tests' tiny CLIP.
+time, and fp32 on the batch, for ViT-B/32 and for the tests' tiny CLIP; with `--large`, also for
+a random ViT-L/14 at 512 px, the compute class of the default model's vision tower (on a batch
+of 4, at most 3 rounds: about 5 s per image on 2 loaded cores). With `--index N`, also the
+whole `index` of N 12-megapixel JPEGs with ViT-B/32 int8, one at a time against the batch (as
+bench_onnx.py runs it: in process, model loaded, a fresh table each run).
 """
 
 from __future__ import annotations
@@ -23,11 +29,21 @@ import logging
 import time
 
 import numpy as np
-from common import DATA, cores, median_of, photo_like, vit_b32_folder
+from bench_onnx import index_seconds
+from common import (
+    DATA,
+    cores,
+    jpeg_folder,
+    median_of,
+    photo_like,
+    vit_b32_folder,
+    vit_l14_at_512_config,
+)
 from imagegen import photo
 from PIL import Image
 from tiny_models import build_tiny_clip
 
+from image_search.config import Settings
 from image_search.models import Embedder
 from image_search.models.onnx_export import quantise_int8
 from image_search.models.onnx_runtime import Tower
@@ -43,11 +59,11 @@ def photos(count: int) -> list[Image.Image]:
     return [photo_like(i, PHOTO_SIZE) if i % 2 else photo(i, *PHOTO_SIZE) for i in range(count)]
 
 
-def onnx_embedder(folder: str, precision: str) -> Embedder:
+def onnx_embedder(folder: str, precision: str, dimension: int = 512) -> Embedder:
     return Embedder(
         folder,
         "cpu",
-        512,
+        dimension,
         backend="onnx",
         precision=precision,
         cache_directory=DATA / "onnx-models",
@@ -69,11 +85,13 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     )
 
 
-def agreement(folder: str, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+def agreement(
+    folder: str, dimension: int, images: list[Image.Image]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per image: the cosine between its int8 and fp32 vectors, and its top-10 overlap."""
     vectors = {}
     for precision in ("fp32", "int8"):
-        embedder = onnx_embedder(folder, precision)
+        embedder = onnx_embedder(folder, precision, dimension)
         started = time.perf_counter()
         vectors[precision] = np.concatenate(
             [embedder.embed_images(images[i : i + BATCH]) for i in range(0, len(images), BATCH)]
@@ -116,20 +134,11 @@ def large_int8_tower() -> Tower:
     graph = folder / "image.onnx"
     if not graph.exists():
         import torch
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
 
         folder.mkdir(parents=True, exist_ok=True)
-        config = CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            patch_size=14,
-            image_size=512,
-            projection_dim=1024,
-        )
         torch.manual_seed(0)
-        model = CLIPVisionModelWithProjection(config).eval()
+        model = CLIPVisionModelWithProjection(vit_l14_at_512_config()).eval()
         model.config.return_dict = False  # a tuple, image_embeds first
         torch.onnx.export(
             model,
@@ -152,6 +161,28 @@ def large_throughput(runs: int) -> dict[str, float]:
     batched.one_at_a_time = False
     pixels = np.random.default_rng(0).standard_normal((4, 3, 512, 512)).astype(np.float32)
     return rates({"int8 batch of 4": batched, "int8 one at a time": per_image}, pixels, runs)
+
+
+def index_rates(folder: str, count: int, runs: int) -> dict[str, float]:
+    """Images per second of whole index runs, int8 at once against one image at a time."""
+    jpegs = jpeg_folder(f"twelve-mp-{count}", count)
+    settings = Settings(
+        source_directory=jpegs,
+        data_directory=DATA / "onnx-db",
+        model_name=folder,
+        dimension=512,
+        device="cpu",
+        batch_size=BATCH,
+    )
+    per_image = onnx_embedder(folder, "int8")
+    batched = onnx_embedder(folder, "int8")
+    batched.model()._image.one_at_a_time = False
+    embedders = {f"int8 batch of {BATCH}": batched, "int8 one at a time": per_image}
+    samples: dict[str, list[float]] = {name: [] for name in embedders}
+    for _ in range(runs):
+        for name, embedder in embedders.items():
+            samples[name].append(index_seconds(settings, embedder, name.replace(" ", "_")))
+    return {name: count / median_of(times) for name, times in samples.items()}
 
 
 def rates(towers: dict[str, Tower], pixels: np.ndarray, runs: int) -> dict[str, float]:
@@ -178,6 +209,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--large", action="store_true", help="also a ViT-L/14 at 512 px")
+    parser.add_argument("--index", type=int, default=0, help="also index N 12-MP JPEGs")
+    parser.add_argument("--model", help="the agreement on this model (default: ViT-B/32)")
+    parser.add_argument("--dimension", type=int, default=512)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -188,18 +222,24 @@ def main() -> None:
     images = photos(args.images)
     print(f"cores {cores()}, runs {args.runs} (medians)")
     measured = {
-        "ViT-B/32": lambda: throughput(vit_b32, images, args.runs),
-        "tiny CLIP": lambda: throughput(str(tiny), images, args.runs),
+        "ViT-B/32 image tower": lambda: throughput(vit_b32, images, args.runs),
+        "tiny CLIP image tower": lambda: throughput(str(tiny), images, args.runs),
     }
     if args.large:
-        measured["ViT-L/14 at 512 px"] = lambda: large_throughput(min(args.runs, 3))
+        measured["ViT-L/14 at 512 px image tower"] = lambda: large_throughput(min(args.runs, 3))
+    if args.index:
+        measured[f"ViT-B/32 whole index of {args.index} 12-MP JPEGs"] = lambda: index_rates(
+            vit_b32, args.index, min(args.runs, 3)
+        )
     for name, measure in measured.items():
-        print(f"{name} image tower, img/s (x the int8 batch):")
+        print(f"{name}, img/s (x the int8 batch):")
         for variant, rate, ratio in against_first(measure()):
             print(f"  {variant:20} {rate:10.2f} ({ratio:.2f}x)")
 
-    print(f"agreement, ViT-B/32 random weights, {len(images)} generated photos {PHOTO_SIZE}:")
-    cosine, overlap = agreement(vit_b32, images)
+    model = args.model or vit_b32
+    name = args.model or "ViT-B/32 random weights"
+    print(f"agreement, {name}, {len(images)} generated photos {PHOTO_SIZE}:")
+    cosine, overlap = agreement(model, args.dimension, images)
     print(f"  cosine int8 to fp32: mean {cosine.mean():.5f}, min {cosine.min():.5f}")
     print(
         f"  top-{TOP} overlap, int8 ranking against fp32: mean {overlap.mean():.4f}, "

@@ -61,6 +61,21 @@ def vit_b32_folder() -> Path:
     return folder
 
 
+def vit_l14_at_512_config() -> Any:
+    """The vision config of a ViT-L/14 at 512 px: jina-clip-v2's vision compute class."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=512,
+        projection_dim=1024,
+    )
+
+
 def photo_like(seed: int, size: tuple[int, int]) -> Image.Image:
     """A smooth colour field with noise: compresses like a photo (about 2-4 MB at 12 MP)."""
     rng = np.random.default_rng(seed)

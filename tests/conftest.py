@@ -290,16 +290,22 @@ def assert_one_row_per_file(settings: Settings, files: list[Path]) -> None:
     assert row_count(settings) == len(rows)  # the count kept in the meta table is exact
 
 
-def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+def start_python(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python ARGS` in a fresh process without our IMAGE_SEARCH_ variables, output as text."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
     environment.update(env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "image_search", "index", "--env", str(config), "--json", *extra],
+        [sys.executable, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
     )
+
+
+def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    index = ["-m", "image_search", "index", "--env", str(config), "--json"]
+    return start_python(*index, *extra, env=env)
 
 
 def wait_for_rows(settings: Settings, process: subprocess.Popen, timeout: float = 120) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -39,6 +40,7 @@ from image_search.config import Settings
 from image_search.ingest import (
     Failure,
     Progress,
+    RunStopped,
     WorkItem,
     plan,
     prepared_batches,
@@ -421,6 +423,27 @@ def test_copies_and_moves_reuse_the_stored_vector(
     assert {m.file_path for m in result.results[:3]} == reds
     assert [m.score for m in result.results[:3]] == pytest.approx([1.0] * 3, abs=SCORE_TOLERANCE)
     assert result.results[3].file_path == str(folder / "b" / "moved blue.png")
+
+
+def test_a_stop_ends_the_run_at_the_next_batch_boundary(
+    colour_settings: Settings, embedder: Embedder, model: FakeColourModel
+) -> None:
+    write_palette(colour_settings.source_directory)
+    stop = threading.Event()
+
+    def report(done: int, total: int) -> None:
+        if done:  # asked to stop while the first batch is being stored
+            stop.set()
+
+    with pytest.raises(RunStopped):
+        run_index(colour_settings, embedder, progress=Progress(callback=report, stop=stop))
+
+    batch = colour_settings.batch_size
+    assert model.image_batches == [batch]  # the next batch never reached the model
+    with open_store(colour_settings) as store:  # that batch is stored, whole
+        assert len(store.rows.stored_files(str(colour_settings.source_directory))) == batch
+    finished = run_index(colour_settings, embedder)
+    assert (finished.added, finished.unchanged) == (len(PALETTE) - batch, batch)
 
 
 def test_a_broken_file_is_reported_and_every_file_counts_in_progress(

@@ -55,8 +55,8 @@ RELAYED_LINE = re.compile(r"^\s*(\x1b\[[\d;]*m)?\((raylet|pid=\d+|[\w.()-]+ pid=
 # explicitly, it also keeps Ray Data from fusing these tasks into the model's actors, whose
 # CPUs would then decode instead of embedding.)
 PREPARE_MEMORY = 512 * 2**20
-# Threads (torch's or ONNX Runtime's) of an actor on the CPU: it holds one CPU of Ray's and shares a second with the
-# prepare tasks, which leave it idle while the actor waits for their batches.
+# Threads (torch's or ONNX Runtime's) of an actor on the CPU: it holds one CPU of Ray's and
+# shares a second with the prepare tasks, which leave it idle while it waits for their batches.
 CPU_ACTOR_THREADS = 2
 # Images per batch when batch-size is unset and the actors have GPUs (the driver cannot see
 # their memory, as the in-process run does; 64 fits ViT-L/14-class models on 16 GB).

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,17 +89,29 @@ class IndexReport:
         return text
 
 
+class RunStopped(Exception):
+    """The run was asked to stop (the page's server is shutting down) and ended between two
+    batches: every batch it stored is whole, and the next run does the rest."""
+
+
 class Progress:
     """How an index run tells where it is: three bars in a terminal (or none), a callback
     `(done, total)` for the page (done: files finished, stored or passed over), and one line
-    with the time left for long runs. One object serves one run."""
+    with the time left for long runs. One object serves one run. Once `stop` is set, the run
+    ends at its next batch boundary with RunStopped."""
 
     STAGES = ("Converting + resizing", "Embedding", "Registering")
 
-    def __init__(self, show_bars: bool = False, callback: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        show_bars: bool = False,
+        callback: ProgressCallback | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         # Bars redraw with \r and escape codes: only for a terminal, never into a log file.
         self.show_bars = show_bars and sys.stderr.isatty()
         self.callback = callback
+        self.stop = stop
         self._bars: list[tqdm] = []
         self._total = 0
         self._finished = 0
@@ -150,6 +163,10 @@ class Progress:
     def stored(self, count: int) -> None:
         self._bars[2].update(count)
         self._finish(count)
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise RunStopped()
 
     def _finish(self, count: int) -> None:
         self._finished += count
@@ -323,6 +340,7 @@ class Indexer:
                 if batch:
                     vectors = self._embed(batch)
                     writer.submit(functools.partial(self._store_batch, batch, vectors))
+                progress.check_stop()  # between batches: this one is stored (or queued) whole
         self._store_touched(touched)
 
     def _batches(

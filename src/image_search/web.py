@@ -57,6 +57,11 @@ log = logging.getLogger(__name__)
 EMPTY_QUERY = "Drop an image or type a few words, then press **Search**."
 # How often the Rescan bar is redrawn, in seconds.
 RESCAN_REDRAW_S = 0.25
+# How long closing the page waits for a Rescan to finish the batch under way (docker stop
+# kills after 10 s); after that the database is closed and the batch is not stored.
+RESCAN_STOP_S = 5.0
+# ...and for its page handler to say so (one whose page was closed is never driven again).
+RESCAN_ANSWER_S = 1.0
 # Seconds an error toast stays; a successful search also closes any that are left.
 TOAST_SECONDS = 8
 # Gradio itself uses a status-code name that Starlette deprecated; nothing a user can act on.
@@ -160,6 +165,8 @@ class WebApp:
         self.database = database
         self.cache: PageCache | None = None
         self._files: FileGate | None = None
+        self.stopping = threading.Event()  # the page is closing: a Rescan ends between batches
+        self._rescans: list[tuple[threading.Thread, threading.Event]] = []
 
     @property
     def files(self) -> FileGate:
@@ -364,22 +371,32 @@ class WebApp:
             counts.update(done=done, total=total)
 
         def work() -> None:
+            progress = Progress(callback=report, stop=self.stopping)
             try:
                 finished["report"] = run_index(
-                    self.settings, self.embedder, self.database, progress=Progress(callback=report)
+                    self.settings, self.embedder, self.database, progress=progress
                 )
             except Exception as exc:  # any failure reaches the page as one line
                 finished["error"] = exc
 
         started = time.monotonic()
         worker = threading.Thread(target=work, name="rescan", daemon=True)
+        answered = threading.Event()  # the page has had the Rescan's last word
+        self._rescans = [r for r in self._rescans if r[0].is_alive()] + [(worker, answered)]
         worker.start()
-        while worker.is_alive():
-            yield rescan_bar(counts["done"], counts["total"], time.monotonic() - started), gr.skip()
-            worker.join(RESCAN_REDRAW_S)
-        if "error" in finished:
-            raise page_error(f"Rescan failed: {failure_line(finished['error'])}")
-        yield f"Rescan finished: {finished['report'].summary()}.", self.status()
+        try:
+            while worker.is_alive() and not self.stopping.is_set():
+                elapsed = time.monotonic() - started
+                yield rescan_bar(counts["done"], counts["total"], elapsed), gr.skip()
+                worker.join(RESCAN_REDRAW_S)
+            if self.stopping.is_set():  # stop_rescans waits for the thread, not this handler
+                yield "Rescan stopped: the server is shutting down.", gr.skip()
+                return
+            if "error" in finished:
+                raise page_error(f"Rescan failed: {failure_line(finished['error'])}")
+            yield f"Rescan finished: {finished['report'].summary()}.", self.status()
+        finally:
+            answered.set()
 
     def status(self) -> str:
         try:
@@ -405,6 +422,21 @@ class WebApp:
         self.cache = PageCache(self.settings.data_directory)
         self._files = FileGate(self.settings, self.cache)
         return page_layout(self)
+
+    def stop_rescans(self) -> None:
+        """Ask a running Rescan to end at its next batch boundary and wait a little for it,
+        so that it is over before the database closes (and the interpreter with it), and for
+        its page handler, so that the page hears of it and Gradio closes without waiting."""
+        self.stopping.set()
+        deadline = time.monotonic() + RESCAN_STOP_S
+        for worker, answered in [r for r in self._rescans if r[0].is_alive()]:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            answered.wait(RESCAN_ANSWER_S)
+            if worker.is_alive():
+                log.warning(
+                    "the Rescan's current batch did not finish within %g s; stopping without it",
+                    RESCAN_STOP_S,
+                )
 
     def close(self) -> None:
         """Delete the page's cache (uploads and copies): nothing private stays behind."""

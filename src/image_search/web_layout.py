@@ -50,8 +50,8 @@ PAGE_CSS = """
 
 
 class Page(gr.Blocks):
-    """The page's Blocks: closing it (Ctrl-C, SIGTERM, the end of a test) also deletes the
-    page's cache."""
+    """The page's Blocks: closing it (Ctrl-C, SIGTERM, the end of a test) also stops a
+    Rescan at a batch boundary and deletes the page's cache."""
 
     def __init__(self, web: WebApp, **options: Any) -> None:
         super().__init__(**options)
@@ -59,6 +59,7 @@ class Page(gr.Blocks):
 
     def close(self, verbose: bool = True) -> None:
         try:
+            self.web.stop_rescans()  # before the database closes, as it does next
             super().close(verbose)
         finally:
             self.web.close()

@@ -22,6 +22,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, DuplicateReport, counted, find_duplicates
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
+from .executors import executor_for
 from .ingest import Progress, run_index
 from .models import Embedder
 from .scan import display_path
@@ -366,7 +367,8 @@ class WebApp:
         def work() -> None:
             try:
                 finished["report"] = run_index(
-                    self.settings, self.embedder, self.database, progress=Progress(callback=report)
+                    self.settings, self.embedder, self.database, progress=Progress(callback=report),
+                    executor=executor_for(self.settings),
                 )
             except Exception as exc:  # any failure reaches the page as one line
                 finished["error"] = exc

@@ -111,10 +111,16 @@ def connected(settings: Settings) -> Iterator[Any]:
 
 @contextmanager
 def native_logs_dropped() -> Iterator[None]:
-    """Ray's C++ core writes its log lines (a recovered actor, say) straight to file
-    descriptor 2, past Python's logging and any log level. Meanwhile descriptor 2 is a pipe
-    whose reader passes on every other line, and Python's own stderr writes to the terminal
-    directly (the bars need no line ends)."""
+    """What Ray prints past its own settings. `log_to_driver`, `logging_level`, the levels
+    of Ray's loggers and Ray Data's context keep worker output and Ray's Python logs out of
+    the terminal; two channels are left that no setting of Ray 2.60 closes quietly. The
+    driver's C++ core writes log lines straight to file descriptor 2 (an error line at each
+    run, as Ray Data creates its actors: "constructor arguments in the object store";
+    RAY_BACKEND_LOG_LEVEL hides it but prints a line of its own), and the driver's error
+    listener prints raylet messages ("(raylet) A worker died ...") to sys.stdout whatever
+    log_to_driver says. Meanwhile descriptor 2 is a pipe whose reader passes on every
+    other line, and Python's own stderr writes to the terminal directly (the bars need no
+    line ends)."""
     sys.stderr.flush()
     terminal = os.dup(2)
     reader, writer = os.pipe()
@@ -197,26 +203,30 @@ def prepare_batch(
 
 class EmbedAndStore:
     """An actor holding the model and a database connection: runs the batch step on each
-    batch of prepared images and returns what the batch told its Recorder."""
+    batch of prepared images and returns what the batch told its Recorder. Our errors (a
+    model that cannot be loaded, a database that cannot be reached) travel in the Recorder,
+    as they are: raised from a constructor they reach the driver only as text, after Ray
+    restarted the actor over and over, and raised from a task with Ray Data's retry advice
+    appended to their message."""
 
     def __init__(self, settings: Settings, table: str) -> None:
-        # An error here is raised with the first batch: from a task Ray hands the driver the
-        # exception itself (RayTaskError.cause); from a constructor, only its text, after
-        # restarting the actor over and over.
-        self.failed: Exception | None = None
+        self.failed: ImageSearchError | None = None
         try:
             embedder = _loaded(settings)
             store = self._store(settings, table)
-        except Exception as exc:  # noqa: BLE001 - raised again with the first batch
+        except ImageSearchError as exc:  # told with the first batch
             self.failed = exc
             return
         self.step = BatchStep(store, embedder, settings.model_name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.failed is not None:
-            raise self.failed
         recorder = Recorder()
-        self.step.run([pickle.loads(blob) for blob in batch["result"]], recorder)
+        try:
+            if self.failed is not None:
+                raise self.failed
+            self.step.run([pickle.loads(blob) for blob in batch["result"]], recorder)
+        except ImageSearchError as exc:
+            recorder.error = exc
         return {"told": _objects([pickle.dumps(recorder)])}
 
     @staticmethod
@@ -310,7 +320,8 @@ def worker_settings(settings: Settings) -> Settings:
 def worker_error(error: BaseException) -> ImageSearchError:
     """What failed on a worker, as the in-process run would say it (a model that cannot be
     loaded, a database that cannot be reached): the first of our errors among the causes
-    Ray wrapped (RayTaskError.cause), else Ray's own, on one line."""
+    Ray wrapped (RayTaskError.cause carries the worker's exception), else Ray's own, on one
+    line."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:

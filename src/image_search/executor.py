@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import Settings
+from .errors import ImageSearchError
 from .models import Embedder
 from .pipeline import Failure, Prepared, Unchanged, WorkItem, row_for
 from .store import Store
@@ -127,10 +128,12 @@ def _at_once(write: Callable[[], object]) -> None:
 
 class Recorder:
     """A Tally for a process that cannot reach the run (a Ray actor): it keeps what it is
-    told, small and picklable, for `replay` in the run's process."""
+    told, small and picklable, and the error that ended its batch, for `replay` in the run's
+    process."""
 
     def __init__(self) -> None:
         self.told: list[tuple[str, tuple[Any, ...]]] = []
+        self.error: ImageSearchError | None = None
 
     def passed(self, result: Unchanged | Failure) -> None:
         self.told.append(("passed", (result,)))
@@ -145,5 +148,8 @@ class Recorder:
         self.told.append(("stored", (counts,)))
 
     def replay(self, tally: Tally) -> None:
+        """Tell `tally` what this batch told, then raise its error, if any."""
         for name, arguments in self.told:
             getattr(tally, name)(*arguments)
+        if self.error is not None:
+            raise self.error

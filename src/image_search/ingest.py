@@ -1,7 +1,8 @@
 """The index run, written once: scan the folder, diff it with the table (plan), hand the work
 to an executor (in process or on Ray: executor.py), fill capture dates, remove rows of deleted
 files, remember files that failed, draw the bars and report. The executor is the caller's
-choice (executors.executor_for); this module never imports the Ray one."""
+choice (executors.executor_for); this module never imports the Ray one. One job, the
+whole of a run that either executor serves, hence a little over 400 lines."""
 
 from __future__ import annotations
 

@@ -176,7 +176,7 @@ def vit_l14_at_512(dtype):
 def gpu_report(args: argparse.Namespace) -> None:
     import torch
 
-    from image_search.ingest import batch_size_for
+    from image_search.executor_local import batch_size_for
 
     folder = jpeg_folder(f"twelve-mp-{args.images}", args.images)
     paths = sorted(folder.iterdir())[: args.images]

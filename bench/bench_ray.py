@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 from common import DATA, cores, jpeg_folder, median_of, vit_b32_folder
 
 from image_search.config import Settings
+from image_search.executors import executor_for
 from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.store import VectorSpec, open_store, start_embedded_server
@@ -44,7 +45,7 @@ def index_seconds(settings: Settings, table: str) -> float:
         store.schema.drop_if_other_vectors(VectorSpec("", 0))  # a leftover of an earlier run
     fresh = dataclasses.replace(settings, table_name=table)
     started = time.perf_counter()
-    report = run_index(fresh, Embedder.from_settings(fresh))
+    report = run_index(fresh, Embedder.from_settings(fresh), executor=executor_for(fresh))
     elapsed = time.perf_counter() - started
     assert report.added == report.scanned and not report.failed, report.summary()
     return elapsed

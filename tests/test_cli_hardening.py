@@ -442,14 +442,13 @@ def test_under_finds_files_through_a_link_by_physical_path_and_as_dot(
 
 
 def test_ray_workers_are_given_absolute_folders(make_settings, tmp_path: Path, monkeypatch) -> None:
-    from image_search.cluster import ClusterIndexer
+    from image_search.cluster import worker_settings
 
     monkeypatch.chdir(tmp_path)
     folders = {"source_directory": "photos", "output_directory": "out", "data_directory": "data"}
     settings = make_settings(ray_address="local", **{k: Path(v) for k, v in folders.items()})
-    store = Store(Database(settings), settings.table_name)  # not opened: nothing connects
 
-    given = ClusterIndexer(settings, store, Progress()).settings  # what the workers receive
+    given = worker_settings(settings)  # what the workers receive
 
     for attribute, folder in folders.items():
         assert getattr(given, attribute) == tmp_path / folder

@@ -29,6 +29,7 @@ from conftest import (
 
 from image_search.config import Settings, load_settings
 from image_search.errors import ConfigError
+from image_search.executors import executor_for
 from image_search.ingest import IndexReport, Progress, run_index
 from image_search.models import Embedder
 
@@ -48,7 +49,8 @@ def folder_of_photos(settings: Settings, count: int) -> list[Path]:
 
 
 def index(settings: Settings, progress: Progress | None = None) -> IndexReport:
-    return run_index(settings, Embedder.from_settings(settings), progress=progress)
+    embedder = Embedder.from_settings(settings)
+    return run_index(settings, embedder, progress=progress, executor=executor_for(settings))
 
 
 def processed_digests(rows: list[dict]) -> dict[str, str]:

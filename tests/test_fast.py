@@ -43,10 +43,10 @@ from image_search.ingest import (
     RunStopped,
     WorkItem,
     plan,
-    prepared_batches,
     run_index,
 )
 from image_search.models import Embedder
+from image_search.pipeline import prepared_batches
 from image_search.scan import ScannedFile
 from image_search.search import RESULTS_FILE, Searcher, SearchResult
 from image_search.store import StoredFile, open_store

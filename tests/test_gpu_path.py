@@ -15,10 +15,11 @@ from conftest import stored_rows
 from imagegen import photo, write_broken_files, write_exif_rotated, write_photo
 from PIL import Image, ImageOps
 
-from image_search import ingest
+from image_search import executor_local
 from image_search.config import Settings
+from image_search.executor_local import batch_size_for
 from image_search.images import ResizeSpec, prepare_file
-from image_search.ingest import batch_size_for, run_index
+from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.pipeline import BackgroundWriter, DevicePreparer, Failure, Prepared, WorkItem
 from image_search.scan import stat_file
@@ -118,7 +119,7 @@ def test_an_index_run_on_the_device_path_stores_what_the_pillow_path_stores(
     pillow_run = make_settings()
     run_index(pillow_run, shared_embedder)
     device_run = make_settings(table_name=pillow_run.table_name + "_device")
-    monkeypatch.setattr(ingest, "tensor_device_for", lambda device: "cpu")
+    monkeypatch.setattr(executor_local, "tensor_device_for", lambda device: "cpu")
 
     report = run_index(device_run, shared_embedder)
 
@@ -173,8 +174,9 @@ def test_batch_size_is_the_key_or_sixteen_on_the_cpu(settings: Settings) -> None
 
     assert batch_size_for(dataclasses.replace(settings, batch_size=None), "cpu") == 16
     assert batch_size_for(dataclasses.replace(settings, batch_size=7), "cuda") == 7
-    assert ingest.tensor_device_for("cpu") is None and ingest.tensor_device_for("mps") is None
-    assert ingest.tensor_device_for("cuda:0") == "cuda:0"
+    tensor_device_for = executor_local.tensor_device_for
+    assert tensor_device_for("cpu") is None and tensor_device_for("mps") is None
+    assert tensor_device_for("cuda:0") == "cuda:0"
 
 
 JINA_PREPROCESSOR = {  # jina-clip-v2's preprocessor_config.json keys, at a small size

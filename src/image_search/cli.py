@@ -33,6 +33,7 @@ from .config import (
 )
 from .duplicates import DEFAULT_THRESHOLD
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
+from .executors import executor_for
 from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .models.base import require_torch
@@ -399,6 +400,7 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
             keep_missing=args.keep_missing,
             reindex=reindex,
             progress=Progress(show_bars=show_bars),
+            executor=executor_for(services.settings),
         )
         print_index_report(report, args.json)
 
@@ -514,6 +516,7 @@ def command_run_all(args: argparse.Namespace, services: Services) -> int:
         services.embedder,
         services.database,
         progress=Progress(show_bars=True),
+        executor=executor_for(services.settings),
     )
     print_index_report(report, as_json=False)
     serve(services.settings, services.embedder, services.database, args.host, args.port)

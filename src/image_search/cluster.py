@@ -1,11 +1,12 @@
 """The index run spread over a Ray cluster (the `ray-address` key).
 
 The driver scans and plans exactly as the in-process run does; Ray Data does the work:
-reading and preprocessing as CPU tasks (`ingest.prepare_item`), embedding on actors that hold
-the model, and each batch written to PostgreSQL by the actor that embedded it, in one
-transaction, idempotently (`Rows.upsert`). A batch retried after a killed worker is written
-again over itself, so the run still ends with one row per image. The driver only sees small
-outcomes (never images or vectors) and drives the same bars and report."""
+reading and preprocessing as CPU tasks (`pipeline.prepare_item`), embedding on actors that
+hold the model, and each batch written to PostgreSQL by the actor that embedded it, in one
+transaction, idempotently: the actors run the in-process run's batch step
+(`executor.BatchStep`). A batch retried after a killed worker is written again over itself,
+so the run still ends with one row per image. The driver only sees what each batch told its
+`Recorder` (never images or vectors), replayed into the run's bars and report."""
 
 from __future__ import annotations
 
@@ -17,22 +18,18 @@ import pickle
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
 
-from . import errors
 from .config import LOCAL_RAY, Settings
 from .errors import ConfigError, ImageSearchError, one_line
+from .executor import CPU_BATCH_SIZE, BatchStep, Job, Recorder, RunTally
 from .images import ResizeSpec
-from .ingest import CPU_BATCH_SIZE, Indexer, Progress
 from .models import Embedder
-from .pipeline import Failure, Prepared, Unchanged, WorkItem, prepare_item, row_for
-from .scan import display_path
+from .pipeline import WorkItem, prepare_item
 from .store import Database, Store
 
 log = logging.getLogger(__name__)
@@ -46,8 +43,6 @@ EXTRA_HINT = (
 RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1"}
 # A line of Ray's C++ core log ("[2026-01-01 10:00:00,000 E 123 123] core_worker.cc:1: ...").
 NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+:\d+: ")
-# Our error as the last line of a worker's traceback that Ray passes on as text.
-OUR_ERROR_LINE = re.compile(r"^image_search\.errors\.(\w+Error): (.+)$", re.MULTILINE)
 # A line Ray's driver relays from a worker or raylet: "(raylet) ...", "(pid=12) ...",
 # "(MapWorker pid=12) ...", maybe coloured.
 RELAYED_LINE = re.compile(r"^\s*(\x1b\[[\d;]*m)?\((raylet|pid=\d+|[\w.()-]+ pid=\d+)")
@@ -116,10 +111,16 @@ def connected(settings: Settings) -> Iterator[Any]:
 
 @contextmanager
 def native_logs_dropped() -> Iterator[None]:
-    """Ray's C++ core writes its log lines (a recovered actor, say) straight to file
-    descriptor 2, past Python's logging and any log level. Meanwhile descriptor 2 is a pipe
-    whose reader passes on every other line, and Python's own stderr writes to the terminal
-    directly (the bars need no line ends)."""
+    """What Ray prints past its own settings. `log_to_driver`, `logging_level`, the levels
+    of Ray's loggers and Ray Data's context keep worker output and Ray's Python logs out of
+    the terminal; two channels are left that no setting of Ray 2.60 closes quietly. The
+    driver's C++ core writes log lines straight to file descriptor 2 (an error line at each
+    run, as Ray Data creates its actors: "constructor arguments in the object store";
+    RAY_BACKEND_LOG_LEVEL hides it but prints a line of its own), and the driver's error
+    listener prints raylet messages ("(raylet) A worker died ...") to sys.stdout whatever
+    log_to_driver says. Meanwhile descriptor 2 is a pipe whose reader passes on every
+    other line, and Python's own stderr writes to the terminal directly (the bars need no
+    line ends)."""
     sys.stderr.flush()
     terminal = os.dup(2)
     reader, writer = os.pipe()
@@ -177,12 +178,15 @@ def _pass_on(reader: int, terminal: int) -> None:
 
 
 def quiet_data_context(ray: Any) -> None:
-    """Ray Data's own bars and stage logs are not for photo folders (ours are drawn)."""
+    """Ray Data's own bars and stage logs are not for photo folders (ours are drawn). A
+    worker's error reaches the driver as itself, the cause of Ray's RayTaskError, not
+    wrapped in Ray Data's UserCodeException."""
     context = ray.data.DataContext.get_current()
     debug = debugging()
     context.enable_progress_bars = debug
     context.print_on_execution_start = debug
     context.enable_auto_log_stats = debug
+    context.raise_original_map_exception = True
 
 
 # ------------------------------------------------------------------ the workers
@@ -198,70 +202,51 @@ def prepare_batch(
 
 
 class EmbedAndStore:
-    """An actor holding the model and a database connection: embeds a batch of prepared
-    images (copies and moves reuse stored vectors) and writes its rows in one transaction."""
+    """An actor holding the model and a database connection: runs the batch step on each
+    batch of prepared images and returns what the batch told its Recorder. Our errors (a
+    model that cannot be loaded, a database that cannot be reached) travel in the Recorder,
+    as they are: raised from a constructor they reach the driver only as text, after Ray
+    restarted the actor over and over, and raised from a task with Ray Data's retry advice
+    appended to their message."""
 
     def __init__(self, settings: Settings, table: str) -> None:
-        self.settings = settings
-        self.embedder = Embedder.from_settings(settings)
-        if self.embedder.resolved_device == "cpu":  # the threads this actor owns
-            self.embedder.threads = CPU_ACTOR_THREADS  # ONNX Runtime's sessions
-            if self.embedder.backend == "torch":
-                import torch
-
-                torch.set_num_threads(CPU_ACTOR_THREADS)
-        self.embedder.model()
-        self.database = Database(settings)
-        self.database.open()
-        self.store = Store(self.database, table)
+        self.failed: ImageSearchError | None = None
+        try:
+            embedder = _loaded(settings)
+            store = self._store(settings, table)
+        except ImageSearchError as exc:  # told with the first batch
+            self.failed = exc
+            return
+        self.step = BatchStep(store, embedder, settings.model_name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = [pickle.loads(blob) for blob in batch["result"]]
-        prepared = [result for result in results if isinstance(result, Prepared)]
-        started = time.perf_counter()
-        embedded = self._store(prepared)
-        seconds = time.perf_counter() - started
-        outcomes = [Outcome.of(result) for result in results]
-        if outcomes:  # the batch's model time rides on its first outcome
-            outcomes[0].images, outcomes[0].seconds = embedded, seconds
-        return {"outcome": _objects(pickle.dumps(outcome) for outcome in outcomes)}
+        recorder = Recorder()
+        try:
+            if self.failed is not None:
+                raise self.failed
+            self.step.run([pickle.loads(blob) for blob in batch["result"]], recorder)
+        except ImageSearchError as exc:
+            recorder.error = exc
+        return {"told": _objects([pickle.dumps(recorder)])}
 
-    def _store(self, batch: list[Prepared]) -> int:
-        """As `Indexer._store_batch`; the number of images that went through the model."""
-        if not batch:
-            return 0
-        rows = self.store.rows
-        vectors = rows.vectors_by_content(p.image.content_hash for p in batch)
-        new_content: dict[str, Prepared] = {}
-        for prepared in batch:
-            if prepared.image.content_hash not in vectors:
-                new_content.setdefault(prepared.image.content_hash, prepared)
-        embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
-        vectors.update(zip(new_content, embedded, strict=True))
-        rows.upsert(
-            [row_for(p, vectors[p.image.content_hash]) for p in batch], self.settings.model_name
-        )
-        return len(new_content)
+    @staticmethod
+    def _store(settings: Settings, table: str) -> Store:
+        database = Database(settings)
+        database.open()
+        return Store(database, table)
 
 
-@dataclass
-class Outcome:
-    """What the driver needs of one file's result: what happened, never the image."""
+def _loaded(settings: Settings) -> Embedder:
+    """The model, loaded; on the CPU with the threads this actor owns."""
+    embedder = Embedder.from_settings(settings)
+    if embedder.resolved_device == "cpu":
+        embedder.threads = CPU_ACTOR_THREADS  # ONNX Runtime's sessions
+        if embedder.backend == "torch":
+            import torch
 
-    kind: str  # "stored", "unchanged" or "failed"
-    path: str
-    item: WorkItem | None = None  # None for a failure
-    error: str = ""
-    of_file: bool = True  # see Failure
-    images: int = 0  # model time of the whole batch, on its first outcome
-    seconds: float = 0.0
-
-    @classmethod
-    def of(cls, result: Prepared | Unchanged | Failure) -> Outcome:
-        if isinstance(result, Failure):
-            return cls("failed", result.path, error=result.error, of_file=result.of_file)
-        kind = "stored" if isinstance(result, Prepared) else "unchanged"
-        return cls(kind, result.item.file.path, result.item)
+            torch.set_num_threads(CPU_ACTOR_THREADS)
+    embedder.model()
+    return embedder
 
 
 def _objects(values: Any) -> np.ndarray:
@@ -274,56 +259,28 @@ def _objects(values: Any) -> np.ndarray:
 # ------------------------------------------------------------------ the driver
 
 
-class ClusterIndexer(Indexer):
-    """The index run of `Indexer` (the same scan, plan, removals and report), with the
-    preparing, embedding and writing done by Ray."""
+class RayExecutor:
+    """The work of an index run (executor.Executor) done by Ray: preparing in CPU tasks,
+    embedding and writing in actors (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, store: Store, progress: Progress) -> None:
+    def __init__(self) -> None:
         import_ray()  # a missing extra is one line before anything is drawn
-        # Workers would resolve relative folders against their own working directories (on
-        # a real cluster, each its own): the settings they get name absolute ones.
-        settings = dataclasses.replace(
-            settings,
-            source_directory=settings.source_directory.absolute(),
-            output_directory=settings.output_directory.absolute(),
-            data_directory=settings.data_directory.absolute(),
-        )
-        # The driver never loads the model: the actors do. The Embedder stays unloaded.
-        super().__init__(settings, store, Embedder.from_settings(settings), progress)
 
-    def _process(self, work: list[WorkItem]) -> None:
-        if not work:
-            return
-        with connected(self.settings) as ray:
-            self._process_on(ray, work)
+    def execute(self, job: Job, work: list[WorkItem], tally: RunTally) -> None:
+        # The driver never loads the model: the actors do. job.embedder stays unloaded.
+        settings = worker_settings(job.settings)
+        with connected(settings) as ray:
+            quiet_data_context(ray)
+            with tally.counting():
+                for recorder in self._recorders(ray, settings, job.store.table, work):
+                    recorder.replay(tally)
 
-    def _process_on(self, ray: Any, work: list[WorkItem]) -> None:
-        quiet_data_context(ray)
-        touched: list[Unchanged] = []
-        with self.progress.stages(len(work)) as progress:
-            for outcome in self._outcomes(ray, work):
-                progress.prepared()
-                if outcome.kind == "stored":
-                    assert outcome.item is not None
-                    self._count_stored(outcome.item)
-                    progress.embedded(1, outcome.images, outcome.seconds)
-                    progress.stored(1)
-                    continue
-                if outcome.kind == "failed":
-                    log.warning("skipped %s: %s", display_path(outcome.path), outcome.error)
-                    self.report.failed.append(
-                        Failure(outcome.path, outcome.error, outcome.of_file)
-                    )
-                elif outcome.item is not None:
-                    touched.append(Unchanged(outcome.item))
-                progress.passed()
-        order = {item.file.path: position for position, item in enumerate(work)}
-        self.report.failed.sort(key=lambda failure: order.get(failure.path, 0))  # scan order
-        self._store_touched(touched)
-
-    def _outcomes(self, ray: Any, work: list[WorkItem]) -> Iterator[Outcome]:
+    @staticmethod
+    def _recorders(
+        ray: Any, settings: Settings, table: str, work: list[WorkItem]
+    ) -> Iterator[Recorder]:
         resources = embedding_resources(ray)
-        batch_size = self.settings.batch_size or (
+        batch_size = settings.batch_size or (
             GPU_BATCH_SIZE if "num_gpus" in resources else CPU_BATCH_SIZE
         )
         blocks = max(1, min(math.ceil(len(work) / batch_size), 64))
@@ -332,49 +289,52 @@ class ClusterIndexer(Indexer):
         )
         prepared = items.map_batches(
             prepare_batch,
-            fn_kwargs={"settings": self.settings, "spec": ResizeSpec.of(self.settings)},
+            fn_kwargs={"settings": settings, "spec": ResizeSpec.of(settings)},
             batch_size=batch_size,
             num_cpus=1,
             memory=PREPARE_MEMORY,
         )
-        outcomes = prepared.map_batches(
+        told = prepared.map_batches(
             EmbedAndStore,
-            fn_constructor_kwargs={"settings": self.settings, "table": self.store.table},
+            fn_constructor_kwargs={"settings": settings, "table": table},
             batch_size=batch_size,
             **resources,
         )
         try:
-            for batch in outcomes.iter_batches(batch_size=None, batch_format="numpy"):
-                for blob in batch["outcome"]:
+            for batch in told.iter_batches(batch_size=None, batch_format="numpy"):
+                for blob in batch["told"]:
                     yield pickle.loads(blob)
-        except ImageSearchError:
-            raise
-        except Exception as exc:  # Ray wraps a worker's error (with its traceback) in its own
+        except Exception as exc:  # Ray wraps a worker's error in its own
             raise worker_error(exc) from exc
 
-    def _count_stored(self, item: WorkItem) -> None:
-        if item.stored is None:
-            self.report.added += 1
-        else:
-            self.report.updated += 1
+
+def worker_settings(settings: Settings) -> Settings:
+    """The settings the workers get. They would resolve relative folders against their own
+    working directories (on a real cluster, each its own): these name absolute ones."""
+    return dataclasses.replace(
+        settings,
+        source_directory=settings.source_directory.absolute(),
+        output_directory=settings.output_directory.absolute(),
+        data_directory=settings.data_directory.absolute(),
+    )
 
 
 def worker_error(error: BaseException) -> ImageSearchError:
     """What failed on a worker, as the in-process run would say it (a model that cannot be
     loaded, a database that cannot be reached): the first of our errors among the causes
-    Ray wrapped, else Ray's own, on one line."""
+    Ray wrapped (RayTaskError.cause carries the worker's exception), else Ray's own, on one
+    line."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ImageSearchError):
-            return cause
         seen.add(id(cause))
-        inner = getattr(cause, "cause", None)
-        cause = inner if isinstance(inner, BaseException) else cause.__cause__
-    ours = OUR_ERROR_LINE.findall(str(error))  # an error raised in an actor's constructor
-    if ours:
-        kind, message = ours[-1]
-        return getattr(errors, kind, ImageSearchError)(message.strip())
+        inner = getattr(cause, "cause", None)  # Ray's wrapper, an instance of its cause too
+        if isinstance(inner, BaseException):
+            cause = inner
+        elif isinstance(cause, ImageSearchError):
+            return cause
+        else:
+            cause = cause.__cause__
     first = one_line(error).split(". ")[0]
     return ImageSearchError(f"the Ray cluster failed: {first} (run with --debug for details)")
 

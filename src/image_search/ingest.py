@@ -1,55 +1,41 @@
-"""The index run: diff the folder with the table, preprocess in threads, embed in batches,
-store each batch in one transaction, remove rows of deleted files, report."""
+"""The index run, written once: scan the folder, diff it with the table (plan), hand the work
+to an executor (in process or on Ray: executor.py), fill capture dates, remove rows of deleted
+files, remember files that failed, draw the bars and report. The executor is the caller's
+choice (executors.executor_for); this module never imports the Ray one. One job, the
+whole of a run that either executor serves, hence a little over 400 lines."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm import tqdm
 
 from .config import RESERVED_TABLE_PREFIX, Settings
 from .errors import ConfigError
-from .images import ResizeSpec, file_capture_time
+from .executor import Executor, Job, Stored
+from .executor_local import LocalExecutor
+from .images import file_capture_time
 from .models import Embedder
-from .pipeline import (
-    BackgroundWriter,
-    DevicePreparer,
-    Failure,
-    Prepared,
-    Unchanged,
-    WorkItem,
-    prepare_item,
-    prepared_batches,
-    row_for,
-)
+from .pipeline import Failure, Unchanged, WorkItem
 from .scan import IMAGE_EXTENSIONS, ScannedFile, display_path, scan_images, stat_file
 from .store import Database, FailedFile, Store, StoredFile, VectorSpec
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-T = TypeVar("T")
-R = TypeVar("R")
 # A first load at least this large builds the HNSW index after the rows are in.
 BULK_LOAD_ROWS = 1000
-# Batches waiting for the writer thread on a GPU (each holds its images and vectors).
-WRITE_QUEUE = 2
-CPU_BATCH_SIZE = 16
-GPU_SMALL_BATCH_SIZE = 32
-GIB = 1024**3
 # Runs expected to embed for longer than this say so once, with the measured rate.
 ANNOUNCE_AFTER_S = 60.0
 # Capture dates filled for rows stored before schema 3 are written this many at a time.
@@ -147,8 +133,8 @@ class Progress:
             for bar in self._bars:
                 bar.close()
 
-    def prepared(self) -> None:
-        self._bars[0].update()
+    def prepared(self, count: int = 1) -> None:
+        self._bars[0].update(count)
 
     def passed(self, count: int = 1) -> None:
         """Files that need neither the model nor a new row (failed, or unchanged content)."""
@@ -189,6 +175,43 @@ class Progress:
             )
 
 
+class ReportTally:
+    """The run's tally (executor.RunTally): counts into the report, moves the bars, and
+    keeps the unchanged files for one write at the end."""
+
+    def __init__(self, report: IndexReport, progress: Progress, total: int) -> None:
+        self.report = report
+        self.progress = progress
+        self.total = total
+        self.touched: list[Unchanged] = []
+
+    def counting(self) -> AbstractContextManager[object]:
+        return self.progress.stages(self.total)
+
+    def check_stop(self) -> None:
+        self.progress.check_stop()
+
+    def passed(self, result: Unchanged | Failure) -> None:
+        self.progress.prepared()
+        if isinstance(result, Failure):
+            log.warning("skipped %s: %s", display_path(result.path), result.error)
+            self.report.failed.append(result)
+        else:
+            self.touched.append(result)
+        self.progress.passed()
+
+    def prepared(self, count: int) -> None:
+        self.progress.prepared(count)
+
+    def embedded(self, files: int, images: int, seconds: float) -> None:
+        self.progress.embedded(files, images, seconds)
+
+    def stored(self, counts: Stored) -> None:
+        self.report.added += counts.added
+        self.report.updated += counts.updated
+        self.progress.stored(counts.added + counts.updated)
+
+
 def plan(
     scanned: list[ScannedFile], stored: dict[str, StoredFile]
 ) -> tuple[list[WorkItem], int, list[StoredFile]]:
@@ -210,13 +233,18 @@ class Indexer:
     """One index run over one source folder into one table."""
 
     def __init__(
-        self, settings: Settings, store: Store, embedder: Embedder, progress: Progress
+        self,
+        settings: Settings,
+        store: Store,
+        embedder: Embedder,
+        progress: Progress,
+        executor: Executor,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.progress = progress
-        self.spec = ResizeSpec.of(settings)
+        self.executor = executor
         self.report = IndexReport()
 
     def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
@@ -227,7 +255,7 @@ class Indexer:
             stored.update(rows.stored_files_at(also))
         own_folders = (self.settings.output_directory, self.settings.data_directory)
         found = self.progress.scanning(
-            scan_images(Path(root), own_folders, self.settings.raw_with_jpeg)
+            scan_images(Path(root), exclude=own_folders, raw_with_jpeg=self.settings.raw_with_jpeg)
         )
         scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
         self.report.scanned = len(scanned)
@@ -285,10 +313,7 @@ class Indexer:
         rows.forget_failures(set(failed_before) - failing)
         self._delete([stored for f in new if (stored := items[f.path].stored) is not None])
 
-    # -- the pipeline -------------------------------------------------------
-
-    def _prepare(self, item: WorkItem) -> Prepared | Unchanged | Failure:
-        return prepare_item(self.settings, self.spec, item)
+    # -- the work, done by the executor --------------------------------------
 
     def _fill_dates(self, scanned: list[ScannedFile], stored: dict[str, StoredFile]) -> None:
         """Capture dates for rows stored before there was a column for them, from the
@@ -310,81 +335,14 @@ class Indexer:
         self.report.dated = len(changes)
 
     def _process(self, work: list[WorkItem]) -> None:
-        """Prepare, embed and store `work`: on a GPU the three overlap (batches prepared
-        ahead, rows written by a thread behind a bounded queue); on the CPU, where the model
-        already fills every core, preparing and embedding take turns."""
+        """Prepare, embed and store `work` by the executor, which tells the tally."""
         if not work:
             return
-        if any(item.stored is None for item in work):
-            # New files almost always need the model: load it before any bar is drawn, so
-            # that a model that cannot be loaded is one line, not a line between bars.
-            self.embedder.model()
-        overlap = self.embedder.resolved_device != "cpu"
-        touched: list[Unchanged] = []
-        with ExitStack() as stack:
-            progress = stack.enter_context(self.progress.stages(len(work)))
-            writer = stack.enter_context(BackgroundWriter(depth=WRITE_QUEUE if overlap else 0))
-            for results in self._batches(stack, work, overlap):
-                batch: list[Prepared] = []
-                for result in results:
-                    progress.prepared()
-                    if isinstance(result, Failure):
-                        log.warning("skipped %s: %s", display_path(result.path), result.error)
-                        self.report.failed.append(result)
-                        progress.passed()
-                    elif isinstance(result, Unchanged):
-                        touched.append(result)
-                        progress.passed()
-                    else:
-                        batch.append(result)
-                if batch:
-                    vectors = self._embed(batch)
-                    writer.submit(functools.partial(self._store_batch, batch, vectors))
-                progress.check_stop()  # between batches: this one is stored (or queued) whole
-        self._store_touched(touched)
-
-    def _batches(
-        self, stack: ExitStack, work: list[WorkItem], overlap: bool
-    ) -> Iterator[list[Prepared | Unchanged | Failure]]:
-        """Prepared batches in order: Pillow in threads, or, with a CUDA model, JPEGs
-        decoded on the GPU and the rest by Pillow beside it."""
-        size = batch_size_for(self.settings, self.embedder.resolved_device)
-        workers = max(1, os.cpu_count() or 1)
-        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="prepare"))
-        device = tensor_device_for(self.embedder.resolved_device)
-        if device is None:
-            yield from prepared_batches(pool, self._prepare, work, size, overlap)
-            return
-        preparer = DevicePreparer(self.settings, self.spec, device, pool)
-        ahead = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="device"))
-        chunks = [work[i : i + size] for i in range(0, len(work), size)]
-        for [results] in prepared_batches(ahead, preparer.prepare, chunks, 1, overlap=True):
-            yield results
-
-    def _embed(self, batch: list[Prepared]) -> dict[str, Any]:
-        """A vector for each content in the batch: stored ones for copies and moves, the
-        model's for the rest."""
-        vectors = self.store.rows.vectors_by_content(p.image.content_hash for p in batch)
-        new_content: dict[str, Prepared] = {}
-        for prepared in batch:
-            if prepared.image.content_hash not in vectors:
-                new_content.setdefault(prepared.image.content_hash, prepared)
-        started = time.perf_counter()
-        embedded = self.embedder.embed_images([p.image.image for p in new_content.values()])
-        self.progress.embedded(len(batch), len(embedded), time.perf_counter() - started)
-        vectors.update(zip(new_content, embedded, strict=True))
-        return vectors
-
-    def _store_batch(self, batch: list[Prepared], vectors: dict[str, Any]) -> None:
-        """One transaction for the batch (the writer thread runs this on a GPU)."""
-        rows = [row_for(p, vectors[p.image.content_hash]) for p in batch]
-        self.store.rows.upsert(rows, self.settings.model_name)
-        self.progress.stored(len(batch))
-        for prepared in batch:
-            if prepared.item.stored is None:
-                self.report.added += 1
-            else:
-                self.report.updated += 1
+        tally = ReportTally(self.report, self.progress, len(work))
+        self.executor.execute(Job(self.settings, self.store, self.embedder), work, tally)
+        order = {item.file.path: position for position, item in enumerate(work)}
+        self.report.failed.sort(key=lambda failure: order.get(failure.path, 0))  # scan order
+        self._store_touched(tally.touched)
 
     def _store_touched(self, touched: list[Unchanged]) -> None:
         changes = []
@@ -433,14 +391,21 @@ def run_index(
     keep_missing: bool = False,
     reindex: bool = False,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> IndexReport:
-    """Index `source` (default: the source-directory key) into the configured table.
+    """Index `source` (default: the source-directory key) into the configured table, the
+    work done by `executor`: the caller's choice for the `ray-address` key
+    (executors.executor_for), by default this process.
 
     With `reindex`, every image is embedded again with the configured model into a shadow
     table that replaces the old one in one transaction at the end: the old vectors stay
     searchable until then, and a killed re-index resumes where it stopped.
     """
     root = source_folder(settings, source)
+    if executor is None:
+        if settings.ray_address:  # a caller that forgot the key: never quietly in process
+            raise ValueError("ray-address is set: pass executor=executor_for(settings)")
+        executor = LocalExecutor()
     with ExitStack() as stack:
         if database is None:  # a script or a test: open one for this run
             database = stack.enter_context(Database(settings))
@@ -452,42 +417,11 @@ def run_index(
         if reindex:
             store.schema.drop_if_other_vectors(wanted)
         store.schema.ensure(wanted)
-        if settings.ray_address:  # the same run, its work spread over a Ray cluster
-            from .cluster import ClusterIndexer
-
-            indexer: Indexer = ClusterIndexer(settings, store, progress or Progress())
-        else:
-            indexer = Indexer(settings, store, embedder, progress or Progress())
+        indexer = Indexer(settings, store, embedder, progress or Progress(), executor)
         report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)
         if reindex:
             store.schema.take_over(settings.table_name)
         return report
-
-
-def batch_size_for(settings: Settings, device: str) -> int:
-    """The batch-size key, or: 16 on the CPU (measured best there), on a GPU by its memory."""
-    if settings.batch_size:
-        return settings.batch_size
-    return CPU_BATCH_SIZE if device == "cpu" else gpu_batch_size(device)
-
-
-def gpu_batch_size(device: str) -> int:
-    """128 images keep an H100-class GPU busy with ViT-B/32 and the ViT-L/14-at-512 class
-    alike (larger batches did not help the latter); less free memory, smaller batches."""
-    import torch
-
-    if not device.startswith("cuda"):
-        return GPU_SMALL_BATCH_SIZE
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    if free >= 16 * GIB:
-        return 128
-    return 64 if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
-
-
-def tensor_device_for(device: str) -> str | None:
-    """Where JPEGs are decoded as tensors: on a CUDA GPU; elsewhere Pillow (its reduced-size
-    JPEG decoding beats a full decode on the CPU, and MPS has no JPEG decoder)."""
-    return device if device.startswith("cuda") else None
 
 
 def source_folder(settings: Settings, source: Path | None = None) -> str:

@@ -1,7 +1,8 @@
 """The moving parts of an index run: the work items, one file made ready for the model (by
 Pillow, in threads), a batch of JPEGs made ready on a GPU (nvJPEG, tensor_images.py) with the
 CPU decoding the rest beside it, batches prepared ahead in order, and a writer thread behind a
-bounded queue. ingest.py puts them together."""
+bounded queue. The executors put them together (executor_local.py in process, cluster.py on
+Ray; executor.py holds the batch step both run)."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, DuplicateReport, counted, find_duplicates
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
+from .executors import executor_for
 from .ingest import Progress, run_index
 from .models import Embedder
 from .scan import display_path
@@ -374,7 +375,11 @@ class WebApp:
             progress = Progress(callback=report, stop=self.stopping)
             try:
                 finished["report"] = run_index(
-                    self.settings, self.embedder, self.database, progress=progress
+                    self.settings,
+                    self.embedder,
+                    self.database,
+                    progress=progress,
+                    executor=executor_for(self.settings),
                 )
             except Exception as exc:  # any failure reaches the page as one line
                 finished["error"] = exc

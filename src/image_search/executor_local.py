@@ -1,0 +1,89 @@
+"""The in-process executor: files prepared in threads (Pillow, or on a CUDA GPU nvJPEG beside
+it), embedded in batches by this process's model, and written by `BatchStep`. On a GPU the
+three overlap (batches prepared ahead, rows written by a thread behind a bounded queue); on
+the CPU, where the model already fills every core, preparing and embedding take turns."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+
+from .config import Settings
+from .executor import CPU_BATCH_SIZE, BatchStep, Job, Result, RunTally
+from .images import ResizeSpec
+from .pipeline import BackgroundWriter, DevicePreparer, WorkItem, prepare_item, prepared_batches
+
+# Batches waiting for the writer thread on a GPU (each holds its images and vectors).
+WRITE_QUEUE = 2
+GPU_SMALL_BATCH_SIZE = 32
+GIB = 1024**3
+
+
+class LocalExecutor:
+    """The work of an index run done by this process (see the module's docstring)."""
+
+    def execute(self, job: Job, work: list[WorkItem], tally: RunTally) -> None:
+        embedder = job.embedder
+        if any(item.stored is None for item in work):
+            # New files almost always need the model: load it before any bar is drawn, so
+            # that a model that cannot be loaded is one line, not a line between bars.
+            embedder.model()
+        overlap = embedder.resolved_device != "cpu"
+        step = BatchStep(job.store, embedder, job.settings.model_name)
+        with ExitStack() as stack:
+            stack.enter_context(tally.counting())
+            writer = stack.enter_context(BackgroundWriter(depth=WRITE_QUEUE if overlap else 0))
+            for results in self._batches(stack, job, work, overlap):
+                step.run(results, tally, writer.submit)
+                tally.check_stop()  # this batch is stored (or queued) whole
+
+    @staticmethod
+    def _batches(
+        stack: ExitStack, job: Job, work: list[WorkItem], overlap: bool
+    ) -> Iterator[list[Result]]:
+        """Prepared batches in order: Pillow in threads, or, with a CUDA model, JPEGs
+        decoded on the GPU and the rest by Pillow beside it."""
+        settings, device = job.settings, job.embedder.resolved_device
+        size = batch_size_for(settings, device)
+        spec = ResizeSpec.of(settings)
+        workers = max(1, os.cpu_count() or 1)
+        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="prepare"))
+        tensor_device = tensor_device_for(device)
+        if tensor_device is None:
+            prepare = functools.partial(prepare_item, settings, spec)
+            yield from prepared_batches(pool, prepare, work, size, overlap)
+            return
+        preparer = DevicePreparer(settings, spec, tensor_device, pool)
+        ahead = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="device"))
+        chunks = [work[i : i + size] for i in range(0, len(work), size)]
+        for [results] in prepared_batches(ahead, preparer.prepare, chunks, 1, overlap=True):
+            yield results
+
+
+def batch_size_for(settings: Settings, device: str) -> int:
+    """The batch-size key, or: 16 on the CPU (measured best there), on a GPU by its memory."""
+    if settings.batch_size:
+        return settings.batch_size
+    return CPU_BATCH_SIZE if device == "cpu" else gpu_batch_size(device)
+
+
+def gpu_batch_size(device: str) -> int:
+    """128 images keep an H100-class GPU busy with ViT-B/32 and the ViT-L/14-at-512 class
+    alike (larger batches did not help the latter); less free memory, smaller batches."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return GPU_SMALL_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    if free >= 16 * GIB:
+        return 128
+    return 64 if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
+
+
+def tensor_device_for(device: str) -> str | None:
+    """Where JPEGs are decoded as tensors: on a CUDA GPU; elsewhere Pillow (its reduced-size
+    JPEG decoding beats a full decode on the CPU, and MPS has no JPEG decoder)."""
+    return device if device.startswith("cuda") else None

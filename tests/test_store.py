@@ -23,13 +23,13 @@ from image_search.config import Settings
 from image_search.errors import DatabaseError
 from image_search.ingest import run_index
 from image_search.models import Embedder
+from image_search.models.precision import planned_spec, recorded_spec
 from image_search.search import Searcher
 from image_search.store import (
     SCHEMA_VERSION,
     Database,
     NewRow,
     Store,
-    VectorSpec,
     index_name,
     open_store,
 )
@@ -163,7 +163,7 @@ def test_a_table_of_the_first_schema_is_migrated_with_its_rows(
                 "schema_version) VALUES (%s, %s, %s, 1)",
                 [table, settings.model_name, EMBEDDING_DIM],
             )
-            _migration_1(conn, table, VectorSpec.of(settings))
+            _migration_1(conn, table, planned_spec(settings))
             conn.execute(
                 f'INSERT INTO "{table}" (file_path, file_name, path_hash, content_hash, '
                 "file_size, file_mtime_ns, processed_path, model_name, embedding) "
@@ -205,7 +205,7 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
     rows = [NewRow(f"/shm/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     caplog.set_level(logging.INFO, logger="image_search")
     with open_store(settings) as store:
-        store.schema.ensure(VectorSpec.of(settings))
+        store.schema.ensure(planned_spec(settings), recorded_spec)
         store.rows.upsert(rows, settings.model_name)
         store.schema.drop_vector_index()
         with store.database.connection() as conn:
@@ -234,7 +234,7 @@ def test_a_search_costs_two_round_trips(
     rows = [NewRow(f"/rt/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     trace = tmp_path / "libpq-trace.txt"
     with open_store(settings) as store:
-        store.schema.ensure(VectorSpec.of(settings))
+        store.schema.ensure(planned_spec(settings), recorded_spec)
         store.rows.upsert(rows, settings.model_name)
         borrow = store.database.connection
 

@@ -23,6 +23,7 @@ from .config import RESERVED_TABLE_PREFIX, Settings
 from .errors import ConfigError
 from .images import ResizeSpec, file_capture_time
 from .models import Embedder
+from .models.precision import planned_spec, recorded_spec
 from .pipeline import (
     BackgroundWriter,
     DevicePreparer,
@@ -35,7 +36,7 @@ from .pipeline import (
     row_for,
 )
 from .scan import IMAGE_EXTENSIONS, ScannedFile, display_path, scan_images, stat_file
-from .store import Database, FailedFile, Store, StoredFile, VectorSpec
+from .store import Database, FailedFile, Store, StoredFile
 
 log = logging.getLogger(__name__)
 
@@ -428,12 +429,12 @@ def run_index(
             database = stack.enter_context(Database(settings))
         live = Store(database, settings.table_name)
         store = Store(database, shadow_table_name(settings.table_name)) if reindex else live
-        wanted = VectorSpec.of(settings)
+        wanted = planned_spec(settings)
         # A re-index re-embeds every stored image, those indexed from other folders too.
         others = live.rows.file_paths_outside(root) if reindex and live.info() else []
         if reindex:
             store.schema.drop_if_other_vectors(wanted)
-        store.schema.ensure(wanted)
+        store.schema.ensure(wanted, recorded_spec)
         if settings.ray_address:  # the same run, its work spread over a Ray cluster
             from .cluster import ClusterIndexer
 

@@ -21,6 +21,7 @@ from .config import Settings
 from .errors import ConfigError, ImageError, ImageSearchError
 from .images import ResizeSpec, prepare_file, save_jpeg
 from .models import Embedder
+from .models.precision import planned_spec
 from .scan import display_path, folder_prefix
 from .store import (
     NO_FILTERS,
@@ -29,7 +30,6 @@ from .store import (
     Store,
     StoredImage,
     TableInfo,
-    VectorSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class Searcher:
                 f"no images are indexed in table '{self.settings.table_name}' yet; "
                 "run `image-search index` (or press Rescan on the page) first"
             )
-        info.spec.refuse_other(VectorSpec.of(self.settings), self.store.table)
+        info.spec.refuse_other(planned_spec(self.settings), self.store.table)
         return info
 
     def search(

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from ..config import RESERVED_TABLE_PREFIX, Settings
-from ..errors import ConfigError, ImageSearchError
+from ..config import RESERVED_TABLE_PREFIX
+from ..errors import ImageSearchError
+from ..vectors import VectorSpec
 from .connection import SCHEMA_LOCK, Database
 
 log = logging.getLogger(__name__)
@@ -30,87 +30,9 @@ MAX_IDENTIFIER = 63
 # The indexes of a table, by role. Their names are derived from the table's (see index_name).
 INDEX_ROLES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
 
-
-@dataclass(frozen=True)
-class VectorSpec:
-    """What a table's vectors are: which model made them, their size, their storage
-    (`vector`: float32; `halfvec`: float16, half the space), and the backend and precision
-    that ran the model.
-
-    Vectors of one model from one backend in float precisions (fp32, bf16, fp16) are the same
-    vectors to a cosine of 0.99 or better, so they share a table: a library indexed in bf16
-    on a GPU is searched in fp32 on a laptop. int8 is an approximation whose error depends on
-    the model (issue 14 asks only for a mean cosine of 0.98) and, quantised per batch, on the
-    batch; another backend is another implementation of the model: either is other vectors."""
-
-    model_name: str
-    dimension: int
-    kind: str = "vector"
-    backend: str = "torch"
-    precision: str = "fp32"
-    """fp32, bf16, fp16 or int8; `auto` in a spec made from settings where resolving it would
-    mean importing torch (it is resolved when a table is created: see `recorded`)."""
-    device: str = field(default="cpu", compare=False)
-    """The device setting the precision `auto` is resolved for."""
-
-    @classmethod
-    def of(cls, settings: Settings) -> VectorSpec:
-        from ..models.precision import planned_precision, settings_for_backend
-
-        settings, _ = settings_for_backend(settings)  # backend auto as for a new table
-        precision = planned_precision(settings.backend, settings.precision, settings.device)
-        return cls(
-            settings.model_name,
-            settings.dimension,
-            settings.vector_type,
-            settings.backend,
-            precision,
-            settings.device,
-        )
-
-    @property
-    def precision_class(self) -> str:
-        """Precisions whose vectors can share a table: int8, or the float ones."""
-        return "int8" if self.precision == "int8" else "float"
-
-    def same_vectors(self, other: VectorSpec) -> bool:
-        return (
-            self.model_name == other.model_name
-            and self.dimension == other.dimension
-            and self.kind == other.kind
-            and self.backend == other.backend
-            and self.precision_class == other.precision_class
-        )
-
-    def recorded(self) -> VectorSpec:
-        """This spec with its precision resolved, as a new table records it."""
-        if self.precision != "auto":
-            return self
-        from ..models.precision import device_for, precision_for
-
-        device = device_for(self.backend, self.device)
-        return replace(self, precision=precision_for(self.backend, self.precision, device))
-
-    def describe(self) -> str:
-        storage = "" if self.kind == "vector" else f" stored as {self.kind}"
-        made = self.backend if self.precision == "auto" else f"{self.backend} {self.precision}"
-        return f"{self.dimension}-d vectors of model '{self.model_name}'{storage} made by {made}"
-
-    def refuse_other(self, wanted: VectorSpec, table: str) -> None:
-        """A ConfigError naming both ways out, unless `wanted` are these same vectors."""
-        if self.same_vectors(wanted):
-            return
-        raise ConfigError(
-            f"table '{table}' holds {self.describe()}, but the settings ask for "
-            f"{wanted.describe()}. To use this table, give its settings: {self.as_flags()} "
-            "(or put them in config.json). To keep both, use another table (--table-name NEW); "
-            "to re-embed this one with the new settings, run image-search index --reindex"
-        )
-
-    def as_flags(self) -> str:
-        """The command-line flags that ask for these vectors."""
-        flags = f"--model-name {shlex.quote(self.model_name)} --dimension {self.dimension}"
-        return flags if self.kind == "vector" else f"{flags} --vector-type {self.kind}"
+# What a new table records for a spec whose precision is `auto` (models.precision's
+# recorded_spec, handed in by the caller: the store imports no model code).
+Resolve = Callable[[VectorSpec], VectorSpec]
 
 
 @dataclass(frozen=True)
@@ -279,6 +201,19 @@ def _create_shared_tables(conn: psycopg.Connection) -> None:
     )
 
 
+def _replaceable(info: TableInfo, wanted: VectorSpec) -> bool:
+    """An empty table of other vectors: dropped and made again for `wanted`."""
+    return info.images == 0 and not info.spec.same_vectors(wanted)
+
+
+def _for_new_table(spec: VectorSpec, resolve: Resolve | None) -> VectorSpec:
+    if spec.precision != "auto":
+        return spec
+    if resolve is None:
+        raise ValueError("a new table records its precision: pass resolve for precision auto")
+    return resolve(spec)
+
+
 def _info_query(with_backend: bool) -> sql.Composed:
     backend = "m.backend, m.precision" if with_backend else "NULL, NULL"
     return sql.SQL(
@@ -340,21 +275,26 @@ class Schema:
         spec = VectorSpec(model_name, dimension, kind, backend or "torch", precision or "fp32")
         return TableInfo(spec, version, images, last_indexed_at)
 
-    def ensure(self, wanted: VectorSpec) -> None:
-        """Create or upgrade the table for these vectors; refuse a table of other vectors."""
+    def ensure(self, wanted: VectorSpec, resolve: Resolve | None = None) -> None:
+        """Create or upgrade the table for these vectors; refuse a table of other vectors.
+        `resolve` gives a new table's precision where `wanted` says `auto`; it may import
+        torch, so it runs before the schema lock is taken, and only for a table to be made."""
+        if wanted.precision == "auto" and self._would_create(wanted):
+            wanted = _for_new_table(wanted, resolve)
 
         def ensure(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 _lock_schema(conn)  # one process at a time: CREATE ... IF NOT EXISTS can race
                 _create_shared_tables(conn)
                 info = self._info(conn)
-                if info is not None and not info.spec.same_vectors(wanted) and info.images == 0:
+                if info is not None and _replaceable(info, wanted):
                     # Nothing stored yet (say, a first run whose model failed to load): nothing
                     # to protect, so the table simply starts again for the vectors asked for.
                     self._drop(conn)
                     info = None
                 if info is None:
-                    self._create(conn, wanted)
+                    # Resolved above unless another process dropped the table meanwhile.
+                    self._create(conn, _for_new_table(wanted, resolve))
                     return
                 info.spec.refuse_other(wanted, self.table)
                 self._migrate(conn, info.schema_version, info.spec)
@@ -362,9 +302,12 @@ class Schema:
         self.database.run(ensure)
         self._kind = None
 
+    def _would_create(self, wanted: VectorSpec) -> bool:
+        info = self.database.run(self._info)
+        return info is None or _replaceable(info, wanted)
+
     def _create(self, conn: psycopg.Connection, spec: VectorSpec) -> None:
         """A new table at the current schema version, and its meta row."""
-        spec = spec.recorded()
         conn.execute(
             sql.SQL(
                 "INSERT INTO {meta} (table_name, model_name, dimension, schema_version, images, "

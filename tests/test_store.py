@@ -18,6 +18,7 @@ import psutil
 import psycopg
 import pytest
 from conftest import EMBEDDING_DIM, row_count, stored_rows, write_config
+from fake_model import fake_model_settings
 
 from image_search.config import Settings
 from image_search.errors import DatabaseError
@@ -30,6 +31,7 @@ from image_search.store import (
     Database,
     NewRow,
     Store,
+    VectorSpec,
     index_name,
     open_store,
 )
@@ -39,7 +41,7 @@ from image_search.store.connection import (
     shared_buffers_mb,
     start_embedded_server,
 )
-from image_search.store.schema import INDEX_ROLES, _migration_1
+from image_search.store.tables import INDEX_ROLES, _migration_1
 
 
 def indexes_of(settings: Settings, table: str) -> set[str]:
@@ -380,3 +382,31 @@ def test_store_rows_are_built_for_the_tables_vector_kind(
     run_index(settings, shared_embedder)
     with Database(settings) as database:
         assert Store(database, settings.table_name).rows.kind == "halfvec"
+
+
+@pytest.mark.fast
+def test_a_new_tables_precision_is_resolved_once_outside_the_schema_lock(
+    tmp_path: Path, data_directory: Path
+) -> None:
+    """Resolving precision `auto` may import torch: the store is handed that step
+    (models.precision.recorded_spec) and takes it before its advisory lock, only for a table
+    it is about to make. A spec left `auto` with nothing to resolve it is never recorded."""
+    settings = fake_model_settings(tmp_path, data_directory, "schema_resolve")
+    wanted = VectorSpec(settings.model_name, settings.dimension, precision="auto", device="cuda")
+    locks_held: list[int] = []
+
+    def resolve(spec: VectorSpec) -> VectorSpec:
+        with store.database.connection() as conn:
+            query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            locks_held.append(conn.execute(query).fetchone()[0])
+        return dataclasses.replace(spec, precision="bf16")
+
+    with open_store(settings) as store:
+        with pytest.raises(ValueError, match="resolve"):
+            store.schema.ensure(wanted)
+        assert store.info() is None
+        store.schema.ensure(wanted, resolve)
+        store.schema.ensure(wanted, resolve)  # the table is there: nothing to resolve
+        info = store.info()
+    assert locks_held == [0]
+    assert info is not None and info.spec.precision == "bf16"

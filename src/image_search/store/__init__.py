@@ -14,7 +14,8 @@ from .connection import Database, describe_location, redact, start_embedded_serv
 from .filters import NO_FILTERS, Filters
 from .records import FailedFile, Match, NewRow, StoredFile, StoredImage, as_array
 from .rows import Rows
-from .schema import SCHEMA_VERSION, Schema, TableInfo, database_size, index_name
+from .schema import Schema, TableInfo, database_size
+from .tables import SCHEMA_VERSION, index_name
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -24,8 +24,8 @@ from .records import (
     raw_path,
     real_path,
 )
-from .schema import FAILURES, META
 from .similar import SimilarityQueries
+from .tables import FAILURES, META
 
 
 class Rows(SimilarityQueries):

@@ -19,7 +19,7 @@ from common import DATA, clustered_vectors, copy_vectors, median_of
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
-from image_search.store.rows import MIN_EF_SEARCH
+from image_search.store.similar import MIN_EF_SEARCH
 
 DIMENSION = 512
 TOP_K = 10

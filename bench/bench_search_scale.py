@@ -21,7 +21,7 @@ from common import DATA, clustered_vectors, copy_vectors, median_of
 
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
-from image_search.store.schema import create_vector_index, index_name
+from image_search.store.tables import create_vector_index, index_name
 
 TOP_K = 10
 CHUNK = 100_000

@@ -28,7 +28,7 @@ from psycopg import sql
 from image_search.config import Settings
 from image_search.store import Store, VectorSpec, open_store
 from image_search.store import rows as rows_module
-from image_search.store.schema import create_vector_index, index_name
+from image_search.store.tables import create_vector_index, index_name
 
 CHUNK = 50_000
 # Per-coordinate noise of a query around a stored vector (whose coordinates are ~1/sqrt(d)).

@@ -24,8 +24,9 @@ from image_search.duplicates import connected_groups, find_duplicates
 from image_search.errors import ConfigError
 from image_search.ingest import run_index
 from image_search.models import Embedder
+from image_search.models.precision import planned_spec, recorded_spec
 from image_search.search import Query, Searcher, build_filters, combine, parse_date
-from image_search.store import Filters, NewRow, VectorSpec, index_name, open_store
+from image_search.store import Filters, NewRow, index_name, open_store
 from image_search.store.rows import Rows
 
 THUMBNAIL_DIM = 48  # 4 x 4 pixels x 3 colours
@@ -336,7 +337,7 @@ def library(settings: Settings) -> tuple[Settings, np.ndarray]:
         for i, vector in enumerate(vectors)
     ]
     with open_store(settings) as store:
-        store.schema.ensure(VectorSpec.of(settings))
+        store.schema.ensure(planned_spec(settings), recorded_spec)
         store.rows.upsert(rows, settings.model_name)
     return settings, vectors
 

@@ -197,7 +197,7 @@ def test_model_pixels_from_tensors_match_the_pillow_recipe(
     import torch
 
     from image_search.models.onnx_runtime import PixelRecipe
-    from image_search.tensor_images import model_pixels
+    from image_search.models.tensor_pixels import model_pixels
 
     recipe = PixelRecipe.from_config(config)
     image = photo(4, *size)

@@ -114,7 +114,8 @@ def test_the_key_reaches_the_embedder_the_cli_builds(
     tmp_path: Path, remote_code_model: Path, tiny_clip: Path
 ) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"device": "cpu", "dimension": EMBEDDING_DIM}))
+    # The key is about the torch backend's loading (onnx runs published graphs, no code).
+    config.write_text(json.dumps({"device": "cpu", "dimension": EMBEDDING_DIM, "backend": "torch"}))
     refusing = load_settings(
         config, {"model-name": str(remote_code_model), "trust-remote-code": "false"}, environ={}
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -451,7 +452,9 @@ def test_the_cli_indexes_searches_and_reports_with_the_onnx_backend(
 ) -> None:
     from conftest import run_cli, write_config
 
-    config = write_config(tmp_path / "config.json", settings)
+    # A model of its own, so that no other test's export in the shared cache serves it.
+    model = shutil.copytree(settings.model_name, tmp_path / "own-tiny-clip")
+    config = write_config(tmp_path / "config.json", settings, **{"model-name": str(model)})
     flags = ("--backend", "onnx", "--precision", "int8")
     indexed = run_cli("index", "--env", str(config), "--json", *flags)
     assert indexed.returncode == 0, indexed.stderr
@@ -476,7 +479,7 @@ def test_the_cli_indexes_searches_and_reports_with_the_onnx_backend(
     [
         ({"backend": "tensorrt"}, "backend"),
         ({"precision": "fp8"}, "precision"),
-        ({"precision": "int8"}, "precision"),  # torch has no int8
+        ({"backend": "torch", "precision": "int8"}, "precision"),  # torch has no int8
         ({"backend": "onnx", "precision": "bf16"}, "precision"),
     ],
 )

@@ -84,7 +84,7 @@ def test_result_folder_holds_exactly_the_contract_files(
     datetime.strptime(folder.name, "%Y%m%d-%H%M%S")
     best = photos[1]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "results.jsonl", "query.jpg", best.name]
+        ["config.json", "results.jsonl", "query.jpg", "query.json", best.name]
     )
     assert (folder / best.name).read_bytes() == best.read_bytes()
     config = json.loads((folder / "config.json").read_text())

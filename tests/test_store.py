@@ -18,11 +18,13 @@ import psutil
 import psycopg
 import pytest
 from conftest import EMBEDDING_DIM, row_count, stored_rows, write_config
+from fake_model import fake_model_settings
 
 from image_search.config import Settings
 from image_search.errors import DatabaseError
 from image_search.ingest import run_index
 from image_search.models import Embedder
+from image_search.models.precision import planned_spec, recorded_spec
 from image_search.search import Searcher
 from image_search.store import (
     SCHEMA_VERSION,
@@ -39,7 +41,7 @@ from image_search.store.connection import (
     shared_buffers_mb,
     start_embedded_server,
 )
-from image_search.store.schema import INDEX_ROLES, _migration_1
+from image_search.store.tables import INDEX_ROLES, _migration_1
 
 
 def indexes_of(settings: Settings, table: str) -> set[str]:
@@ -163,7 +165,7 @@ def test_a_table_of_the_first_schema_is_migrated_with_its_rows(
                 "schema_version) VALUES (%s, %s, %s, 1)",
                 [table, settings.model_name, EMBEDDING_DIM],
             )
-            _migration_1(conn, table, VectorSpec.of(settings))
+            _migration_1(conn, table, planned_spec(settings))
             conn.execute(
                 f'INSERT INTO "{table}" (file_path, file_name, path_hash, content_hash, '
                 "file_size, file_mtime_ns, processed_path, model_name, embedding) "
@@ -205,7 +207,7 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
     rows = [NewRow(f"/shm/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     caplog.set_level(logging.INFO, logger="image_search")
     with open_store(settings) as store:
-        store.schema.ensure(VectorSpec.of(settings))
+        store.schema.ensure(planned_spec(settings), recorded_spec)
         store.rows.upsert(rows, settings.model_name)
         store.schema.drop_vector_index()
         with store.database.connection() as conn:
@@ -234,7 +236,7 @@ def test_a_search_costs_two_round_trips(
     rows = [NewRow(f"/rt/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     trace = tmp_path / "libpq-trace.txt"
     with open_store(settings) as store:
-        store.schema.ensure(VectorSpec.of(settings))
+        store.schema.ensure(planned_spec(settings), recorded_spec)
         store.rows.upsert(rows, settings.model_name)
         borrow = store.database.connection
 
@@ -380,3 +382,31 @@ def test_store_rows_are_built_for_the_tables_vector_kind(
     run_index(settings, shared_embedder)
     with Database(settings) as database:
         assert Store(database, settings.table_name).rows.kind == "halfvec"
+
+
+@pytest.mark.fast
+def test_a_new_tables_precision_is_resolved_once_outside_the_schema_lock(
+    tmp_path: Path, data_directory: Path
+) -> None:
+    """Resolving precision `auto` may import torch: the store is handed that step
+    (models.precision.recorded_spec) and takes it before its advisory lock, only for a table
+    it is about to make. A spec left `auto` with nothing to resolve it is never recorded."""
+    settings = fake_model_settings(tmp_path, data_directory, "schema_resolve")
+    wanted = VectorSpec(settings.model_name, settings.dimension, precision="auto", device="cuda")
+    locks_held: list[int] = []
+
+    def resolve(spec: VectorSpec) -> VectorSpec:
+        with store.database.connection() as conn:
+            query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            locks_held.append(conn.execute(query).fetchone()[0])
+        return dataclasses.replace(spec, precision="bf16")
+
+    with open_store(settings) as store:
+        with pytest.raises(ValueError, match="resolve"):
+            store.schema.ensure(wanted)
+        assert store.info() is None
+        store.schema.ensure(wanted, resolve)
+        store.schema.ensure(wanted, resolve)  # the table is there: nothing to resolve
+        info = store.info()
+    assert locks_held == [0]
+    assert info is not None and info.spec.precision == "bf16"

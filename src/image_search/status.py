@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
-from .store import Database, Store, VectorSpec, database_size, describe_location
+from .models.precision import planned_spec
+from .store import Database, Store, database_size, describe_location
 
 SIZE_UNITS = ("bytes", "kB", "MB", "GB", "TB")
 
@@ -17,7 +18,7 @@ def status_of(
     `backend` and `precision` are the table's; `configured_*` what the settings ask for;
     `backend_in_use` what this run would embed with, and `backend_reason` why."""
     info = Store(database, settings.table_name).info()
-    configured = VectorSpec.of(settings)
+    configured = planned_spec(settings)
     spec = info.spec if info else configured
     last = info.last_indexed_at if info else None
     return {

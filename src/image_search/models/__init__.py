@@ -15,7 +15,6 @@ from PIL import Image
 
 from ..config import Settings
 from ..errors import ImageSearchError, one_line
-from ..tensor_images import to_pil
 from .base import (
     EmbeddingModel,
     LoadOptions,
@@ -27,6 +26,7 @@ from .base import (
 from .hub import check_hub_for
 from .precision import device_for, precision_for, settings_for_backend
 from .registry import ADAPTERS, ONNX_ADAPTERS, adapter_for, check_trust, read_model_config
+from .tensor_pixels import to_pil
 
 log = logging.getLogger(__name__)
 

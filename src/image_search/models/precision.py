@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
+from ..vectors import VectorSpec
 from .base import resolve_device as resolve_torch_device
 from .base import torch_installed
 
@@ -99,6 +100,30 @@ def settings_for_backend(
     choice = choose_backend(settings.backend, settings.precision, settings.device, table)
     resolved = dataclasses.replace(settings, backend=choice.backend, precision=choice.precision)
     return resolved, choice.reason
+
+
+def planned_spec(settings: Settings) -> VectorSpec:
+    """The vectors `settings` ask for, backend `auto` resolved as for a new table; precision
+    `auto` stays where resolving it would import torch (see planned_precision)."""
+    settings, _ = settings_for_backend(settings)
+    precision = planned_precision(settings.backend, settings.precision, settings.device)
+    return VectorSpec(
+        settings.model_name,
+        settings.dimension,
+        settings.vector_type,
+        settings.backend,
+        precision,
+        settings.device,
+    )
+
+
+def recorded_spec(spec: VectorSpec) -> VectorSpec:
+    """`spec` with its precision resolved, as a new table records it (the store is handed
+    this: Schema.ensure)."""
+    if spec.precision != "auto":
+        return spec
+    device = device_for(spec.backend, spec.device)
+    return dataclasses.replace(spec, precision=precision_for(spec.backend, spec.precision, device))
 
 
 def device_for(backend: str, requested: str) -> str:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .base import LoadOptions, as_embedding_tensor, declares_own_code, torch_dtype
 from .onnx_runtime import PixelRecipe
+from .tensor_pixels import model_pixels, to_pil
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ class RemoteCodeModel:
                         "%s: preprocessing on the GPU failed (%s); using Pillow", self.name, exc
                     )
                     self._pixels = None
-            from ..tensor_images import to_pil
-
             images = [to_pil(image) for image in images]
         with torch.inference_mode(), self._half_precision():
             vectors = self._model.encode_image(images, batch_size=len(images))
@@ -89,8 +88,6 @@ class RemoteCodeModel:
         """What encode_image does (its processor, then get_image_features), on the tensors'
         device. The vectors come back unnormalised: Embedder normalises every model's."""
         import torch
-
-        from ..tensor_images import model_pixels
 
         assert self._pixels is not None
         pixel_values = model_pixels(images, self._pixels).to(self._device)

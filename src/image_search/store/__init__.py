@@ -1,5 +1,7 @@
 """All SQL, in three parts with their own transaction rules: `connection` (the server, the
-pool, retries), `schema` (DDL, migrations, the meta table) and `rows` (writes and queries)."""
+pool, retries), `schema` (DDL, migrations, the meta table) and `rows` (writes and queries;
+with `records` for the row types, `filters` for the SQL of filters and `similar` for the
+nearest-row and near-duplicate queries)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..config import Settings
+from ..vectors import VectorSpec
 from .connection import Database, describe_location, redact, start_embedded_server
-from .rows import (
-    NO_FILTERS,
-    FailedFile,
-    Filters,
-    Match,
-    NewRow,
-    Rows,
-    StoredFile,
-    StoredImage,
-    as_array,
-)
-from .schema import SCHEMA_VERSION, Schema, TableInfo, VectorSpec, database_size, index_name
+from .filters import NO_FILTERS, Filters
+from .records import FailedFile, Match, NewRow, StoredFile, StoredImage, as_array
+from .rows import Rows
+from .schema import Schema, TableInfo, database_size
+from .tables import SCHEMA_VERSION, index_name
 
 __all__ = [
     "SCHEMA_VERSION",

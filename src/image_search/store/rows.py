@@ -1,181 +1,35 @@
 """The rows of one table: look-ups for the diff, idempotent batch writes that keep the
-image count in the meta table, and the nearest-neighbour query.
-
-Paths in Python are `str` as the file system gives them (bytes that are not UTF-8 are
-surrogate-escaped). In the table, `file_path` and `file_name` hold them as text with each
-such byte written `\\xNN`, and `file_path_raw` holds the exact bytes of those paths."""
+image count in the meta table, the files that failed, and stored images by path or id. The
+row types and path encoding are in records.py, the filters in filters.py and the similarity
+queries (nearest, near-duplicate pairs) in similar.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
 
 from ..scan import display_path, folder_prefix, path_hash
-from .connection import Database
-from .schema import FAILURES, META
-
-# pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
-# At 1,000,000 rows, 100 found 91% of the true 10 nearest and 200 found 98%, for a search
-# p95 of 12 ms here (BENCHMARKS.md, section i).
-MIN_EF_SEARCH = 200
-MAX_EF_SEARCH = 1000
-# Candidates per image when looking for near-duplicates. pgvector's default, 40, missed about
-# 1% of the pairs of near-copies among 100,000 vectors (bench/bench_duplicates.py); 100 found
-# all of them, for about 40% more time.
-DUPLICATE_EF_SEARCH = 100
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    id: int
-    file_path: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    undated: bool = False  # no capture date yet (a row stored before schema 3)
+from .records import (
+    REAL_PATH,
+    FailedFile,
+    NewRow,
+    StoredFile,
+    StoredImage,
+    as_array,
+    raw_path,
+    real_path,
+)
+from .similar import SimilarityQueries
+from .tables import FAILURES, META
 
 
-@dataclass(frozen=True)
-class FailedFile:
-    """A file that could not be indexed, as it was when it failed."""
-
-    file_path: str
-    size: int
-    mtime_ns: int
-    error: str
-
-    @property
-    def stat(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
-
-
-@dataclass(frozen=True)
-class NewRow:
-    file_path: str
-    content_hash: str
-    size: int
-    mtime_ns: int
-    processed_path: str
-    embedding: np.ndarray
-    taken_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Match:
-    rank: int
-    score: float
-    file_path: str  # the real path, for opening and copying the file
-    processed_path: str
-    taken_at: datetime | None = None
-
-    @property
-    def file_name(self) -> str:
-        return os.path.basename(self.file_path)
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    """One stored row with its vector: a `--like` query, a member of a duplicate group."""
-
-    id: int
-    file_path: str
-    processed_path: str
-    taken_at: datetime | None
-    mtime_ns: int
-    embedding: np.ndarray
-
-    @property
-    def file_name(self) -> str:
-        return os.path.basename(self.file_path)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which stored images a search may return: files under some folders (absolute paths),
-    a capture-date range (`taken_after` inclusive, `taken_before` exclusive), a lowest score.
-    Rows without a capture date never pass a date filter."""
-
-    under: tuple[str, ...] = ()
-    taken_after: datetime | None = None
-    taken_before: datetime | None = None
-    min_score: float | None = None
-    under_aliases: tuple[str, ...] = ()
-    """Other spellings of the `under` folders (through links, or with links resolved) that
-    stored paths may use: matched too, never shown."""
-
-    @property
-    def narrows_rows(self) -> bool:
-        """Whether some rows are left out before ranking (the score is applied after)."""
-        return bool(self.under) or self.taken_after is not None or self.taken_before is not None
-
-    def where(self, alias: str | None = None) -> tuple[sql.Composable, list]:
-        """The SQL condition on the rows and its parameters (TRUE when nothing narrows)."""
-
-        def column(name: str) -> sql.Identifier:
-            return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-
-        conditions: list[sql.Composable] = []
-        params: list = []
-        if self.under:
-            folders = []
-            for folder in dict.fromkeys(self.under + self.under_aliases):
-                prefix = display_path(folder_prefix(folder))
-                folders.append(sql.SQL("left({}, %s) = %s").format(column("file_path")))
-                params += [len(prefix), prefix]
-            conditions.append(sql.SQL("({})").format(sql.SQL(" OR ").join(folders)))
-        if self.taken_after is not None:
-            conditions.append(sql.SQL("{} >= %s").format(column("taken_at")))
-            params.append(self.taken_after)
-        if self.taken_before is not None:
-            conditions.append(sql.SQL("{} < %s").format(column("taken_at")))
-            params.append(self.taken_before)
-        if not conditions:
-            return sql.SQL("TRUE"), []
-        return sql.SQL(" AND ").join(conditions), params
-
-    def keeps_score(self, score: float) -> bool:
-        return self.min_score is None or score >= self.min_score
-
-
-NO_FILTERS = Filters()
-
-
-def as_array(vector: object) -> np.ndarray:
-    """pgvector returns its own Vector type; the rest of the code speaks numpy."""
-    to_numpy = getattr(vector, "to_numpy", None)
-    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
-
-
-def raw_path(path: str) -> bytes | None:
-    """The exact bytes of a path that text cannot hold; None for a valid UTF-8 path."""
-    return None if display_path(path) == path else os.fsencode(path)
-
-
-def real_path(text: str, raw: bytes | None) -> str:
-    return os.fsdecode(raw) if raw is not None else text
-
-
-# The stored path as Python sees it: its exact bytes where text could not hold them.
-REAL_PATH = sql.SQL("file_path, file_path_raw")
-
-
-class Rows:
+class Rows(SimilarityQueries):
     """The rows of one table. Each write is one transaction, safe to run again."""
-
-    def __init__(self, database: Database, table: str, kind: str) -> None:
-        self.database = database
-        self.table = table
-        self.kind = kind
-        self._ident = sql.Identifier(table)
 
     # -- look-ups -----------------------------------------------------------
 
@@ -381,90 +235,6 @@ class Rows:
 
         self.database.run(write)
 
-    # -- search -------------------------------------------------------------
-
-    def nearest(self, vector: np.ndarray, k: int, filters: Filters = NO_FILTERS) -> list[Match]:
-        """The k rows most similar to `vector` by cosine similarity, best first (HNSW).
-        Sent as one pipeline: one round trip to the server.
-
-        Filtered queries stay on the HNSW index: pgvector's iterative scan goes on past
-        ef_search until k rows pass the filter. It gives up after hnsw.max_scan_tuples
-        (a filter that keeps very few rows of a large table); then an exact scan of the
-        rows that pass answers instead, so k come back whenever k match. The lowest score
-        is applied to the ranked rows: they come best first, so the cut is exact."""
-        rows = self.database.run(lambda conn: self._nearest(conn, vector, k, filters))
-        if filters.narrows_rows and len(rows) < k:
-            rows = self.database.run(lambda conn: self._nearest(conn, vector, k, filters, True))
-        matches = [
-            Match(rank, float(score), real_path(text, raw), processed, taken_at)
-            for rank, (text, raw, processed, taken_at, score) in enumerate(rows, start=1)
-        ]
-        return [m for m in matches if filters.keeps_score(m.score)]
-
-    def _nearest_query(self, filters: Filters) -> tuple[sql.Composable, list]:
-        where, params = filters.where()
-        query = sql.SQL(
-            "SELECT {path}, processed_path, taken_at, 1 - (embedding <=> %s::{kind}) "
-            "FROM {table} WHERE {where} ORDER BY embedding <=> %s::{kind} LIMIT %s"
-        ).format(path=REAL_PATH, table=self._ident, kind=sql.SQL(self.kind), where=where)
-        return query, params
-
-    def _search_settings(
-        self, conn: psycopg.Connection, k: int, filters: Filters, exact: bool
-    ) -> None:
-        """Planner settings for this transaction only."""
-        ef_search = str(min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * k)))
-        conn.execute(
-            "SELECT set_config('hnsw.ef_search', %s, true), "
-            "set_config('hnsw.iterative_scan', 'strict_order', true)",
-            [ef_search],
-        )
-        if exact:
-            conn.execute("SET LOCAL enable_indexscan = off")
-        else:
-            # pgvector's cost of an HNSW scan swings with ef_search: at 20,000 rows and
-            # ef_search 100 the planner read the whole table (40-80 ms, against 1-7 ms on the
-            # index). With a filter it also guesses the selectivity; the iterative index scan
-            # is what keeps a filtered search fast at scale. A table without the index
-            # (not built yet) is still read in full.
-            conn.execute("SET LOCAL enable_seqscan = off")
-
-    def _nearest(
-        self,
-        conn: psycopg.Connection,
-        vector: np.ndarray,
-        k: int,
-        filters: Filters,
-        exact: bool = False,
-    ) -> list[tuple]:
-        query, params = self._nearest_query(filters)
-        try:
-            # BEGIN and COMMIT go into the pipeline as statements: conn.transaction() would
-            # wait for the server at each end, three round trips instead of one.
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                self._search_settings(conn, k, filters, exact)
-                cursor = conn.execute(query, [vector, *params, vector, k])
-                conn.execute("COMMIT")
-        except psycopg.Error:
-            if conn.pgconn.transaction_status == TransactionStatus.INERROR:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-            raise
-        return cursor.fetchall()
-
-    def explain_nearest(self, vector: np.ndarray, k: int, filters: Filters = NO_FILTERS) -> str:
-        """The plan of the index-backed query `nearest` sends first (for tests and benchmarks)."""
-        query, params = self._nearest_query(filters)
-
-        def explain(conn: psycopg.Connection) -> str:
-            with conn.transaction():
-                self._search_settings(conn, k, filters, exact=False)
-                rows = conn.execute(sql.SQL("EXPLAIN ") + query, [vector, *params, vector, k])
-                return "\n".join(row[0] for row in rows)
-
-        return self.database.run(explain)
-
     # -- stored images ------------------------------------------------------
 
     def find(self, path: str) -> StoredImage | None:
@@ -488,82 +258,3 @@ class Rows:
             StoredImage(row_id, real_path(text, raw), processed, taken_at, mtime, as_array(vector))
             for row_id, text, raw, processed, taken_at, mtime, vector in rows
         ]
-
-    def close_pairs(
-        self, min_score: float, neighbours: int, filters: Filters = NO_FILTERS, parts: int = 1
-    ) -> list[tuple[int, int, float]]:
-        """Pairs of rows (id, id, score; smaller id first) at least `min_score` alike, found
-        by asking the HNSW index for each row's `neighbours` nearest: one index scan per
-        row, never a comparison of every pair. The rows are split into `parts` ranges of
-        ids searched at the same time on their own connections (a server process each)."""
-        query, params = self._close_pairs_query(min_score, neighbours, filters, ranged=True)
-        low, high = self.database.run(
-            lambda conn: conn.execute(
-                sql.SQL("SELECT min(id), max(id) FROM {table}").format(table=self._ident)
-            ).fetchone()
-        )
-        if low is None:
-            return []
-        step = (high - low) // max(1, parts) + 1
-
-        def search(start: int) -> list[tuple]:
-            def run(conn: psycopg.Connection) -> list[tuple]:
-                with conn.transaction():
-                    self._close_pairs_settings(conn, neighbours)
-                    return conn.execute(query, [*params, start, start + step]).fetchall()
-
-            return self.database.run(run)
-
-        with ThreadPoolExecutor(max_workers=max(1, parts)) as pool:
-            found = pool.map(search, range(low, high + 1, step))
-        pairs: dict[tuple[int, int], float] = {}
-        for a, b, score in (pair for part in found for pair in part):
-            pairs[(min(a, b), max(a, b))] = min(1.0, float(score))
-        return [(a, b, score) for (a, b), score in pairs.items()]
-
-    def explain_close_pairs(
-        self, min_score: float, neighbours: int, filters: Filters = NO_FILTERS
-    ) -> str:
-        """The plan of the query `close_pairs` sends (for tests and benchmarks)."""
-        query, params = self._close_pairs_query(min_score, neighbours, filters)
-
-        def explain(conn: psycopg.Connection) -> str:
-            with conn.transaction():
-                self._close_pairs_settings(conn, neighbours)
-                rows = conn.execute(sql.SQL("EXPLAIN ") + query, params)
-                return "\n".join(row[0] for row in rows)
-
-        return self.database.run(explain)
-
-    def _close_pairs_query(
-        self, min_score: float, neighbours: int, filters: Filters, ranged: bool = False
-    ) -> tuple[sql.Composable, list]:
-        """The query, and its parameters but for the id range [start, end) when `ranged`."""
-        outer, outer_params = filters.where("a")
-        inner, inner_params = filters.where("b")
-        query = sql.SQL(
-            """
-            SELECT a.id, n.id, 1 - n.distance FROM {table} a
-            CROSS JOIN LATERAL (
-                SELECT b.id, b.embedding <=> a.embedding AS distance FROM {table} b
-                WHERE {inner} ORDER BY b.embedding <=> a.embedding LIMIT %s
-            ) n
-            WHERE {outer} AND n.id <> a.id AND n.distance <= %s {id_range}
-            """
-        ).format(
-            table=self._ident,
-            inner=inner,
-            outer=outer,
-            id_range=sql.SQL("AND a.id >= %s AND a.id < %s" if ranged else ""),
-        )
-        # A little slack below the threshold: float rounding of an exact copy's distance.
-        return query, [*inner_params, neighbours + 1, *outer_params, 1 - min_score + 1e-6]
-
-    @staticmethod
-    def _close_pairs_settings(conn: psycopg.Connection, neighbours: int) -> None:
-        conn.execute(
-            "SELECT set_config('hnsw.ef_search', %s, true), "
-            "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-            [str(max(DUPLICATE_EF_SEARCH, neighbours + 1))],
-        )
-        conn.execute("SET LOCAL enable_seqscan = off")  # one index scan per row

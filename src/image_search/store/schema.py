@@ -1,116 +1,38 @@
-"""The schema: the meta table, numbered migrations, refusing other vectors, the HNSW index,
-and the atomic take-over of a re-indexed table. Every change runs in one transaction under
-an advisory lock, so that concurrent first runs cannot race."""
+"""The schema of a table: creating and migrating it (the definitions are in tables.py), its
+row in the meta table, refusing other vectors, building the HNSW index, and the atomic
+take-over of a re-indexed table. Every change runs in one transaction under an advisory
+lock, so that concurrent first runs cannot race."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from ..config import RESERVED_TABLE_PREFIX, Settings
-from ..errors import ConfigError, ImageSearchError
+from ..errors import ImageSearchError
+from ..vectors import VectorSpec
 from .connection import SCHEMA_LOCK, Database
+from .tables import (
+    FAILURES,
+    INDEX_ROLES,
+    META,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    create_shared_tables,
+    create_vector_index,
+    ident,
+    index_name,
+)
 
 log = logging.getLogger(__name__)
 
-META_TABLE = f"{RESERVED_TABLE_PREFIX}meta"
-# Files that could not be indexed, per table, by path, size and mtime: an unchanged broken
-# file is not read again, so a run with nothing new never loads the model.
-FAILURES_TABLE = f"{RESERVED_TABLE_PREFIX}failures"
-SCHEMA_VERSION = 3
-# PostgreSQL cuts identifiers longer than this many bytes.
-MAX_IDENTIFIER = 63
-# The indexes of a table, by role. Their names are derived from the table's (see index_name).
-INDEX_ROLES = ("pkey", "path_hash_key", "content_hash", "embedding_hnsw")
-
-
-@dataclass(frozen=True)
-class VectorSpec:
-    """What a table's vectors are: which model made them, their size, their storage
-    (`vector`: float32; `halfvec`: float16, half the space), and the backend and precision
-    that ran the model.
-
-    Vectors of one model from one backend in float precisions (fp32, bf16, fp16) are the same
-    vectors to a cosine of 0.99 or better, so they share a table: a library indexed in bf16
-    on a GPU is searched in fp32 on a laptop. int8 is an approximation whose error depends on
-    the model (issue 14 asks only for a mean cosine of 0.98) and, quantised per batch, on the
-    batch; another backend is another implementation of the model: either is other vectors."""
-
-    model_name: str
-    dimension: int
-    kind: str = "vector"
-    backend: str = "torch"
-    precision: str = "fp32"
-    """fp32, bf16, fp16 or int8; `auto` in a spec made from settings where resolving it would
-    mean importing torch (it is resolved when a table is created: see `recorded`)."""
-    device: str = field(default="cpu", compare=False)
-    """The device setting the precision `auto` is resolved for."""
-
-    @classmethod
-    def of(cls, settings: Settings) -> VectorSpec:
-        from ..models.precision import planned_precision, settings_for_backend
-
-        settings, _ = settings_for_backend(settings)  # backend auto as for a new table
-        precision = planned_precision(settings.backend, settings.precision, settings.device)
-        return cls(
-            settings.model_name,
-            settings.dimension,
-            settings.vector_type,
-            settings.backend,
-            precision,
-            settings.device,
-        )
-
-    @property
-    def precision_class(self) -> str:
-        """Precisions whose vectors can share a table: int8, or the float ones."""
-        return "int8" if self.precision == "int8" else "float"
-
-    def same_vectors(self, other: VectorSpec) -> bool:
-        return (
-            self.model_name == other.model_name
-            and self.dimension == other.dimension
-            and self.kind == other.kind
-            and self.backend == other.backend
-            and self.precision_class == other.precision_class
-        )
-
-    def recorded(self) -> VectorSpec:
-        """This spec with its precision resolved, as a new table records it."""
-        if self.precision != "auto":
-            return self
-        from ..models.precision import device_for, precision_for
-
-        device = device_for(self.backend, self.device)
-        return replace(self, precision=precision_for(self.backend, self.precision, device))
-
-    def describe(self) -> str:
-        storage = "" if self.kind == "vector" else f" stored as {self.kind}"
-        made = self.backend if self.precision == "auto" else f"{self.backend} {self.precision}"
-        return f"{self.dimension}-d vectors of model '{self.model_name}'{storage} made by {made}"
-
-    def refuse_other(self, wanted: VectorSpec, table: str) -> None:
-        """A ConfigError naming both ways out, unless `wanted` are these same vectors."""
-        if self.same_vectors(wanted):
-            return
-        raise ConfigError(
-            f"table '{table}' holds {self.describe()}, but the settings ask for "
-            f"{wanted.describe()}. To use this table, give its settings: {self.as_flags()} "
-            "(or put them in config.json). To keep both, use another table (--table-name NEW); "
-            "to re-embed this one with the new settings, run image-search index --reindex"
-        )
-
-    def as_flags(self) -> str:
-        """The command-line flags that ask for these vectors."""
-        flags = f"--model-name {shlex.quote(self.model_name)} --dimension {self.dimension}"
-        return flags if self.kind == "vector" else f"{flags} --vector-type {self.kind}"
+# What a new table records for a spec whose precision is `auto` (models.precision's
+# recorded_spec, handed in by the caller: the store imports no model code).
+Resolve = Callable[[VectorSpec], VectorSpec]
 
 
 @dataclass(frozen=True)
@@ -121,162 +43,21 @@ class TableInfo:
     last_indexed_at: datetime | None
 
 
-def index_name(table: str, role: str) -> str:
-    """`{table}_{role}`, or, where PostgreSQL would cut that, a shortened table name plus a
-    hash of the whole one: a cut name could equal the table's own or another table's."""
-    name = f"{table}_{role}"
-    if len(name.encode()) <= MAX_IDENTIFIER:
-        return name
-    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
-    keep = MAX_IDENTIFIER - len(role) - len(digest) - 2
-    return f"{table[:keep]}_{digest}_{role}"
-
-
-def _ident(name: str) -> sql.Identifier:
-    return sql.Identifier(name)
-
-
-META = _ident(META_TABLE)
-FAILURES = _ident(FAILURES_TABLE)
-
-
-# ---------------------------------------------------------------- migrations
-
-
-def _migration_1(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
-    """The first schema: one row per source file, plus the HNSW index for cosine search."""
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {table} (
-                id bigserial CONSTRAINT {pkey} PRIMARY KEY,
-                registered_at timestamptz NOT NULL DEFAULT now(),
-                file_path text NOT NULL,
-                file_name text NOT NULL,
-                path_hash text NOT NULL CONSTRAINT {path_hash_key} UNIQUE,
-                content_hash text NOT NULL,
-                file_size bigint NOT NULL,
-                file_mtime_ns bigint NOT NULL,
-                processed_path text NOT NULL,
-                model_name text NOT NULL,
-                embedding {kind}({dimension}) NOT NULL
-            )
-            """
-        ).format(
-            table=_ident(table),
-            pkey=_ident(index_name(table, "pkey")),
-            path_hash_key=_ident(index_name(table, "path_hash_key")),
-            kind=sql.SQL(spec.kind),
-            dimension=sql.Literal(spec.dimension),
-        )
-    )
-    conn.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {name} ON {table} (content_hash)").format(
-            name=_ident(index_name(table, "content_hash")), table=_ident(table)
-        )
-    )
-    create_vector_index(conn, table, spec.kind)
-
-
-def _migration_2(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
-    """The exact bytes of paths that are not valid UTF-8 (text columns cannot hold them),
-    and the number of rows kept in the meta table, so that no search has to count."""
-    conn.execute(
-        sql.SQL("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS file_path_raw bytea").format(
-            table=_ident(table)
-        )
-    )
-    conn.execute(
-        sql.SQL("UPDATE {meta} SET images = (SELECT count(*) FROM {table}) WHERE table_name = %s")
-        .format(meta=META, table=_ident(table)),
-        [table],
-    )
-
-
-def _migration_3(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
-    """The capture date (EXIF DateTimeOriginal, else the file's mtime), as the wall-clock
-    time the photo was taken: no time zone, as EXIF gives none. Rows stored before this
-    stay NULL until the next index run reads their headers. No B-tree index on it: date
-    filters stay on the HNSW index (an iterative scan), which a filter-first plan would
-    leave."""
-    conn.execute(
-        sql.SQL("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS taken_at timestamp").format(
-            table=_ident(table)
-        )
-    )
-
-
-# MIGRATIONS[n] brings a table from schema version n to n + 1.
-MIGRATIONS: list[Callable[[psycopg.Connection, str, VectorSpec], None]] = [
-    _migration_1,
-    _migration_2,
-    _migration_3,
-]
-assert len(MIGRATIONS) == SCHEMA_VERSION
-
-
-def create_vector_index(conn: psycopg.Connection, table: str, kind: str) -> None:
-    """The HNSW index for cosine search; building it once after a bulk load is far cheaper
-    than growing it row by row."""
-    conn.execute(
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {name} ON {table} USING hnsw (embedding {opclass})"
-        ).format(
-            name=_ident(index_name(table, "embedding_hnsw")),
-            table=_ident(table),
-            opclass=sql.SQL(f"{kind}_cosine_ops"),
-        )
-    )
-
-
 def _lock_schema(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [SCHEMA_LOCK])
 
 
-def _create_shared_tables(conn: psycopg.Connection) -> None:
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {meta} (
-                table_name text PRIMARY KEY,
-                model_name text NOT NULL,
-                dimension integer NOT NULL,
-                schema_version integer NOT NULL,
-                created_at timestamptz NOT NULL DEFAULT now(),
-                last_indexed_at timestamptz
-            )
-            """
-        ).format(meta=META)
-    )
-    # Kept by the same transactions that add and remove rows (rows.py). NULL until the
-    # table's migration 2 has counted it once: a database made by the first schema.
-    conn.execute(
-        sql.SQL("ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS images bigint").format(meta=META)
-    )
-    # What ran the model. NULL in a row from before these columns: torch in fp32, the only
-    # way vectors were made then.
-    for column in ("backend", "precision"):
-        conn.execute(
-            sql.SQL("ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS {column} text").format(
-                meta=META, column=_ident(column)
-            )
-        )
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {failures} (
-                table_name text NOT NULL,
-                path_hash text NOT NULL,
-                file_path text NOT NULL,
-                file_path_raw bytea,
-                file_size bigint NOT NULL,
-                file_mtime_ns bigint NOT NULL,
-                error text NOT NULL,
-                PRIMARY KEY (table_name, path_hash)
-            )
-            """
-        ).format(failures=FAILURES)
-    )
+def _replaceable(info: TableInfo, wanted: VectorSpec) -> bool:
+    """An empty table of other vectors: dropped and made again for `wanted`."""
+    return info.images == 0 and not info.spec.same_vectors(wanted)
+
+
+def _for_new_table(spec: VectorSpec, resolve: Resolve | None) -> VectorSpec:
+    if spec.precision != "auto":
+        return spec
+    if resolve is None:
+        raise ValueError("a new table records its precision: pass resolve for precision auto")
+    return resolve(spec)
 
 
 def _info_query(with_backend: bool) -> sql.Composed:
@@ -332,7 +113,7 @@ class Schema:
             return None
         model_name, dimension, version, last_indexed_at, images, backend, precision, column = row
         if images is None:  # not migrated yet (see _create_shared_tables): count this once
-            count = sql.SQL("SELECT count(*) FROM {}").format(_ident(self.table))
+            count = sql.SQL("SELECT count(*) FROM {}").format(ident(self.table))
             images = conn.execute(count).fetchone()[0]
         kind = "halfvec" if (column or "").startswith("halfvec") else "vector"
         # NULL backend and precision: a table filled before they were recorded, by torch in
@@ -340,21 +121,26 @@ class Schema:
         spec = VectorSpec(model_name, dimension, kind, backend or "torch", precision or "fp32")
         return TableInfo(spec, version, images, last_indexed_at)
 
-    def ensure(self, wanted: VectorSpec) -> None:
-        """Create or upgrade the table for these vectors; refuse a table of other vectors."""
+    def ensure(self, wanted: VectorSpec, resolve: Resolve | None = None) -> None:
+        """Create or upgrade the table for these vectors; refuse a table of other vectors.
+        `resolve` gives a new table's precision where `wanted` says `auto`; it may import
+        torch, so it runs before the schema lock is taken, and only for a table to be made."""
+        if wanted.precision == "auto" and self._would_create(wanted):
+            wanted = _for_new_table(wanted, resolve)
 
         def ensure(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 _lock_schema(conn)  # one process at a time: CREATE ... IF NOT EXISTS can race
-                _create_shared_tables(conn)
+                create_shared_tables(conn)
                 info = self._info(conn)
-                if info is not None and not info.spec.same_vectors(wanted) and info.images == 0:
+                if info is not None and _replaceable(info, wanted):
                     # Nothing stored yet (say, a first run whose model failed to load): nothing
                     # to protect, so the table simply starts again for the vectors asked for.
                     self._drop(conn)
                     info = None
                 if info is None:
-                    self._create(conn, wanted)
+                    # Resolved above unless another process dropped the table meanwhile.
+                    self._create(conn, _for_new_table(wanted, resolve))
                     return
                 info.spec.refuse_other(wanted, self.table)
                 self._migrate(conn, info.schema_version, info.spec)
@@ -362,9 +148,12 @@ class Schema:
         self.database.run(ensure)
         self._kind = None
 
+    def _would_create(self, wanted: VectorSpec) -> bool:
+        info = self.database.run(self._info)
+        return info is None or _replaceable(info, wanted)
+
     def _create(self, conn: psycopg.Connection, spec: VectorSpec) -> None:
         """A new table at the current schema version, and its meta row."""
-        spec = spec.recorded()
         conn.execute(
             sql.SQL(
                 "INSERT INTO {meta} (table_name, model_name, dimension, schema_version, images, "
@@ -383,8 +172,8 @@ class Schema:
 
     def _drop(self, conn: psycopg.Connection) -> None:
         """Drop the table and its meta row (inside the caller's transaction)."""
-        _create_shared_tables(conn)  # a database made before the failures table had none
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=_ident(self.table)))
+        create_shared_tables(conn)  # a database made before the failures table had none
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {table}").format(table=ident(self.table)))
         for shared in (META, FAILURES):
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE table_name = %s").format(shared), [self.table]
@@ -427,17 +216,17 @@ class Schema:
         def swap(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 _lock_schema(conn)
-                _create_shared_tables(conn)
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ident(target)))
+                create_shared_tables(conn)
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(target)))
                 conn.execute(
                     sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                        _ident(self.table), _ident(target)
+                        ident(self.table), ident(target)
                     )
                 )
                 for role in INDEX_ROLES:
                     conn.execute(
                         sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
-                            _ident(index_name(self.table, role)), _ident(index_name(target, role))
+                            ident(index_name(self.table, role)), ident(index_name(target, role))
                         )
                     )
                 for shared in (META, FAILURES):
@@ -457,7 +246,7 @@ class Schema:
 
     def drop_vector_index(self) -> None:
         query = sql.SQL("DROP INDEX IF EXISTS {}").format(
-            _ident(index_name(self.table, "embedding_hnsw"))
+            ident(index_name(self.table, "embedding_hnsw"))
         )
         self.database.run(lambda conn: conn.execute(query))
 
@@ -503,7 +292,7 @@ class Schema:
         query = sql.SQL(
             "UPDATE {meta} SET images = (SELECT count(*) FROM {table}) WHERE table_name = %s "
             "RETURNING images"
-        ).format(meta=META, table=_ident(self.table))
+        ).format(meta=META, table=ident(self.table))
         return int(self.database.run(lambda conn: conn.execute(query, [self.table]).fetchone()[0]))
 
 

@@ -1,0 +1,99 @@
+"""The rows of a table as Python sees them, and the encoding of their paths.
+
+Paths in Python are `str` as the file system gives them (bytes that are not UTF-8 are
+surrogate-escaped). In the table, `file_path` and `file_name` hold them as text with each
+such byte written `\\xNN`, and `file_path_raw` holds the exact bytes of those paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from psycopg import sql
+
+from ..scan import display_path
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    file_path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    undated: bool = False  # no capture date yet (a row stored before schema 3)
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be indexed, as it was when it failed."""
+
+    file_path: str
+    size: int
+    mtime_ns: int
+    error: str
+
+    @property
+    def stat(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class NewRow:
+    file_path: str
+    content_hash: str
+    size: int
+    mtime_ns: int
+    processed_path: str
+    embedding: np.ndarray
+    taken_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    score: float
+    file_path: str  # the real path, for opening and copying the file
+    processed_path: str
+    taken_at: datetime | None = None
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.file_path)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """One stored row with its vector: a `--like` query, a member of a duplicate group."""
+
+    id: int
+    file_path: str
+    processed_path: str
+    taken_at: datetime | None
+    mtime_ns: int
+    embedding: np.ndarray
+
+    @property
+    def file_name(self) -> str:
+        return os.path.basename(self.file_path)
+
+
+def as_array(vector: object) -> np.ndarray:
+    """pgvector returns its own Vector type; the rest of the code speaks numpy."""
+    to_numpy = getattr(vector, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
+
+
+def raw_path(path: str) -> bytes | None:
+    """The exact bytes of a path that text cannot hold; None for a valid UTF-8 path."""
+    return None if display_path(path) == path else os.fsencode(path)
+
+
+def real_path(text: str, raw: bytes | None) -> str:
+    return os.fsdecode(raw) if raw is not None else text
+
+
+# The stored path as Python sees it: its exact bytes where text could not hold them.
+REAL_PATH = sql.SQL("file_path, file_path_raw")

@@ -469,6 +469,7 @@ def test_the_cli_indexes_searches_and_reports_with_the_onnx_backend(
     torch_search = run_cli("search", "--env", str(config), "--image", str(photos[2]))
     assert torch_search.returncode == 2
     assert "--table-name" in torch_search.stderr and "made by onnx int8" in torch_search.stderr
+    assert "--backend onnx --precision int8" in torch_search.stderr  # the flags that use it
 
 
 # ---------------------------------------------------------------- configuration

@@ -65,4 +65,7 @@ class VectorSpec:
     def as_flags(self) -> str:
         """The command-line flags that ask for these vectors."""
         flags = f"--model-name {shlex.quote(self.model_name)} --dimension {self.dimension}"
-        return flags if self.kind == "vector" else f"{flags} --vector-type {self.kind}"
+        if self.kind != "vector":
+            flags += f" --vector-type {self.kind}"
+        flags += f" --backend {self.backend}"
+        return flags + " --precision int8" if self.precision == "int8" else flags

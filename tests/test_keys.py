@@ -13,7 +13,7 @@ import pytest
 from image_search.cli import config_help
 from image_search.config import all_keys, key_info, key_kind, load_settings, shown_default
 from image_search.errors import ConfigError
-from image_search.ingest import CPU_BATCH_SIZE
+from image_search.executor import CPU_BATCH_SIZE
 
 pytestmark = pytest.mark.fast
 

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,13 @@ _table_numbers = itertools.count(1)
 # The page tests drive Debian's Chromium (never a browser download); CHROMIUM_PATH for tests
 # of what happens when it is missing.
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A runner started in the background (`nohup ... &`) ignores Ctrl-C, and the processes
+    the tests start would inherit that: the tests that stop them with SIGINT need it back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

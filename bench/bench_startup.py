@@ -116,7 +116,9 @@ def main() -> None:
             "search --like": lambda: run(["search", "--like", "photos/p1.jpg"], folder),
             "serve (page answering)": lambda: serve_seconds(folder),
             "unreachable hub": lambda: run(
-                ["index", "--model-name", "someone/not-cached-anywhere"], folder, offline
+                ["index", "--model-name", "someone/not-cached-anywhere", "--table-name", "new"],
+                folder,
+                offline,
             ),
             "port in use": lambda: port_in_use_seconds(folder),
         }

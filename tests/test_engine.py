@@ -4,12 +4,12 @@ tells its Recorder reaches the run as it was told."""
 
 from __future__ import annotations
 
-import ast
 import pickle
 from pathlib import Path
 
 import pytest
 from fake_model import FakeColourModel, fake_embedder
+from test_imports import import_graph, reachable
 
 from image_search.config import Settings
 from image_search.errors import DatabaseError
@@ -19,36 +19,11 @@ from image_search.pipeline import Failure
 
 pytestmark = pytest.mark.fast
 
-PACKAGE = Path(__file__).parent.parent / "src" / "image_search"
-
-
-def imports_of(path: Path) -> set[str]:
-    """The package's modules that `path` imports, at its top or inside its functions."""
-    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            name = f"{base}.{node.module}" if node.level and node.module else node.module or base
-            found |= {name, *(f"{name}.{alias.name}" for alias in node.names)}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-    return {name.removesuffix(".__init__") for name in found if name.startswith("image_search")}
 
 
 def reachable_from(start: str) -> set[str]:
-    graph = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        graph[name.removesuffix(".__init__")] = imports_of(path)
-    seen, todo = set(), [start]
-    while todo:
-        for name in graph.get(todo.pop(), ()):
-            if name not in seen:
-                seen.add(name)
-                todo.append(name)
-    return seen
+    """The modules `start` reaches, imports inside functions included (test_imports' graph)."""
+    return reachable(import_graph(), start)
 
 
 def test_the_index_run_and_the_ray_executor_never_import_each_other() -> None:

@@ -45,7 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Without the browser the page tests cannot run: stop with one line that says what to
-    install, rather than skip them or fail each with Playwright's screen of text."""
+    install, rather than skip them or fail each with Playwright's screen of text. A test
+    that takes a `browser` fixture is a page test whether or not it says so."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
     if any(item.get_closest_marker("browser") for item in items) and not os.path.exists(CHROMIUM):
         pytest.exit(
             f"the page tests need Chromium at {CHROMIUM}: apt-get install chromium", returncode=1

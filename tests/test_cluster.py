@@ -36,6 +36,8 @@ from image_search.models import Embedder
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+pytestmark = pytest.mark.cluster
+
 
 def folder_of_photos(settings: Settings, count: int) -> list[Path]:
     """`count` photos, one byte-identical copy, and one file that is not an image."""

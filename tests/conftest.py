@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -302,9 +303,15 @@ def assert_one_row_per_file(settings: Settings, files: list[Path]) -> None:
     assert row_count(settings) == len(rows)  # the count kept in the meta table is exact
 
 
-def start_python(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """`python ARGS` in a fresh process without our IMAGE_SEARCH_ variables, output as text."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
+def start_python(*args: str, env: dict | None = None, **options: Any) -> subprocess.Popen:
+    """`python ARGS` in a fresh process without our IMAGE_SEARCH_ variables (nor the page
+    cache that a page served by this process points GRADIO_TEMP_DIR at), output as text;
+    `options` go to Popen."""
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("IMAGE_SEARCH_") and k != "GRADIO_TEMP_DIR"
+    }
     environment.update(env or {})
     return subprocess.Popen(
         [sys.executable, *args],
@@ -312,6 +319,14 @@ def start_python(*args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        **options,
+    )
+
+
+def start_serve(config: Path, port: int, **options: Any) -> subprocess.Popen:
+    """`image-search serve` with `config` on `port` (options as for start_python)."""
+    return start_python(
+        "-m", "image_search", "serve", "--env", str(config), "--port", str(port), **options
     )
 
 

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, EMBEDDING_DIM, free_port, run_cli, running_page, write_config
+from conftest import (
+    CHROMIUM,
+    EMBEDDING_DIM,
+    free_port,
+    run_cli,
+    running_page,
+    start_serve,
+    write_config,
+)
 from imagegen import write_photo
 
 from image_search.config import Settings, load_settings
@@ -142,15 +150,8 @@ def test_status_sizes_suggestions_and_sentences(tmp_path: Path) -> None:
 
 
 def serve_in_its_own_group(config: Path, port: int) -> subprocess.Popen:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "image_search", "serve", "--env", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-        start_new_session=True,  # a terminal of its own: Ctrl-C reaches the whole group
-    )
+    # A terminal of its own: Ctrl-C reaches the whole group.
+    process = start_serve(config, port, start_new_session=True)
     assert process.stdout is not None
     assert "Serving image-search on" in process.stdout.readline()
     return process

@@ -11,7 +11,6 @@ import re
 import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +20,14 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import CHROMIUM, EMBEDDING_DIM, free_port, stored_rows, write_config
+from conftest import (
+    CHROMIUM,
+    EMBEDDING_DIM,
+    free_port,
+    start_serve,
+    stored_rows,
+    write_config,
+)
 from gradio_client import Client, handle_file
 from imagegen import write_photo
 
@@ -188,16 +194,7 @@ def test_nothing_private_stays_after_the_page_stops(
     crashed.mkdir(exist_ok=True)
     (crashed / "upload.jpg").write_bytes(indexed[0].read_bytes())
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    environment.update(TMPDIR=str(temp))
-    environment.pop("GRADIO_TEMP_DIR", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "image_search", "serve", "--env", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
+    process = start_serve(config, port, env={"TMPDIR": str(temp)})
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(process, url)

@@ -38,7 +38,7 @@ from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .models.base import require_torch
 from .models.hub import check_hub_for
-from .models.precision import settings_for_backend
+from .models.precision import CONFIGURED, settings_for_backend
 from .scan import display_path
 from .search import DEFAULT_TEXT_WEIGHT
 from .store import Database, Store, redact
@@ -331,7 +331,7 @@ class Services:
     settings: Settings
     database: Database
     embedder: Embedder
-    backend_reason: str = "set in the configuration"
+    backend_reason: str = CONFIGURED
 
 
 def settings_for_table(
@@ -366,14 +366,10 @@ def check_port_free(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
             probe.bind((host, port))
     except OSError as exc:
-        raise ImageSearchError(port_in_use_message(host, port, exc)) from None
-
-
-def port_in_use_message(host: str, port: int, error: OSError) -> str:
-    return (
-        f"cannot serve on {host}:{port}: {one_line(error)} (another image-search?). "
-        "Choose another port with --port"
-    )
+        raise ImageSearchError(
+            f"cannot serve on {host}:{port}: {one_line(exc)} (another image-search?). "
+            "Choose another port with --port"
+        ) from None
 
 
 # ---------------------------------------------------------------- commands

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
-from .models.precision import planned_spec
+from .models.precision import CONFIGURED, planned_spec
 from .store import Database, Store, database_size, describe_location
 
 SIZE_UNITS = ("bytes", "kB", "MB", "GB", "TB")
@@ -38,7 +38,7 @@ def status_of(
         "settings_match_table": spec.same_vectors(configured),
         "backend_in_use": configured.backend,
         "precision_in_use": configured.precision,
-        "backend_reason": backend_reason or "set in the configuration",
+        "backend_reason": backend_reason or CONFIGURED,
     }
 
 

@@ -188,9 +188,9 @@ class WebApp:
         but_not: Any = None,
     ) -> tuple[Any, ...]:
         """An image, a text, or both together as one query, less the words `but_not`
-        ([W:]TEXT); filtered. The event runs with
-        preprocess=False: the image is the client's payload, read only if it was uploaded
-        to this page (web_files), and an unreadable one gets our own message."""
+        ([W:]TEXT); filtered. The event runs with preprocess=False: the image is the
+        client's payload, read only if it was uploaded to this page (web_files), and an
+        unreadable one gets our own message."""
         inputs = Inputs()
         query = inputs.text("text", TEXT_LABEL, text).strip()
         weight = inputs.number(

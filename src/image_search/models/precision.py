@@ -29,6 +29,8 @@ from .base import torch_installed
 log = logging.getLogger(__name__)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
+# Why a run uses the backend it does, when the settings name it.
+CONFIGURED = "set in the configuration"
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def choose_backend(
     """Resolve backend `auto`. `table`: the backend and precision that filled the table, when
     it holds images: an upgrade never forces a re-index while that backend is installed."""
     if backend != "auto":
-        return BackendChoice(backend, precision, "set in the configuration")
+        return BackendChoice(backend, precision, CONFIGURED)
     if precision == "int8":
         return BackendChoice("onnx", precision, "precision int8 runs in ONNX Runtime")
     if precision == "bf16":

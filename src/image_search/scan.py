@@ -81,8 +81,8 @@ def paired_out(names: list[str], raw_with_jpeg: str) -> set[str]:
     """The names in one folder that raw-with-jpeg leaves out: RAW files with a JPEG (or HEIC)
     of the same stem beside them (`skip-raw`), or those JPEGs (`skip-jpeg`). Stems compare
     without case: cameras write IMG_0001.CR2 beside IMG_0001.JPG."""
-    if raw_with_jpeg == "both":
-        return set()
+    if raw_with_jpeg == "both" or not any(map(is_raw_name, names)):
+        return set()  # a folder without RAW files (most) pairs nothing: one cheap pass
     drop, keep = (
         (RAW_EXTENSIONS, RENDERED_EXTENSIONS)
         if raw_with_jpeg == "skip-raw"
@@ -145,6 +145,8 @@ def stat_file(path: str) -> ScannedFile | None:
         stat = os.stat(path)
     except OSError:
         return None
+    mtime_ns = stat.st_mtime_ns
     low, high = MTIME_NS_RANGE
-    mtime_ns = min(max(stat.st_mtime_ns, low), high)
+    if not low <= mtime_ns <= high:  # a date a bigint cannot hold (ext4 allows 2446)
+        mtime_ns = min(max(mtime_ns, low), high)
     return ScannedFile(path=path, size=stat.st_size, mtime_ns=mtime_ns)

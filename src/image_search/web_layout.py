@@ -99,7 +99,7 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                     but_not = gr.Textbox(
                         label=BUT_NOT_LABEL,
                         elem_id="query-not",
-                        placeholder="people (0.5:people weighs them half)",
+                        placeholder="people (or 0.5:people)",
                     )
                 text_weight = gr.Slider(
                     0,

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from image_search.cli import main
 from image_search.config import Settings
 from image_search.models import Embedder
 from image_search.store import Database, as_array, open_store, start_embedded_server
@@ -60,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @contextmanager
 def running_page(settings: Settings, embedder: Embedder) -> Iterator[str]:
     """The page served on a free local port, as `serve` does it; its URL."""
-    from image_search.web import launch
+    from image_search.web_launch import launch
 
     port = free_port()
     with Database(settings) as database:
@@ -218,6 +221,46 @@ def write_config(path: Path, settings: Settings, **extra: object) -> Path:
 
 
 def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`image-search ARGS` as `cli.main` in this process, in `cwd`, with `env` and without our
+    IMAGE_SEARCH_ variables: its exit code and all it printed, log lines included. The
+    process around it (start-up, imports, signals) is what run_cli_process tests."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with cli_surroundings(cwd, env), redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse: --help, --version, usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+@contextmanager
+def cli_surroundings(cwd: Path | None, env: dict | None) -> Iterator[None]:
+    """What a fresh process would give `main`, put back afterwards: the working folder, the
+    environment, the root logger's handlers and levels and the SIGTERM handler."""
+    saved_environment, saved_folder = dict(os.environ), os.getcwd()
+    root, package = logging.getLogger(), logging.getLogger("image_search")
+    saved_logging = (list(root.handlers), root.level, package.level)
+    saved_sigterm = signal.getsignal(signal.SIGTERM)
+    for key in [k for k in os.environ if k.startswith("IMAGE_SEARCH_")]:
+        del os.environ[key]
+    os.environ.update(env or {})
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved_folder)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+        root.handlers[:], root.level, package.level = saved_logging
+        signal.signal(signal.SIGTERM, saved_sigterm)
+
+
+def run_cli_process(
     *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess:
     """The real console entry point in a fresh process."""

@@ -20,7 +20,7 @@ from conftest import (
     assert_one_row_per_file,
     many_photos,
     row_count,
-    run_cli,
+    run_cli_process,
     start_index,
     stored_rows,
     wait_for_rows,
@@ -120,7 +120,7 @@ def test_ray_address_key(tmp_path: Path) -> None:
 def test_embedded_database_needs_postgres_host_except_local(make_settings, tmp_path) -> None:
     settings = make_settings()
     config = write_config(tmp_path / "config.json", settings)
-    result = run_cli("index", "--env", str(config), "--ray-address", "auto")
+    result = run_cli_process("index", "--env", str(config), "--ray-address", "auto")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "postgres-host" in result.stderr
 
@@ -133,7 +133,7 @@ def test_without_ray_one_line_names_the_extra(make_settings, tmp_path) -> None:
     hide_ray = tmp_path / "no_ray"
     (hide_ray / "ray").mkdir(parents=True)
     (hide_ray / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
-    result = run_cli(
+    result = run_cli_process(
         "index", "--env", str(config), "--ray-address", "local", env={"PYTHONPATH": str(hide_ray)}
     )
     assert result.returncode == 2, result.stderr
@@ -243,7 +243,7 @@ def test_a_killed_driver_is_finished_by_the_next_run(
     driver.wait()
     assert row_count(with_password) < len(files), "the run finished before it could be killed"
 
-    done = run_cli("index", "--env", str(config), "--json", env=env, timeout=300)
+    done = run_cli_process("index", "--env", str(config), "--json", env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert_one_row_per_file(with_password, files)
 
@@ -270,7 +270,7 @@ def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) ->
     settings.source_directory.mkdir(parents=True)
     many_photos(settings.source_directory, 2)
     config = write_config(tmp_path / "config.json", settings)
-    result = run_cli("index", "--env", str(config), "--ray-address", "local", "--json")
+    result = run_cli_process("index", "--env", str(config), "--ray-address", "local", "--json")
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "no-such-model" in result.stderr

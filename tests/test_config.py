@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from image_search.cli import build_parser, settings_from
+from image_search.cli import settings_from
+from image_search.cli_parser import build_parser
 from image_search.config import Settings, load_settings
 from image_search.errors import ConfigError
 

@@ -321,7 +321,7 @@ def test_a_raw_file_is_a_query_on_the_page_too(
 
 @pytest.mark.fast
 def test_help_config_names_the_format_keys() -> None:
-    from image_search.cli import config_help
+    from image_search.cli_parser import config_help
 
     text = config_help()
     assert "raw-with-jpeg" in text and "skip-raw" in text

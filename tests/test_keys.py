@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from image_search.cli import config_help
+from image_search.cli_parser import config_help
 from image_search.config import all_keys, key_info, key_kind, load_settings, shown_default
 from image_search.errors import ConfigError
 from image_search.executor import CPU_BATCH_SIZE

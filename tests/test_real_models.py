@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_config
+from conftest import run_cli_process, write_config
 
 from image_search.config import Settings
 
@@ -59,7 +59,7 @@ def indexed(
         backend=backend,
     )
     config = write_config(folder / "config.json", settings)
-    done = run_cli("index", "--env", str(config), "--json", timeout=TIMEOUT)
+    done = run_cli_process("index", "--env", str(config), "--json", timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["failed"] == []
@@ -68,7 +68,7 @@ def indexed(
 
 
 def best_match(config: Path, *query: str) -> str:
-    done = run_cli("search", "--env", str(config), *query, "--json", timeout=TIMEOUT)
+    done = run_cli_process("search", "--env", str(config), *query, "--json", timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)["results"]
     assert len(results) == len(EXAMPLE_IMAGES)

@@ -15,7 +15,7 @@ from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.store import open_store
-from image_search.web import is_loopback
+from image_search.web_launch import is_loopback
 
 
 @pytest.fixture

@@ -1,27 +1,25 @@
-"""The Gradio page: its handlers and its launch. It calls the same functions as the command
-line and nothing of its own. The layout is in web_layout, the checks of what clients send in
-web_inputs, and every file the page hands out goes through web_files."""
+"""The Gradio page's handlers. They call the same functions as the command line and nothing
+of their own. The layout is in web_layout, what they draw in web_markup, the checks of what
+clients send in web_inputs, the launch in web_launch, and every file the page hands out goes
+through web_files."""
 
 from __future__ import annotations
 
 import html
-import ipaddress
 import logging
-import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import gradio as gr
 from starlette.exceptions import StarletteDeprecationWarning
 
 from .config import Settings
-from .duplicates import DEFAULT_THRESHOLD, DuplicateReport, counted, find_duplicates
-from .errors import ConfigError, ImageError, ImageSearchError, one_line
+from .duplicates import DEFAULT_THRESHOLD, counted, find_duplicates
+from .errors import ConfigError, ImageError, ImageSearchError
 from .executors import executor_for
 from .ingest import Progress, run_index
 from .models import Embedder
@@ -38,7 +36,7 @@ from .search import (
 )
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store, StoredFile
-from .web_files import MAX_UPLOAD, ORIGINAL_REFUSED, FileGate, PageCache, Refused
+from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused
 from .web_inputs import (
     BUT_NOT_LABEL,
     DUPLICATE_UNDER_LABEL,
@@ -51,7 +49,17 @@ from .web_inputs import (
     folders_of,
     read_search_inputs,
 )
-from .web_layout import PAGE_CSS, Page, page_layout
+from .web_layout import Page, page_layout
+from .web_markup import (
+    MAX_GROUPS_SHOWN,
+    best_caption,
+    duplicates_html,
+    failure_line,
+    file_url,
+    markdown_text,
+    rescan_bar,
+    result_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,89 +79,12 @@ warnings.filterwarnings(
     message=".*HTTP_422_UNPROCESSABLE_ENTITY.*",
     category=StarletteDeprecationWarning,
 )
-# Duplicate groups drawn on the page at most (all of them are in the JSON below).
-MAX_GROUPS_SHOWN = 200
 
 
 def page_error(message: str) -> gr.Error:
     """A message for the page, logged as one line rather than Gradio's full traceback."""
     log.warning("%s", message)
     return gr.Error(message, duration=TOAST_SECONDS, print_exception=False)
-
-
-def markdown_text(text: str) -> str:
-    """User text shown inside Markdown as typed, not as formatting."""
-    return re.sub(r"([\\`*_{}\[\]()#+!|<>~])", r"\\\1", text)
-
-
-def file_url(path: str) -> str:
-    """The page's address of a file Gradio may serve (behind the page's login, if any)."""
-    return "gradio_api/file=" + quote(path)
-
-
-def duplicates_html(report: DuplicateReport, thumbnail: Callable[[str], Path]) -> str:
-    """Each group as a row of thumbnails (the processed JPEGs) with score and full path."""
-    parts = []
-    for number, group in enumerate(report.groups[:MAX_GROUPS_SHOWN], start=1):
-        figures = []
-        for position, member in enumerate(group.members):
-            label = "keep" if position == 0 else f"{member.score:.3f}"
-            path = html.escape(display_path(member.image.file_path))
-            image = file_url(str(thumbnail(member.image.processed_path)))
-            figures.append(
-                f'<figure><img src="{html.escape(image)}" alt="{path}" loading="lazy">'
-                f"<figcaption><b>{label}</b> {path}</figcaption></figure>"
-            )
-        parts.append(
-            f'<h4>Group {number}</h4><div class="group">{"".join(figures)}</div>'
-        )
-    return "".join(parts)
-
-
-def result_records(result: Any) -> list[dict[str, Any]]:
-    """The ranked results of the search's JSON, as the page gave them back; [] for anything
-    malformed (the JSON comes back from the browser, or from any client)."""
-    records = result.get("results") if isinstance(result, dict) else None
-    if not isinstance(records, list):
-        return []
-    return [r for r in records if isinstance(r, dict) and isinstance(r.get("file_path"), str)]
-
-
-def best_caption(result: Any) -> str:
-    """File name, score and full path of the best match, from the search's JSON."""
-    records = result_records(result)
-    if not records:
-        return ""
-    best = records[0]
-    score = best.get("score")
-    shown = f" · score {score:.3f}" if isinstance(score, int | float) else ""
-    name = best.get("file_name") or Path(best["file_path"]).name
-    return f"**{name}**{shown}  \n`{best['file_path']}`"
-
-
-def rescan_bar(done: int, total: int, seconds: float) -> str:
-    """A progress bar with the count and the time left, as HTML for the page."""
-    if not total:  # an indeterminate bar until the folder has been scanned
-        return '<progress id="rescan-progress"></progress> Scanning the folder…'
-    left = ""
-    if done:
-        remaining = (total - done) * seconds / done
-        left = f" · about {round(remaining / 60)} min left" if remaining >= 90 else (
-            f" · about {max(1, round(remaining))} s left"
-        )
-    return (
-        f'<progress id="rescan-progress" value="{done}" max="{total}"></progress> '
-        f"{done} / {total}{left}"
-    )
-
-
-def failure_line(error: BaseException) -> str:
-    """A failed run's error as one line: ours as it is, anything else (CUDA out of memory, a
-    bug) with its type; the traceback goes to the debug log."""
-    if isinstance(error, ImageSearchError):
-        return str(error)
-    log.debug("the run failed", exc_info=error)
-    return f"{type(error).__name__}: {one_line(error)}"
 
 
 class WebApp:
@@ -447,68 +378,3 @@ class WebApp:
         """Delete the page's cache (uploads and copies): nothing private stays behind."""
         if self.cache is not None:
             self.cache.remove()
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def launch(
-    settings: Settings,
-    embedder: Embedder,
-    database: Database,
-    host: str,
-    port: int,
-) -> Page:
-    """Start the page in the background and return it (serve() waits on it)."""
-    auth = None
-    if settings.server_auth:
-        user, _, password = settings.server_auth.partition(":")
-        auth = (user, password)
-    elif not is_loopback(host):
-        log.warning(
-            "serving on %s without a login: anyone who can reach this address can search "
-            "your photos. Set IMAGE_SEARCH_SERVER_AUTH=USER:PASSWORD (or server-auth in the "
-            "config file)",
-            host,
-        )
-    web = WebApp(settings, embedder, database)
-    app = web.build()
-    app.queue(default_concurrency_limit=4)
-    try:
-        app.launch(
-            server_name=host,
-            server_port=port,
-            auth=auth,
-            allowed_paths=[],  # Gradio serves only its cache, where web_files puts copies
-            max_file_size=MAX_UPLOAD,
-            css=PAGE_CSS,
-            prevent_thread_lock=True,
-            quiet=True,  # no share=True hint: this is a private tool
-            footer_links=["api"],
-        )
-    except OSError as exc:  # the port is taken (Gradio names its own variables for that)
-        web.close()
-        log.debug("launch failed: %s", exc)
-        raise ImageSearchError(
-            f"cannot serve on {host}:{port}: the port is in use (another image-search?) or "
-            "cannot be opened here. Choose another with --port"
-        ) from None
-    return app
-
-
-def serve(
-    settings: Settings, embedder: Embedder, database: Database, host: str, port: int
-) -> None:
-    """Serve the page until Ctrl-C or SIGTERM; the address is printed once it works."""
-    app = launch(settings, embedder, database, host, port)
-    try:
-        print(f"Serving image-search on http://{host}:{port} (Ctrl-C to stop)", flush=True)
-        while app.is_running:
-            time.sleep(0.2)
-    finally:
-        app.close()

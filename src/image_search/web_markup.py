@@ -1,0 +1,96 @@
+"""What the page's handlers draw: Markdown-safe text, file links, duplicate groups, the best
+match's caption and the Rescan bar, from the results and reports the stages return."""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .duplicates import DuplicateReport
+from .errors import ImageSearchError, one_line
+from .scan import display_path
+
+log = logging.getLogger(__name__)
+
+# Duplicate groups drawn on the page at most (all of them are in the JSON below).
+MAX_GROUPS_SHOWN = 200
+
+
+def markdown_text(text: str) -> str:
+    """User text shown inside Markdown as typed, not as formatting."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~])", r"\\\1", text)
+
+
+def file_url(path: str) -> str:
+    """The page's address of a file Gradio may serve (behind the page's login, if any)."""
+    return "gradio_api/file=" + quote(path)
+
+
+def duplicates_html(report: DuplicateReport, thumbnail: Callable[[str], Path]) -> str:
+    """Each group as a row of thumbnails (the processed JPEGs) with score and full path."""
+    parts = []
+    for number, group in enumerate(report.groups[:MAX_GROUPS_SHOWN], start=1):
+        figures = []
+        for position, member in enumerate(group.members):
+            label = "keep" if position == 0 else f"{member.score:.3f}"
+            path = html.escape(display_path(member.image.file_path))
+            image = file_url(str(thumbnail(member.image.processed_path)))
+            figures.append(
+                f'<figure><img src="{html.escape(image)}" alt="{path}" loading="lazy">'
+                f"<figcaption><b>{label}</b> {path}</figcaption></figure>"
+            )
+        parts.append(
+            f'<h4>Group {number}</h4><div class="group">{"".join(figures)}</div>'
+        )
+    return "".join(parts)
+
+
+def result_records(result: Any) -> list[dict[str, Any]]:
+    """The ranked results of the search's JSON, as the page gave them back; [] for anything
+    malformed (the JSON comes back from the browser, or from any client)."""
+    records = result.get("results") if isinstance(result, dict) else None
+    if not isinstance(records, list):
+        return []
+    return [r for r in records if isinstance(r, dict) and isinstance(r.get("file_path"), str)]
+
+
+def best_caption(result: Any) -> str:
+    """File name, score and full path of the best match, from the search's JSON."""
+    records = result_records(result)
+    if not records:
+        return ""
+    best = records[0]
+    score = best.get("score")
+    shown = f" · score {score:.3f}" if isinstance(score, int | float) else ""
+    name = best.get("file_name") or Path(best["file_path"]).name
+    return f"**{name}**{shown}  \n`{best['file_path']}`"
+
+
+def rescan_bar(done: int, total: int, seconds: float) -> str:
+    """A progress bar with the count and the time left, as HTML for the page."""
+    if not total:  # an indeterminate bar until the folder has been scanned
+        return '<progress id="rescan-progress"></progress> Scanning the folder…'
+    left = ""
+    if done:
+        remaining = (total - done) * seconds / done
+        left = f" · about {round(remaining / 60)} min left" if remaining >= 90 else (
+            f" · about {max(1, round(remaining))} s left"
+        )
+    return (
+        f'<progress id="rescan-progress" value="{done}" max="{total}"></progress> '
+        f"{done} / {total}{left}"
+    )
+
+
+def failure_line(error: BaseException) -> str:
+    """A failed run's error as one line: ours as it is, anything else (CUDA out of memory, a
+    bug) with its type; the traceback goes to the debug log."""
+    if isinstance(error, ImageSearchError):
+        return str(error)
+    log.debug("the run failed", exc_info=error)
+    return f"{type(error).__name__}: {one_line(error)}"

@@ -36,9 +36,10 @@ from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder, load_model
 from image_search.store import Database
-from image_search.web import Page, launch
 from image_search.web_files import CACHE_FOLDER, NOT_UPLOADED
 from image_search.web_inputs import AFTER_LABEL, TEXT_WEIGHT_LABEL, THRESHOLD_LABEL
+from image_search.web_launch import launch
+from image_search.web_layout import Page
 
 SECRET = b'{"postgres-password": "not-for-the-page"}\n'
 # /search's inputs after the image, as a raw HTTP call must give them all.

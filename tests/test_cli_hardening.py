@@ -18,11 +18,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import free_port, row_count, stored_rows, write_config
+from conftest import free_port, row_count, run_cli, stored_rows, write_config
 from imagegen import photo, write_broken_files, write_photo
 from PIL import Image
 
-from image_search.cli import main
 from image_search.config import Settings, load_settings
 from image_search.errors import ConfigError, DatabaseError
 from image_search.images import capture_time
@@ -38,14 +37,10 @@ def fresh_embedder(settings: Settings) -> Embedder:
     return Embedder(settings.model_name, settings.device, settings.dimension)
 
 
-def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+def run_main(*argv: str) -> tuple[int, str, str]:
     """`image-search ARGV` in this process: exit code, stdout, stderr."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse's usage errors
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    done = run_cli(*argv)
+    return done.returncode, done.stdout, done.stderr
 
 
 # ---------------------------------------------------------------- 7: status
@@ -78,13 +73,13 @@ def test_status_with_default_precision_matches_a_table_filled_in_fp32(
     ],
 )
 def test_a_bad_request_exits_2_before_the_database_is_reached(
-    make_settings, tmp_path: Path, capsys, request_args: list[str]
+    make_settings, tmp_path: Path, request_args: list[str]
 ) -> None:
     # Nothing listens on this port: a command that reached for the database would exit 1.
     settings = make_settings(postgres_host="127.0.0.1", postgres_port=free_port())
     config = write_config(tmp_path / "config.json", settings)
 
-    code, out, err = run_main(capsys, *request_args, "--env", str(config))
+    code, out, err = run_main(*request_args, "--env", str(config))
 
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "cannot connect" not in err
@@ -159,7 +154,7 @@ def test_a_database_from_before_the_failures_table_still_drops_a_stale_table(
 
 
 def test_under_a_missing_folder_warns_and_the_searched_line_says_the_filters(
-    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path, capsys,
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path,
     caplog,
 ) -> None:
     run_index(settings, shared_embedder)
@@ -168,7 +163,7 @@ def test_under_a_missing_folder_warns_and_the_searched_line_says_the_filters(
 
     with caplog.at_level(logging.WARNING, logger="image_search"):
         code, out, err = run_main(
-            capsys, "search", "--env", str(config), "--like", str(photos[0]),
+            "search", "--env", str(config), "--like", str(photos[0]),
             "--under", str(missing), "--taken-after", "2001",
         )
 
@@ -203,9 +198,9 @@ def test_a_folder_without_images_says_so(
     ],
 )
 def test_a_mistyped_flag_or_command_suggests_the_nearest(
-    capsys, argv: list[str], nearest: str
+    argv: list[str], nearest: str
 ) -> None:
-    code, _, err = run_main(capsys, *argv)
+    code, _, err = run_main(*argv)
     assert code == 2
     assert nearest in err.splitlines()[0]
 
@@ -366,7 +361,7 @@ def as_schema_2(settings: Settings) -> None:
 
 
 def test_duplicates_and_find_similar_work_on_a_table_from_before_capture_dates(
-    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path, capsys
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
 ) -> None:
     copy = settings.source_directory / "copy-of-red.jpg"
     copy.write_bytes(photos[0].read_bytes())
@@ -374,7 +369,7 @@ def test_duplicates_and_find_similar_work_on_a_table_from_before_capture_dates(
     as_schema_2(settings)
     config = write_config(tmp_path / "config.json", settings)
 
-    code, out, err = run_main(capsys, "duplicates", "--env", str(config), "--json")
+    code, out, err = run_main("duplicates", "--env", str(config), "--json")
 
     assert code == 0, err
     groups = [{f["file_path"] for f in g["files"]} for g in json.loads(out)["groups"]]
@@ -406,9 +401,9 @@ def test_date_time_original_is_read_from_the_exif_ifd_then_the_main_one(tmp_path
     assert capture_time(both, mtime) == datetime(2018, 1, 2, 3, 4, 5)
 
 
-def found_under(capsys, config: Path, like: Path, under: str) -> set[str]:
+def found_under(config: Path, like: Path, under: str) -> set[str]:
     code, out, err = run_main(
-        capsys, "search", "--env", str(config), "--like", str(like), "--under", under, "--json"
+        "search", "--env", str(config), "--like", str(like), "--under", under, "--json"
     )
     assert code == 0, err
     return {r["file_path"] for r in json.loads(out)["results"]}
@@ -416,7 +411,7 @@ def found_under(capsys, config: Path, like: Path, under: str) -> set[str]:
 
 @pytest.mark.parametrize("indexed_through", ["link", "physical"])
 def test_under_finds_files_through_a_link_by_physical_path_and_as_dot(
-    make_settings, shared_embedder: Embedder, tmp_path: Path, capsys, monkeypatch,
+    make_settings, shared_embedder: Embedder, tmp_path: Path, monkeypatch,
     indexed_through: str,
 ) -> None:
     physical = tmp_path / "disk" / "photos"
@@ -433,9 +428,9 @@ def test_under_finds_files_through_a_link_by_physical_path_and_as_dot(
     expected = {str(source / "2023" / "a.jpg"), str(source / "2023" / "b.png")}
 
     for folder in (link / "2023", physical / "2023"):
-        assert found_under(capsys, config, like, str(folder)) == expected
+        assert found_under(config, like, str(folder)) == expected
     monkeypatch.chdir(link / "2023")
-    assert found_under(capsys, config, like, ".") == expected
+    assert found_under(config, like, ".") == expected
 
 
 # ---------------------------------------------------------------- 13 (part): Ray workers

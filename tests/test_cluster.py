@@ -20,6 +20,7 @@ from conftest import (
     assert_one_row_per_file,
     many_photos,
     row_count,
+    run_cli,
     run_cli_process,
     start_index,
     stored_rows,
@@ -120,7 +121,7 @@ def test_ray_address_key(tmp_path: Path) -> None:
 def test_embedded_database_needs_postgres_host_except_local(make_settings, tmp_path) -> None:
     settings = make_settings()
     config = write_config(tmp_path / "config.json", settings)
-    result = run_cli_process("index", "--env", str(config), "--ray-address", "auto")
+    result = run_cli("index", "--env", str(config), "--ray-address", "auto")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "postgres-host" in result.stderr
 

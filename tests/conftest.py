@@ -38,6 +38,7 @@ _table_numbers = itertools.count(1)
 # The page tests drive Debian's Chromium (never a browser download); CHROMIUM_PATH for tests
 # of what happens when it is missing.
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+MISSING_CHROMIUM = f"the page tests need Chromium at {CHROMIUM}: apt-get install chromium"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,9 +56,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.browser)
     if any(item.get_closest_marker("browser") for item in items) and not os.path.exists(CHROMIUM):
-        pytest.exit(
-            f"the page tests need Chromium at {CHROMIUM}: apt-get install chromium", returncode=1
-        )
+        if hasattr(config, "workerinput"):  # a worker of pytest-xdist: its controller stops
+            config.workeroutput["missing_chromium"] = True
+            items.clear()
+            return
+        pytest.exit(MISSING_CHROMIUM, returncode=1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller, told by a worker that the page tests cannot run."""
+    if getattr(node, "workeroutput", {}).get("missing_chromium"):
+        pytest.exit(MISSING_CHROMIUM, returncode=1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most four (each starts its own PostgreSQL and
+    Chromium, and the tests of one file share a worker)."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(4, len(usable) if usable else os.cpu_count() or 1))
 
 
 @contextmanager

@@ -62,6 +62,7 @@ def test_reindex_switches_the_table_to_the_new_model(
     assert {len(r["embedding"]) for r in stored_rows(other)} == {32}
 
 
+@pytest.mark.slow
 def test_a_killed_reindex_leaves_the_old_vectors_searchable(
     make_settings, tmp_path: Path, remote_code_model: Path
 ) -> None:
@@ -139,6 +140,7 @@ def test_migrations_run_step_by_step(
         conn.execute(f'SELECT note FROM "{settings.table_name}"')
 
 
+@pytest.mark.slow
 def test_watch_mode_follows_the_folder_and_stops_on_ctrl_c(
     settings: Settings, photos: list[Path], tmp_path: Path
 ) -> None:

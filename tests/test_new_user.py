@@ -157,6 +157,7 @@ def serve_in_its_own_group(config: Path, port: int) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "exit_code"), [("SIGTERM", 0), ("SIGINT", 130)])
 def test_stopping_stops_the_embedded_server_and_exits_quietly(
     make_settings, tmp_path: Path, name: str, exit_code: int
@@ -213,6 +214,7 @@ def test_save_results_false_writes_no_folder(
     assert not settings.output_directory.exists()
 
 
+@pytest.mark.slow
 def test_a_missing_chromium_stops_the_page_tests_with_one_line() -> None:
     environment = {**os.environ, "CHROMIUM_PATH": "/nonexistent/chromium"}
     done = subprocess.run(
@@ -313,6 +315,7 @@ def test_an_error_toast_goes_after_a_successful_search(
         browser.close()
 
 
+@pytest.mark.slow
 def test_serving_prints_no_share_hint_and_no_starlette_warnings(
     settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
 ) -> None:

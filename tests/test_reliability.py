@@ -75,6 +75,7 @@ def test_a_file_deleted_between_scan_and_read_is_reported(
     assert report.added == len(photos) - 1
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_finished_by_the_next_without_duplicates(
     make_settings, tmp_path: Path
 ) -> None:
@@ -93,6 +94,7 @@ def test_a_killed_run_is_finished_by_the_next_without_duplicates(
     assert_one_row_per_file(settings, files)
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_store_every_image_once(make_settings, tmp_path: Path) -> None:
     settings = make_settings(batch_size=3)
     files = many_photos(settings.source_directory, 40)
@@ -105,6 +107,7 @@ def test_two_concurrent_runs_store_every_image_once(make_settings, tmp_path: Pat
     assert_one_row_per_file(settings, files)
 
 
+@pytest.mark.slow
 def test_a_database_restart_mid_run_is_survived(
     password_server: dict, make_server_settings, tmp_path: Path
 ) -> None:

@@ -41,6 +41,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_ends", ["soon", "never"])
 def test_sigterm_during_a_rescan_stops_it_at_a_batch_boundary_and_exits_0(
     settings: Settings, tmp_path: Path, batch_ends: str

@@ -146,6 +146,7 @@ def test_the_page_never_shows_the_password(
     assert secret not in json.dumps(answer, default=str)
 
 
+@pytest.mark.slow
 def test_the_default_command_indexes_then_serves_until_ctrl_c(
     settings: Settings, photos: list[Path], tmp_path: Path
 ) -> None:

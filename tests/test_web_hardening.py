@@ -180,6 +180,7 @@ def test_an_original_outside_source_directory_is_not_served(
 # -- 3. nothing private stays behind ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_nothing_private_stays_after_the_page_stops(
     settings: Settings, indexed: list[Path], tmp_path: Path

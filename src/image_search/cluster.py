@@ -97,7 +97,8 @@ def connected(settings: Settings) -> Iterator[Any]:
             stack.enter_context(native_logs_dropped())
         try:
             if settings.ray_address == LOCAL_RAY:
-                ray.init(include_dashboard=False, **options)
+                # "local" as the address: a new instance even where `ray start` runs one.
+                ray.init(address="local", include_dashboard=False, **options)
             else:
                 ray.init(address=settings.ray_address, **options)
         except Exception as exc:

@@ -1,13 +1,14 @@
-"""The console command in real processes: contracts, exit codes, the postgres-* server path."""
+"""The console command: contracts, exit codes, the postgres-* server path, a closed pipe."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_config
+from conftest import run_cli, start_python, write_config
 from imagegen import write_broken_files
 
 from image_search.config import Settings
@@ -157,3 +158,14 @@ def test_bad_query_image_is_a_clear_error(
     done = run_cli("search", "--env", str(config), "--image", str(bad))
     assert done.returncode == 2
     assert "bad.jpg" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_output_piped_to_a_reader_that_stops_early_ends_quietly() -> None:
+    """`image-search help config | head -1`: the reader has gone before the first line (the
+    pipe is closed before Python has even started), so every write meets a closed pipe."""
+    process = start_python("-m", "image_search", "help", "config")
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert err == ""

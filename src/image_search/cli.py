@@ -12,6 +12,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -295,6 +296,19 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`image-search ARGV`: its exit code. Output piped to a reader that stops early (`| head`)
+    ends the run quietly, as a tool stopped by SIGPIPE does, not with a traceback."""
+    try:
+        code = run_command(argv)
+        sys.stdout.flush()  # a reader gone is met here rather than at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        with suppress(OSError, ValueError):  # nothing more is written to the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def run_command(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -316,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # main's to handle: not a failure of the run
+        raise
     except ImageSearchError as exc:
         return _fail(str(exc), exc.exit_code, settings, debug)
     except psycopg.Error as exc:  # outside the store's own handling (it should not happen)

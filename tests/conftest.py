@@ -210,6 +210,17 @@ def shared_embedder(tiny_clip: Path) -> Embedder:
     return Embedder(str(tiny_clip), "cpu", EMBEDDING_DIM)
 
 
+@pytest.fixture(scope="session")
+def process_backend(tiny_clip: Path, data_directory: Path) -> dict[str, str]:
+    """Config keys for a test that starts image-search as a process of its own where the
+    backend is not the point: onnx, the tiny model's export made here once, in the cache such
+    a process looks in, so that it starts without importing torch and transformers."""
+    keys = {"backend": "onnx", "precision": "fp32"}
+    cache = data_directory / "models"
+    Embedder(str(tiny_clip), "cpu", EMBEDDING_DIM, cache_directory=cache, **keys).model()
+    return keys
+
+
 @pytest.fixture
 def photos(settings: Settings) -> list[Path]:
     """Six distinct photographs in mixed formats, one in a subfolder."""

@@ -23,10 +23,14 @@ pytestmark = pytest.mark.cluster
 
 
 def test_local_gives_the_rows_of_an_in_process_run(
-    make_server_settings: Callable[..., Settings], password_server: dict
+    make_server_settings: Callable[..., Settings],
+    password_server: dict,
+    process_backend: dict[str, str],
 ) -> None:
     assert not ray.is_initialized()
-    settings = make_server_settings(postgres_password=password_server["password"])
+    settings = make_server_settings(
+        postgres_password=password_server["password"], **process_backend
+    )
     settings.source_directory.mkdir(parents=True)
     assert_same_as_in_process(settings, "local")
     assert not ray.is_initialized()  # the private instance was stopped with the run

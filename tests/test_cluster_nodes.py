@@ -54,9 +54,14 @@ def two_nodes() -> Iterator[str]:
 
 
 def test_two_nodes_give_the_rows_of_an_in_process_run(
-    two_nodes: str, make_server_settings: Callable[..., Settings], password_server: dict
+    two_nodes: str,
+    make_server_settings: Callable[..., Settings],
+    password_server: dict,
+    process_backend: dict[str, str],
 ) -> None:
-    settings = make_server_settings(postgres_password=password_server["password"])
+    settings = make_server_settings(
+        postgres_password=password_server["password"], **process_backend
+    )
     settings.source_directory.mkdir(parents=True)
     assert_same_as_in_process(settings, two_nodes)
 
@@ -106,10 +111,14 @@ def test_a_killed_worker_still_ends_with_one_row_per_image(
     two_nodes: str,
     make_server_settings: Callable[..., Settings],
     password_server: dict,
+    process_backend: dict[str, str],
     title: str,
 ) -> None:
     settings = make_server_settings(
-        postgres_password=password_server["password"], ray_address=two_nodes, batch_size=2
+        postgres_password=password_server["password"],
+        ray_address=two_nodes,
+        batch_size=2,
+        **process_backend,
     )
     settings.source_directory.mkdir(parents=True)
     index_killing_one(settings, many_photos(settings.source_directory, 40), title)
@@ -119,11 +128,12 @@ def test_a_killed_driver_is_finished_by_the_next_run(
     two_nodes: str,
     make_server_settings: Callable[..., Settings],
     password_server: dict,
+    process_backend: dict[str, str],
     tmp_path: Path,
 ) -> None:
     """The driver killed mid-run (its Ray job dies with it); the re-run on the same cluster
     finishes the job, without duplicates."""
-    settings = make_server_settings(ray_address=two_nodes, batch_size=2)
+    settings = make_server_settings(ray_address=two_nodes, batch_size=2, **process_backend)
     settings.source_directory.mkdir(parents=True)
     files = many_photos(settings.source_directory, 120)
     config = write_config(tmp_path / "config.json", settings)

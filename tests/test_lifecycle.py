@@ -142,9 +142,9 @@ def test_migrations_run_step_by_step(
 
 @pytest.mark.slow
 def test_watch_mode_follows_the_folder_and_stops_on_ctrl_c(
-    settings: Settings, photos: list[Path], tmp_path: Path
+    settings: Settings, photos: list[Path], tmp_path: Path, process_backend: dict[str, str]
 ) -> None:
-    config = write_config(tmp_path / "config.json", settings)
+    config = write_config(tmp_path / "config.json", settings, **process_backend)
     process = start_index(config, "--watch")
     wait_for_rows(settings, process)
 

@@ -77,11 +77,11 @@ def test_a_file_deleted_between_scan_and_read_is_reported(
 
 @pytest.mark.slow
 def test_a_killed_run_is_finished_by_the_next_without_duplicates(
-    make_settings, tmp_path: Path
+    make_settings, tmp_path: Path, process_backend: dict[str, str]
 ) -> None:
     settings = make_settings(batch_size=2)
     files = many_photos(settings.source_directory, 120)
-    config = write_config(tmp_path / "config.json", settings)
+    config = write_config(tmp_path / "config.json", settings, **process_backend)
 
     process = start_index(config)
     wait_for_rows(settings, process)
@@ -95,10 +95,12 @@ def test_a_killed_run_is_finished_by_the_next_without_duplicates(
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_store_every_image_once(make_settings, tmp_path: Path) -> None:
+def test_two_concurrent_runs_store_every_image_once(
+    make_settings, tmp_path: Path, process_backend: dict[str, str]
+) -> None:
     settings = make_settings(batch_size=3)
     files = many_photos(settings.source_directory, 40)
-    config = write_config(tmp_path / "config.json", settings)
+    config = write_config(tmp_path / "config.json", settings, **process_backend)
 
     first, second = start_index(config), start_index(config)
     outputs = [p.communicate(timeout=300) for p in (first, second)]
@@ -109,12 +111,12 @@ def test_two_concurrent_runs_store_every_image_once(make_settings, tmp_path: Pat
 
 @pytest.mark.slow
 def test_a_database_restart_mid_run_is_survived(
-    password_server: dict, make_server_settings, tmp_path: Path
+    password_server: dict, make_server_settings, tmp_path: Path, process_backend: dict[str, str]
 ) -> None:
     server = password_server
     settings = make_server_settings(batch_size=2)
     files = many_photos(settings.source_directory, 120)
-    config = write_config(tmp_path / "config.json", settings)
+    config = write_config(tmp_path / "config.json", settings, **process_backend)
     env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": server["password"]}
     with_password = dataclasses.replace(settings, postgres_password=server["password"])
 

@@ -44,13 +44,13 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("batch_ends", ["soon", "never"])
 def test_sigterm_during_a_rescan_stops_it_at_a_batch_boundary_and_exits_0(
-    settings: Settings, tmp_path: Path, batch_ends: str
+    settings: Settings, tmp_path: Path, batch_ends: str, process_backend: dict[str, str]
 ) -> None:
     """'soon': the batch under way when the signal comes is stored and no other is begun.
     'never': the wait for it is bounded, and it is left out whole."""
     batch = settings.batch_size
     files = many_photos(settings.source_directory, batch * 6)
-    config = write_config(tmp_path / "config.json", settings)
+    config = write_config(tmp_path / "config.json", settings, **process_backend)
     gate = tmp_path / "gate"
     gate.mkdir()
     process = serve_held(config, gate, port := free_port())

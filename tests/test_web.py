@@ -148,7 +148,7 @@ def test_the_page_never_shows_the_password(
 
 @pytest.mark.slow
 def test_the_default_command_indexes_then_serves_until_ctrl_c(
-    settings: Settings, photos: list[Path], tmp_path: Path
+    settings: Settings, photos: list[Path], tmp_path: Path, process_backend: dict[str, str]
 ) -> None:
     import os
     import signal
@@ -159,7 +159,7 @@ def test_the_default_command_indexes_then_serves_until_ctrl_c(
 
     from conftest import row_count
 
-    config = write_config(tmp_path / "config.json", settings)
+    config = write_config(tmp_path / "config.json", settings, **process_backend)
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
     process = subprocess.Popen(

@@ -319,6 +319,8 @@ class Indexer:
     def _fill_dates(self, scanned: list[ScannedFile], stored: dict[str, StoredFile]) -> None:
         """Capture dates for rows stored before there was a column for them, from the
         files' headers: no decode, no model."""
+        if not any(row.undated for row in stored.values()):
+            return  # one quick pass: only tables from before schema 3 have undated rows
         undated = [
             (row.id, file)
             for file in scanned

@@ -129,8 +129,10 @@ def scan_images(
             continue
         seen_directories.add(identity)
         subdirectories[:] = sorted(d for d in subdirectories if _visible(d))
-        images = sorted(name for name in files if _visible(name) and is_image_name(name))
-        left_out = paired_out(images, raw_with_jpeg)
+        extensions = {name: _extension(name) for name in files if _visible(name)}
+        images = sorted(name for name, ext in extensions.items() if ext in IMAGE_EXTENSIONS)
+        has_raw = any(ext in RAW_EXTENSIONS for ext in extensions.values())
+        left_out = paired_out(images, raw_with_jpeg) if has_raw else set()
         for name in images:
             if name in left_out:
                 continue

@@ -259,10 +259,8 @@ def run_cli(
     with cli_surroundings(cwd, env), redirect_stdout(stdout), redirect_stderr(stderr):
         try:
             code = main(list(args))
-        except SystemExit as exit_:  # argparse: --help, --version, usage errors
-            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
-            if isinstance(exit_.code, str):
-                print(exit_.code, file=sys.stderr)
+        except SystemExit as exit_:  # argparse's --help, --version and usage errors
+            code = int(exit_.code or 0)
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 

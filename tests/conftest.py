@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -290,17 +291,15 @@ def cli_surroundings(cwd: Path | None, env: dict | None) -> Iterator[None]:
 def run_cli_process(
     *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess:
-    """The real console entry point in a fresh process."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "image_search", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """The real console entry point in a fresh process (as start_python makes it)."""
+    process = start_python("-m", "image_search", *args, env=env, cwd=cwd)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def free_port() -> int:
@@ -398,6 +397,18 @@ def start_serve(config: Path, port: int, **options: Any) -> subprocess.Popen:
     return start_python(
         "-m", "image_search", "serve", "--env", str(config), "--port", str(port), **options
     )
+
+
+def wait_until_serving(process: subprocess.Popen, url: str) -> None:
+    """Until the page a started process serves answers at `url` (two minutes at most)."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
 
 
 def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:

@@ -150,34 +150,15 @@ def test_the_page_never_shows_the_password(
 def test_the_default_command_indexes_then_serves_until_ctrl_c(
     settings: Settings, photos: list[Path], tmp_path: Path, process_backend: dict[str, str]
 ) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
-    from conftest import row_count
+    from conftest import row_count, start_python, wait_until_serving
 
     config = write_config(tmp_path / "config.json", settings, **process_backend)
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE_SEARCH_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "image_search", "--env", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
+    process = start_python("-m", "image_search", "--env", str(config), "--port", str(port))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_serving(process, f"http://127.0.0.1:{port}/")
         assert row_count(settings) == len(photos)  # indexed before serving
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         *_, results = client.predict(handle_file(str(photos[4])), "", 2, api_name="/search")

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import stat
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from conftest import (
     free_port,
     start_serve,
     stored_rows,
+    wait_until_serving,
     write_config,
 )
 from gradio_client import Client, handle_file
@@ -230,17 +230,6 @@ def test_nothing_private_stays_after_the_page_stops(
     # before); Gradio makes an empty folder there when imported, the database a lock file.
     assert [p for p in temp.rglob("*") if p.is_file() and p.stat().st_size] == []
     assert "Traceback" not in err
-
-
-def wait_until_serving(process: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
 
 
 def count_files(folder: Path) -> int:

@@ -81,8 +81,8 @@ def paired_out(names: list[str], raw_with_jpeg: str) -> set[str]:
     """The names in one folder that raw-with-jpeg leaves out: RAW files with a JPEG (or HEIC)
     of the same stem beside them (`skip-raw`), or those JPEGs (`skip-jpeg`). Stems compare
     without case: cameras write IMG_0001.CR2 beside IMG_0001.JPG."""
-    if raw_with_jpeg == "both" or not any(map(is_raw_name, names)):
-        return set()  # a folder without RAW files (most) pairs nothing: one cheap pass
+    if raw_with_jpeg == "both":
+        return set()
     drop, keep = (
         (RAW_EXTENSIONS, RENDERED_EXTENSIONS)
         if raw_with_jpeg == "skip-raw"
@@ -131,6 +131,7 @@ def scan_images(
         subdirectories[:] = sorted(d for d in subdirectories if _visible(d))
         extensions = {name: _extension(name) for name in files if _visible(name)}
         images = sorted(name for name, ext in extensions.items() if ext in IMAGE_EXTENSIONS)
+        # A folder without RAW files (most) pairs nothing: one cheap pass.
         has_raw = any(ext in RAW_EXTENSIONS for ext in extensions.values())
         left_out = paired_out(images, raw_with_jpeg) if has_raw else set()
         for name in images:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 from common import DATA, cores, jpeg_folder, median_of, vit_b32_folder
 
 from image_search.config import Settings
-from image_search.executors import executor_for
+from image_search.executor_choice import executor_for
 from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.store import VectorSpec, open_store, start_embedded_server

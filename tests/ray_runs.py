@@ -12,7 +12,7 @@ import numpy as np
 from conftest import assert_one_row_per_file, many_photos, stored_rows
 
 from image_search.config import Settings
-from image_search.executors import executor_for
+from image_search.executor_choice import executor_for
 from image_search.ingest import IndexReport, Progress, run_index
 from image_search.models import Embedder
 

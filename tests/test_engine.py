@@ -29,7 +29,7 @@ def reachable_from(start: str) -> set[str]:
 def test_the_index_run_and_the_ray_executor_never_import_each_other() -> None:
     assert "image_search.cluster" not in reachable_from("image_search.ingest")
     assert "image_search.ingest" not in reachable_from("image_search.cluster")
-    assert "image_search.cluster" in reachable_from("image_search.executors")  # the chooser
+    assert "image_search.cluster" in reachable_from("image_search.executor_choice")  # the chooser
 
 
 def test_a_ray_address_without_its_executor_is_refused(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from image_search.errors import ConfigError
 from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.models.precision import planned_spec, recorded_spec
-from image_search.search import Query, Searcher, build_filters, combine, parse_date
+from image_search.query import Query, build_filters, combine, parse_date
+from image_search.search import Searcher
 from image_search.store import Filters, NewRow, index_name, open_store
 from image_search.store.rows import Rows
 

@@ -47,8 +47,9 @@ from image_search.ingest import (
 )
 from image_search.models import Embedder
 from image_search.pipeline import prepared_batches
+from image_search.result_folder import RESULTS_FILE
 from image_search.scan import ScannedFile
-from image_search.search import RESULTS_FILE, Searcher, SearchResult
+from image_search.search import Searcher, SearchResult
 from image_search.store import StoredFile, open_store
 
 pytestmark = pytest.mark.fast

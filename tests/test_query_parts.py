@@ -26,15 +26,9 @@ from image_search.config import Settings
 from image_search.errors import ConfigError
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.search import (
-    QUERY_RECORD_FILE,
-    Query,
-    QueryPart,
-    Searcher,
-    SearchResult,
-    build_filters,
-    parse_part,
-)
+from image_search.query import Query, QueryPart, build_filters, parse_part
+from image_search.result_folder import QUERY_RECORD_FILE
+from image_search.search import Searcher, SearchResult
 from image_search.store import open_store
 
 pytestmark = pytest.mark.fast

@@ -17,7 +17,8 @@ from image_search.errors import ImageSearchError
 from image_search.images import ResizeSpec, prepare_file
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.search import Searcher, make_result_folder
+from image_search.result_folder import make_result_folder
+from image_search.search import Searcher
 from image_search.store import open_store
 
 SECRET = "s3cret-Pa55word"

@@ -22,7 +22,7 @@ from test_query_parts import LIBRARY, expected_ranking
 
 from image_search.config import Settings
 from image_search.ingest import run_index
-from image_search.search import QUERY_RECORD_FILE
+from image_search.result_folder import QUERY_RECORD_FILE
 
 _tables = itertools.count(1)
 

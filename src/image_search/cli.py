@@ -22,7 +22,7 @@ import psycopg
 from .cli_parser import build_parser, show_help
 from .config import Settings, all_keys, attribute_of, load_settings
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
-from .executors import executor_for
+from .executor_choice import executor_for
 from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .models.base import require_torch
@@ -149,7 +149,7 @@ def check_request(args: argparse.Namespace, settings: Settings) -> None:
     """The query and filters of `search` and `duplicates`, checked before the database is
     started or the model loaded (a bad date is exit 2 at once) and kept on `args`."""
     from .duplicates import check_threshold
-    from .search import Query, build_filters, missing_folders, parse_part
+    from .query import Query, build_filters, missing_folders, parse_part
 
     if args.command not in ("search", "duplicates"):
         return
@@ -175,7 +175,8 @@ def check_request(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def command_search(args: argparse.Namespace, services: Services) -> int:
-    from .search import Searcher, describe_filters
+    from .query import describe_filters
+    from .search import Searcher
 
     settings = services.settings
     searcher = Searcher(settings, Store(services.database, settings.table_name), services.embedder)

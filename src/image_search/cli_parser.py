@@ -15,7 +15,7 @@ from typing import NoReturn
 from . import __version__
 from .config import all_keys, attribute_of, did_you_mean, key_info, key_kind, shown_default
 from .duplicates import DEFAULT_THRESHOLD
-from .search import DEFAULT_TEXT_WEIGHT
+from .query import DEFAULT_TEXT_WEIGHT
 
 KEYS_POINTER = (
     "Every configuration key is also a flag of every command (--model-name, --table-name, "

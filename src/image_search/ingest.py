@@ -1,7 +1,7 @@
 """The index run, written once: scan the folder, diff it with the table (plan), hand the work
 to an executor (in process or on Ray: executor.py), fill capture dates, remove rows of deleted
 files, remember files that failed, draw the bars and report. The executor is the caller's
-choice (executors.executor_for); this module never imports the Ray one. One job, the
+choice (executor_choice.executor_for); this module never imports the Ray one. One job, the
 whole of a run that either executor serves, hence a little over 400 lines."""
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def run_index(
 ) -> IndexReport:
     """Index `source` (default: the source-directory key) into the configured table, the
     work done by `executor`: the caller's choice for the `ray-address` key
-    (executors.executor_for), by default this process.
+    (executor_choice.executor_for), by default this process.
 
     With `reindex`, every image is embedded again with the configured model into a shadow
     table that replaces the old one in one transaction at the end: the old vectors stay

@@ -1,6 +1,6 @@
 """A query: preprocess and embed it like an indexed image (or embed text), rank, write the
 result folder (seed step ⑪). What the user asks is parsed in query.py; the result folder is
-written by result_folder.py. The names they held here are still imported from here."""
+written by result_folder.py."""
 
 from __future__ import annotations
 
@@ -18,51 +18,17 @@ from .errors import ConfigError, ImageError, ImageSearchError
 from .images import ResizeSpec, prepare_file, save_jpeg
 from .models import Embedder
 from .models.precision import planned_spec
-from .query import (
-    DEFAULT_TEXT_WEIGHT,
-    Query,
-    QueryPart,
-    build_filters,
-    combine,
-    describe_filters,
-    filters_record,
-    missing_folders,
-    parse_date,
-    parse_part,
-    text_part,
-    weighted_sum,
-)
+from .query import Query, QueryPart, filters_record, weighted_sum
 from .result_folder import (
     QUERY_IMAGE_FILE,
     QUERY_RECORD_FILE,
     QUERY_TEXT_FILE,
-    RESULTS_FILE,
     copy_stored_query,
-    make_result_folder,
     result_record,
     write_result_folder,
 )
 from .scan import display_path
 from .store import NO_FILTERS, Filters, Match, Store, StoredImage, TableInfo
-
-__all__ = [  # with the names of query.py and result_folder.py that callers take from here
-    "DEFAULT_TEXT_WEIGHT",
-    "QUERY_RECORD_FILE",
-    "RESULTS_FILE",
-    "Query",
-    "QueryPart",
-    "SearchResult",
-    "Searcher",
-    "build_filters",
-    "combine",
-    "describe_filters",
-    "find_stored",
-    "make_result_folder",
-    "missing_folders",
-    "parse_date",
-    "parse_part",
-    "text_part",
-]
 
 
 @dataclass

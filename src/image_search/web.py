@@ -20,20 +20,12 @@ from starlette.exceptions import StarletteDeprecationWarning
 from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, counted, find_duplicates
 from .errors import ConfigError, ImageError, ImageSearchError
-from .executors import executor_for
+from .executor_choice import executor_for
 from .ingest import Progress, run_index
 from .models import Embedder
+from .query import DEFAULT_TEXT_WEIGHT, Query, build_filters, describe_filters, text_part
 from .scan import display_path
-from .search import (
-    DEFAULT_TEXT_WEIGHT,
-    Query,
-    Searcher,
-    SearchResult,
-    build_filters,
-    describe_filters,
-    find_stored,
-    text_part,
-)
+from .search import Searcher, SearchResult, find_stored
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store, StoredFile
 from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from .errors import ConfigError
-from .search import build_filters, parse_date
+from .query import build_filters, parse_date
 from .store import Filters
 
 MAX_TOP_K = 100

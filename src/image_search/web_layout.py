@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from .duplicates import DEFAULT_THRESHOLD
-from .search import DEFAULT_TEXT_WEIGHT
+from .query import DEFAULT_TEXT_WEIGHT
 from .web_inputs import (
     AFTER_LABEL,
     BEFORE_LABEL,

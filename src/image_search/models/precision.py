@@ -25,6 +25,7 @@ from ..config import Settings
 from ..vectors import VectorSpec
 from .base import resolve_device as resolve_torch_device
 from .base import torch_installed
+from .immich_layout import in_immich_layout
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,15 @@ def torch_gpu(device: str) -> bool:
 
 
 def choose_backend(
-    backend: str, precision: str, device: str, table: tuple[str, str] | None = None
+    backend: str,
+    precision: str,
+    device: str,
+    table: tuple[str, str] | None = None,
+    model: str = "",
 ) -> BackendChoice:
     """Resolve backend `auto`. `table`: the backend and precision that filled the table, when
-    it holds images: an upgrade never forces a re-index while that backend is installed."""
+    it holds images: an upgrade never forces a re-index while that backend is installed.
+    `model`: its name, for a model that only ONNX Runtime can run."""
     if backend != "auto":
         return BackendChoice(backend, precision, CONFIGURED)
     if precision == "int8":
@@ -78,6 +84,8 @@ def choose_backend(
     if table is not None and (table[0] == "onnx" or torch_installed()):
         return _table_choice(table, precision, device)
     if torch_gpu(device):
+        if model and in_immich_layout(model):  # asked only here: it may read the hub cache
+            return BackendChoice("onnx", precision, "the model is in Immich's ONNX layout")
         return BackendChoice("torch", precision, "a GPU is here and torch is installed")
     if device in ("auto", "cuda") and nvidia_driver_present() and onnx_has_cuda():
         return BackendChoice("onnx", precision, "a CUDA GPU is here with onnxruntime-gpu")
@@ -99,7 +107,9 @@ def settings_for_backend(
 ) -> tuple[Settings, str]:
     """`settings` with backend `auto` resolved (and precision where a table decides it),
     and the reason."""
-    choice = choose_backend(settings.backend, settings.precision, settings.device, table)
+    choice = choose_backend(
+        settings.backend, settings.precision, settings.device, table, settings.model_name
+    )
     resolved = dataclasses.replace(settings, backend=choice.backend, precision=choice.precision)
     return resolved, choice.reason
 

@@ -62,13 +62,14 @@ def torch_installed() -> bool:
     return all(importlib.util.find_spec(module) is not None for module in TORCH_MODULES)
 
 
-def require_torch(purpose: str) -> None:
-    """One line naming the extra, where `purpose` needs torch and it is not installed."""
+def require_torch(purpose: str, instead: str = "use backend onnx") -> None:
+    """One line naming the extra, where `purpose` needs torch and it is not installed, and
+    `instead`: what does without torch (never what is already set)."""
     if not torch_installed():
         raise ConfigError(
             f"{purpose} needs torch and transformers, which the default install leaves out: "
             f"install the {TORCH_EXTRA} extra (pip install 'image-search[{TORCH_EXTRA}]'; "
-            f"from a clone: uv sync --extra {TORCH_EXTRA}), or use backend onnx"
+            f"from a clone: uv sync --extra {TORCH_EXTRA}), or {instead}"
         )
 
 

@@ -507,3 +507,33 @@ def test_a_thread_count_given_reaches_every_session(
         loaded = embedder.model()
         for tower in (loaded._image, loaded._text):
             assert tower.session().get_session_options().intra_op_num_threads == 1
+
+
+# ---------------------------------------------------------------- opening a session quickly
+
+
+def test_a_graph_is_opened_from_its_optimised_copy_made_once(tmp_path: Path) -> None:
+    """The optimised copy keeps the graph's results, holds its weights in a file of their own
+    (mapped, not parsed, when opened), and is made once per graph file."""
+    import onnxruntime
+    from tiny_immich import build_immich_model
+
+    from image_search.models.onnx_runtime import OPTIMISED_WEIGHTS, Tower
+
+    model = build_immich_model(tmp_path / "model", batch=None)
+    graph, cache = model / "textual" / "model.onnx", tmp_path / "cache"
+    ids = np.random.default_rng(0).integers(0, 200, (3, 77)).astype(np.int32)
+    expected = onnxruntime.InferenceSession(str(graph)).run(None, {"text": ids})[0]
+    first = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert (entry / OPTIMISED_WEIGHTS).stat().st_size > 0
+    made = (entry / "model.onnx").stat().st_mtime_ns
+    again = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
+    assert (entry / "model.onnx").stat().st_mtime_ns == made
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(again, first)
+
+    build_immich_model(model, batch=None, seed=8)  # the same file name, other weights
+    changed = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    assert not np.allclose(changed, first)

@@ -262,6 +262,50 @@ def build_xlmr_like_tokenizer(path: Path) -> tuple[int, int]:
     return len(pieces), XLMR_SPECIALS.index("<pad>")
 
 
+def build_bpe_tokenizer_of_size(
+    path: Path, vocabulary: int, seed: int = 0, open_clip_vocab: Path | None = None
+) -> tuple[int, int]:
+    """A CLIP-style byte-level BPE tokenizer.json with `vocabulary` tokens and as many merges
+    as a real one of that size (CLIP's: 49,408), made up at random: a stand-in that costs what
+    a real tokenizer costs to load and run. `open_clip_vocab`: where to write the same merges
+    as open_clip's bpe_simple_vocab_16e6.txt.gz (which rclip reads). Returns the vocabulary
+    size and the pad id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    rng = np.random.default_rng(seed)
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = [*symbols, *(s + "</w>" for s in symbols)]
+    known = set(tokens)
+    merges: list[tuple[str, str]] = []
+    while len(tokens) < vocabulary - 2:
+        # Mostly short parts, as a trained vocabulary's merges are.
+        left, right = (tokens[int(len(tokens) * rng.random() ** 4)] for _ in range(2))
+        if left.endswith("</w>"):
+            continue
+        if left + right not in known:
+            known.add(left + right)
+            tokens.append(left + right)
+            merges.append((left, right))
+    tokens += [CLIP_START, CLIP_END]
+    ids = {token: i for i, token in enumerate(tokens)}
+    tokenizer = Tokenizer(models.BPE(vocab=ids, merges=merges, end_of_word_suffix="</w>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([CLIP_START, CLIP_END])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLIP_START} $A {CLIP_END}",
+        special_tokens=[(CLIP_START, ids[CLIP_START]), (CLIP_END, ids[CLIP_END])],
+    )
+    tokenizer.save(str(path))
+    if open_clip_vocab is not None:
+        import gzip
+
+        lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
+        open_clip_vocab.parent.mkdir(parents=True, exist_ok=True)
+        open_clip_vocab.write_bytes(gzip.compress("\n".join(lines).encode("utf-8")))
+    return len(ids), ids[CLIP_END]
+
+
 # ---------------------------------------------------------------- a real architecture (torch)
 
 
@@ -280,13 +324,18 @@ def publish_in_immich_layout(
     textual.mkdir(parents=True, exist_ok=True)
     image_size = int(clip.config.vision_config.image_size)
 
-    class Visual(torch.nn.Module):
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return as_tensor(clip.get_image_features(pixel_values=image))
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = clip
 
-    class Textual(torch.nn.Module):
+    class Visual(Tower):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return as_tensor(self.clip.get_image_features(pixel_values=image))
+
+    class Textual(Tower):
         def forward(self, text: torch.Tensor) -> torch.Tensor:
-            return as_tensor(clip.get_text_features(input_ids=text.long()))
+            return as_tensor(self.clip.get_text_features(input_ids=text.long()))
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

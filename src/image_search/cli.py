@@ -15,21 +15,22 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import psycopg
 
 from .cli_parser import build_parser, show_help
 from .config import Settings, all_keys, attribute_of, load_settings
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
-from .executor_choice import executor_for
-from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .models.base import require_torch
 from .models.hub import check_hub_for
 from .models.precision import CONFIGURED, settings_for_backend
 from .scan import display_path
 from .store import Database, Store, redact
+
+if TYPE_CHECKING:
+    from .ingest import IndexReport
 
 log = logging.getLogger("image_search")
 
@@ -111,6 +112,9 @@ def print_index_report(report: IndexReport, as_json: bool) -> None:
 
 
 def command_index(args: argparse.Namespace, services: Services) -> int:
+    from .executor_choice import executor_for  # the index run's stack, for index runs only
+    from .ingest import Progress, run_index, source_folder
+
     source = getattr(args, "source", None)
     show_bars = not args.json and not args.watch
 
@@ -233,6 +237,8 @@ def command_serve(args: argparse.Namespace, services: Services) -> int:
 
 def command_run_all(args: argparse.Namespace, services: Services) -> int:
     """The seed's whole run: index source-directory, then serve the page and wait."""
+    from .executor_choice import executor_for
+    from .ingest import Progress, run_index
     from .web_launch import serve
 
     report = run_index(

@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, ImageSearchError
-from .images import open_any_size
-from .raw import raw_size
 from .scan import display_path, is_raw_name
 from .store import NO_FILTERS, Filters, Store, StoredImage
 
@@ -166,6 +164,9 @@ def keep_order(image: StoredImage, pixels: int) -> tuple:
 def pixel_count(path: str) -> int:
     """Width x height from the file's header (no decode; a RAW file's from LibRaw, a
     200-megapixel photo's past Pillow's own limit); 0 if it cannot be read."""
+    from .images import open_any_size  # the decoders, for this command only
+    from .raw import raw_size
+
     try:
         if is_raw_name(path):
             width, height = raw_size(path)

@@ -8,14 +8,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from .config import Settings
 from .errors import ConfigError, ImageError, ImageSearchError
-from .images import ResizeSpec, prepare_file, save_jpeg
 from .models import Embedder
 from .models.precision import planned_spec
 from .query import Query, QueryPart, filters_record, weighted_sum
@@ -29,6 +28,9 @@ from .result_folder import (
 )
 from .scan import display_path
 from .store import NO_FILTERS, Filters, Match, Store, StoredImage, TableInfo
+
+if TYPE_CHECKING:
+    from .images import ResizeSpec
 
 
 @dataclass
@@ -75,8 +77,15 @@ class Searcher:
         are one vector, their normalised weighted sum."""
         query.check()
         parts = query.parts()
-        spec = ResizeSpec.of(self.settings)
-        images = {i: prepare_file(p.value, spec) for i, p in enumerate(parts) if p.kind == "image"}
+        images: dict[int, Image.Image] = {}
+        spec: Any = None  # a ResizeSpec wherever a part is a file
+        if any(p.kind != "text" for p in parts):  # the decoders are not imported for texts
+            from .images import ResizeSpec, prepare_file
+
+            spec = ResizeSpec.of(self.settings)
+            images = {
+                i: prepare_file(p.value, spec) for i, p in enumerate(parts) if p.kind == "image"
+            }
         info = self._table_info()
         stored: dict[int, StoredImage] = {}
         given_with_like = len(parts) - len(query.more)  # the parts before are --like's
@@ -97,6 +106,8 @@ class Searcher:
             if pictured in stored:
                 warnings.extend(copy_stored_query(stored[pictured], folder))
             elif pictured is not None:
+                from .images import save_jpeg
+
                 save_jpeg(images[pictured], folder / QUERY_IMAGE_FILE)
             words = next((p.value for p in parts if p.kind == "text" and p.sign > 0), None)
             if words is not None:
@@ -113,6 +124,8 @@ class Searcher:
     def _prepare_unindexed(self, part: QueryPart, spec: ResizeSpec, like: bool) -> Image.Image:
         """A `like` file that is not indexed, prepared as an image; an error names the file
         (and for an added or subtracted part, its option)."""
+        from .images import prepare_file
+
         try:
             return prepare_file(part.value, spec)
         except ImageError as exc:

@@ -42,6 +42,11 @@ class LoadOptions:
     threads: int | None = None
     """CPU threads for ONNX Runtime's sessions (None: one per core)."""
 
+    @property
+    def optimised_directory(self) -> Path:
+        """Where ONNX graphs optimised for this computer are kept, beside the exports."""
+        return self.cache_directory.parent / "optimised"
+
 
 class ModelAdapter(Protocol):
     """A class that loads one family of models as an EmbeddingModel. The registry asks each

@@ -70,8 +70,15 @@ class OnnxClip:
                 device,
                 one_at_a_time=quantises_per_batch(options.precision),
                 threads=options.threads,
+                optimised_cache=options.optimised_directory,
             ),
-            Tower(entry / TEXT_GRAPH, OUTPUT, device, threads=options.threads),
+            Tower(
+                entry / TEXT_GRAPH,
+                OUTPUT,
+                device,
+                threads=options.threads,
+                optimised_cache=options.optimised_directory,
+            ),
             PixelRecipe.from_file(entry / "preprocessor_config.json"),
             tokenizer,
         )

@@ -71,8 +71,15 @@ class ImmichOnnx:
                 device,
                 one_at_a_time=quantises_per_batch(options.precision),
                 threads=options.threads,
+                optimised_cache=options.optimised_directory,
             ),
-            Tower(tower_graph(name, textual, options), None, device, threads=options.threads),
+            Tower(
+                tower_graph(name, textual, options),
+                None,
+                device,
+                threads=options.threads,
+                optimised_cache=options.optimised_directory,
+            ),
             PixelRecipe.open_clip(
                 json.loads((folder / VISUAL / PREPROCESS_CONFIG).read_text(encoding="utf-8"))
             ),

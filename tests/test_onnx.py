@@ -537,3 +537,22 @@ def test_a_graph_is_opened_from_its_optimised_copy_made_once(tmp_path: Path) -> 
     changed = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
     assert not np.allclose(changed, first)
+
+
+def test_a_graph_runs_even_where_no_optimised_copy_can_be_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tiny_immich import build_immich_model
+
+    from image_search.models.onnx_runtime import Tower
+
+    model = build_immich_model(tmp_path / "model", batch=None)
+    graph = model / "textual" / "model.onnx"
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache would go")
+    ids = np.ones((1, 77), dtype=np.int32)
+    with caplog.at_level(logging.WARNING):
+        vectors = Tower(graph, None, "cpu", optimised_cache=blocked).run({"text": ids})
+    expected = Tower(graph, None, "cpu").run({"text": ids})
+    np.testing.assert_array_equal(vectors, expected)
+    assert any("optimised copy" in r.getMessage() for r in caplog.records)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import one_line
 from .onnx_export import build_once
 from .precision import CUDA_PROVIDER
 
@@ -56,8 +57,16 @@ def open_session(
     the CPU): such a copy opens several times faster, since nothing is left to optimise and
     the weights are mapped from their file rather than parsed."""
     if optimised_cache is not None and device == "cpu":
-        copy = optimised_copy(graph, external_data, optimised_cache)
-        return new_session(copy, device, threads=threads, optimise=False)
+        try:
+            copy = optimised_copy(graph, external_data, optimised_cache)
+            return new_session(copy, device, threads=threads, optimise=False)
+        except Exception as exc:  # a copy is only quicker: without it the graph still runs
+            log.warning(
+                "cannot keep an optimised copy of %s in %s (%s); opening the graph itself",
+                graph.name,
+                optimised_cache,
+                one_line(exc),
+            )
     return new_session(graph, device, external_data, threads)
 
 

@@ -326,3 +326,21 @@ def test_japanese_queries_and_names_work_end_to_end(
         ["猫の写真", "犬の写真"]
     )
     assert float(cat_text @ dog_text) < 0.999
+
+
+def test_the_text_tower_opens_without_laying_out_its_weights_first(
+    immich_model: Path, tmp_path: Path
+) -> None:
+    """A text tower is opened for each command-line query; prepacking its int8 weights costs
+    more when it opens than it saves on one query. The image tower, run per photo, keeps it."""
+    loaded = embedder_for(immich_model, tmp_path / "models", "int8").model()
+
+    def prepacking_disabled(tower) -> bool:
+        options = tower.session().get_session_options()
+        try:
+            return options.get_session_config_entry("session.disable_prepacking") == "1"
+        except RuntimeError:  # not set: ONNX Runtime's default, prepacking
+            return False
+
+    assert prepacking_disabled(loaded._text)
+    assert not prepacking_disabled(loaded._image)

@@ -78,6 +78,7 @@ class OnnxClip:
                 device,
                 threads=options.threads,
                 optimised_cache=options.optimised_directory,
+                prepack=False,  # opened for each query, where its opening is most of the cost
             ),
             PixelRecipe.from_file(entry / "preprocessor_config.json"),
             tokenizer,

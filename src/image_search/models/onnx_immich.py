@@ -79,6 +79,7 @@ class ImmichOnnx:
                 device,
                 threads=options.threads,
                 optimised_cache=options.optimised_directory,
+                prepack=False,  # opened for each query, where its opening is most of the cost
             ),
             PixelRecipe.open_clip(
                 json.loads((folder / VISUAL / PREPROCESS_CONFIG).read_text(encoding="utf-8"))

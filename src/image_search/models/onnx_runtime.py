@@ -49,17 +49,19 @@ def open_session(
     external_data: Path | None = None,
     threads: int | None = None,
     optimised_cache: Path | None = None,
+    prepack: bool = True,
 ) -> Any:  # onnxruntime.InferenceSession
     """A session for `graph` on `device`. `external_data`: the folder holding the weights the
     graph refers to, where that is not the graph's own folder. `threads`: the CPU threads it
     may use (default: one per core). `optimised_cache`: where to keep the graph as ONNX
     Runtime optimises it for this computer, its weights in a file of their own (made once, on
     the CPU): such a copy opens several times faster, since nothing is left to optimise and
-    the weights are mapped from their file rather than parsed."""
+    the weights are mapped from their file rather than parsed. `prepack`: lay int8 weights out
+    for the CPU's kernels when the session opens (quicker runs, slower opening)."""
     if optimised_cache is not None and device == "cpu":
         try:
             copy = optimised_copy(graph, external_data, optimised_cache)
-            return new_session(copy, device, threads=threads, optimise=False)
+            return new_session(copy, device, threads=threads, optimise=False, prepack=prepack)
         except Exception as exc:  # a copy is only quicker: without it the graph still runs
             log.warning(
                 "cannot keep an optimised copy of %s in %s (%s); opening the graph itself",
@@ -67,7 +69,7 @@ def open_session(
                 optimised_cache,
                 one_line(exc),
             )
-    return new_session(graph, device, external_data, threads)
+    return new_session(graph, device, external_data, threads, prepack=prepack)
 
 
 def new_session(
@@ -78,6 +80,7 @@ def new_session(
     *,
     optimise: bool = True,
     save_to: Path | None = None,
+    prepack: bool = True,
 ) -> Any:
     import onnxruntime as ort
 
@@ -89,6 +92,8 @@ def new_session(
     # Spinning threads would keep both cores busy between batches, while an index run
     # decodes the next batch on them.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
         options.add_session_config_entry(
@@ -157,7 +162,8 @@ class Tower:
 
     `graph`: the graph's path, or what makes it (a conversion run only when the tower is
     first used). `output`: the output to read (None: the graph's first). `optimised_cache`:
-    where its optimised copy is kept (see open_session). `one_at_a_time`:
+    where its optimised copy is kept, `prepack` whether its weights are laid out for the CPU's
+    kernels when it opens (see open_session). `one_at_a_time`:
     run each item of a batch alone, so that its result never depends on the rest of the
     batch (for a graph that quantises_per_batch); a graph whose batch is fixed at one is
     always run so."""
@@ -172,9 +178,11 @@ class Tower:
         one_at_a_time: bool = False,
         threads: int | None = None,
         optimised_cache: Path | None = None,
+        prepack: bool = True,
     ) -> None:
         self._graph = graph
         self.optimised_cache = optimised_cache
+        self.prepack = prepack
         self.threads = threads
         self.output = output
         self.device = device
@@ -196,7 +204,12 @@ class Tower:
         with self._lock:
             if self._session is None:
                 session = open_session(
-                    self.graph, self.device, self.external_data, self.threads, self.optimised_cache
+                    self.graph,
+                    self.device,
+                    self.external_data,
+                    self.threads,
+                    self.optimised_cache,
+                    self.prepack,
                 )
                 self._inputs = {i.name: i for i in session.get_inputs()}
                 first = next(iter(self._inputs.values()))

@@ -27,6 +27,7 @@ from image_search.store import Database, as_array, open_store, start_embedded_se
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from gate import wait_until_held  # noqa: E402
 from imagegen import write_photo  # noqa: E402
 from tiny_models import (  # noqa: E402
     EMBEDDING_DIM,
@@ -155,9 +156,7 @@ def run_settings(
     """Settings and the matching Embedder for each of RUNS: the ranking tests run on all."""
     embedder = run_embedders(request.param)
     backend, precision, _ = RUNS[request.param]
-    settings = make_settings(
-        model_name=embedder.model_name, backend=backend, precision=precision
-    )
+    settings = make_settings(model_name=embedder.model_name, backend=backend, precision=precision)
     settings.source_directory.mkdir(parents=True, exist_ok=True)
     return settings, embedder
 
@@ -414,6 +413,31 @@ def wait_until_serving(process: subprocess.Popen, url: str) -> None:
 def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     index = ["-m", "image_search", "index", "--env", str(config), "--json"]
     return start_python(*index, *extra, env=env)
+
+
+HELD_MODEL = Path(__file__).parent / "held_model.py"
+
+
+def start_held(gate: Path, hold_at: int, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`image-search ARGS` in a process of its own whose model holds its `hold_at`th image
+    batch, and every one after, at `gate` (held_model.py) until the gate is opened."""
+    gate.mkdir(exist_ok=True)
+    return start_python(str(HELD_MODEL), str(gate), str(hold_at), *args, env=env)
+
+
+def killed_while_held(
+    config: Path, rows_of: Settings, gate: Path, *extra: str, hold_at: int = 3
+) -> int:
+    """`index --env CONFIG EXTRA` killed (SIGKILL) while its model holds its `hold_at`th batch:
+    the rows it left in the table of `rows_of`, which are the batches before, whole."""
+    index = start_held(gate, hold_at, "index", "--env", str(config), "--json", *extra)
+    wait_until_held(gate, index)
+    stored = row_count(rows_of)
+    index.kill()
+    index.communicate()
+    assert stored == (hold_at - 1) * rows_of.batch_size
+    assert row_count(rows_of) == stored  # nothing more once killed
+    return stored
 
 
 def wait_for_rows(settings: Settings, process: subprocess.Popen, timeout: float = 120) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import psycopg
 
@@ -102,12 +102,36 @@ def check_port_free(host: str, port: int) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def print_index_report(report: IndexReport, as_json: bool) -> None:
+def print_index_report(report: IndexReport, as_json: bool, stopped: bool = False) -> None:
+    """The summary; of a run that was stopped, what it stored before (`"stopped": true`)."""
     if as_json:
-        print(json.dumps(report.to_json(), ensure_ascii=False))
+        told = report.to_json() | ({"stopped": True} if stopped else {})
+        print(json.dumps(told, ensure_ascii=False))
         return
     # Each skipped file was logged as a warning when the run met it: not listed again here.
-    print(f"Indexed: {report.summary()}")
+    if stopped:
+        print(f"Stopped: {report.summary()}; the next run does the rest.")
+    else:
+        print(f"Indexed: {report.summary()}")
+
+
+def index_and_report(services: Services, as_json: bool, show_bars: bool, **options: Any) -> None:
+    """One index run (`options` as run_index takes them) and its summary, printed also
+    when Ctrl-C or SIGTERM stops it (then raised on)."""
+    progress = Progress(show_bars=show_bars)
+    try:
+        report = run_index(
+            services.settings,
+            services.embedder,
+            services.database,
+            progress=progress,
+            executor=executor_for(services.settings),
+            **options,
+        )
+    except KeyboardInterrupt:
+        print_index_report(progress.report or IndexReport(), as_json, stopped=True)
+        raise
+    print_index_report(report, as_json)
 
 
 def command_index(args: argparse.Namespace, services: Services) -> int:
@@ -115,17 +139,14 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
     show_bars = not args.json and not args.watch
 
     def index_once(reindex: bool = False) -> None:
-        report = run_index(
-            services.settings,
-            services.embedder,
-            services.database,
+        index_and_report(
+            services,
+            args.json,
+            show_bars,
             source=source,
             keep_missing=args.keep_missing,
             reindex=reindex,
-            progress=Progress(show_bars=show_bars),
-            executor=executor_for(services.settings),
         )
-        print_index_report(report, args.json)
 
     if not args.watch:
         index_once(args.reindex)
@@ -139,10 +160,9 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
         try:
             while watcher.wait_for_changes():
                 index_once()
-        except KeyboardInterrupt:
-            pass
-    print("Stopped watching.", file=sys.stderr)
-    return 0
+        finally:
+            print("Stopped watching.", file=sys.stderr)
+    return 0  # not reached: watching ends with Ctrl-C or SIGTERM
 
 
 def check_request(args: argparse.Namespace, settings: Settings) -> None:
@@ -225,25 +245,23 @@ def command_status(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_serve(args: argparse.Namespace, services: Services) -> int:
-    from .web_launch import serve
-
-    serve(services.settings, services.embedder, services.database, args.host, args.port)
-    return 0
+    return serve_until_stopped(args, services)
 
 
 def command_run_all(args: argparse.Namespace, services: Services) -> int:
     """The seed's whole run: index source-directory, then serve the page and wait."""
+    index_and_report(services, as_json=False, show_bars=True)
+    return serve_until_stopped(args, services)
+
+
+def serve_until_stopped(args: argparse.Namespace, services: Services) -> int:
+    """The page until Ctrl-C (130) or SIGTERM, a service's normal end (0)."""
     from .web_launch import serve
 
-    report = run_index(
-        services.settings,
-        services.embedder,
-        services.database,
-        progress=Progress(show_bars=True),
-        executor=executor_for(services.settings),
-    )
-    print_index_report(report, as_json=False)
-    serve(services.settings, services.embedder, services.database, args.host, args.port)
+    try:
+        serve(services.settings, services.embedder, services.database, args.host, args.port)
+    except Terminated:
+        return 0
     return 0
 
 
@@ -289,7 +307,8 @@ def configure_logging(debug: bool) -> None:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (systemd, docker stop, kill): unwind like Ctrl-C, so that everything is
-    closed and the embedded PostgreSQL stopped, then exit 0."""
+    closed and the embedded PostgreSQL stopped, then exit 143 (0 for the page: serving
+    ends that way)."""
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -328,9 +347,9 @@ def run_command(argv: Sequence[str] | None) -> int:
             services = Services(settings, database, make_embedder(settings), reason)
             return COMMANDS[args.command](args, services)
     except Terminated:
-        return 0
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
     except BrokenPipeError:  # main's to handle: not a failure of the run
         raise
     except ImageSearchError as exc:

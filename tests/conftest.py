@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from image_search.cli import main
@@ -240,6 +242,37 @@ def stored_rows(settings: Settings) -> list[dict]:
     for row in rows:
         row["embedding"] = as_array(row["embedding"])
     return rows
+
+
+def distinct_ranking(scores: dict[str, float], gap: float) -> list[str]:
+    """The keys of `scores` from the highest score to the lowest. The test data must hold no
+    two closer than `gap`: they could rank either way, and a test pass or fail by chance."""
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+    gaps = [scores[a] - scores[b] for a, b in itertools.pairwise(ranked)]
+    assert min(gaps, default=math.inf) > gap, f"near-tie in {scores}"
+    return ranked
+
+
+def ranking_by_vectors(
+    settings: Settings, query: np.ndarray, gap: float = 1e-3
+) -> list[tuple[str, float]]:
+    """Every stored file with its cosine similarity to `query`, the most similar first, from
+    the vectors in the table: the ranking a search by that vector must give."""
+    query = np.asarray(query, dtype=np.float64)
+    scores = {}
+    for row in stored_rows(settings):
+        vector = row["embedding"].astype(np.float64)
+        scores[row["file_path"]] = float(
+            vector @ query / np.linalg.norm(vector) / np.linalg.norm(query)
+        )
+    return [(path, scores[path]) for path in distinct_ranking(scores, gap)]
+
+
+def assert_ranked_as(got: list[tuple[str, float]], expected: list[tuple[str, float]]) -> None:
+    """Search results (path, score) are `expected`, in order; scores as float32 vectors in
+    the table allow."""
+    assert [path for path, _ in got] == [path for path, _ in expected]
+    assert [score for _, score in got] == pytest.approx([s for _, s in expected], abs=1e-4)
 
 
 def write_config(path: Path, settings: Settings, **extra: object) -> Path:

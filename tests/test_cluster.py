@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import ray  # a dev dependency: without it this tier fails here, loudly, never skips
 from conftest import many_photos, run_cli, run_cli_process, write_config
 from ray_runs import assert_same_as_in_process
 
 from image_search.config import Settings, load_settings
 from image_search.errors import ConfigError
-
-ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.cluster
 

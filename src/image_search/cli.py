@@ -323,8 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a reader gone is met here rather than at the interpreter's exit
         return code
     except BrokenPipeError:
-        with suppress(OSError, ValueError):  # nothing more is written to the closed pipe
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Closed (its unwritten rest dropped with the failed flush), so that the interpreter's
+        # exit does not try to write it again.
+        with suppress(OSError, ValueError):
+            sys.stdout.close()
         return 128 + signal.SIGPIPE
 
 

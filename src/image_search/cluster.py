@@ -150,16 +150,18 @@ class DriverProcess:
         self.finished = False
         self._messages: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._said: deque[str] = deque(maxlen=KEPT_LINES)
-        self._readers = [
-            threading.Thread(target=self._read_messages, args=(reader,), daemon=True),
-            threading.Thread(target=self._read_output, daemon=True),
-        ]
-        for thread in self._readers:
-            thread.start()
+        self._output = threading.Thread(target=self._read_output, daemon=True)
+        self._output.start()
+        threading.Thread(target=self._read_messages, args=(reader,), daemon=True).start()
         assert self.process.stdin is not None
-        with suppress(BrokenPipeError):  # a driver that died at once says why below
+        try:
             pickle.dump(order, self.process.stdin)
             self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # a driver that died at once: it says why when its first word is awaited
+        except BaseException:  # Ctrl-C while a large job is written, say
+            self.stop(DRIVER_STOP_S)
+            raise
 
     def __enter__(self) -> DriverProcess:
         return self
@@ -196,8 +198,6 @@ class DriverProcess:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        for thread in self._readers:
-            thread.join(timeout=DRIVER_STOP_S)
 
     def _receive(self, expected: str, check_stop: Callable[[], None]) -> Any:
         """The payload of the driver's next message (`expected`, or "done": None), checking
@@ -222,6 +222,7 @@ class DriverProcess:
 
     def _ended_without_a_word(self) -> ImageSearchError:
         code = self.process.wait()
+        self._output.join(timeout=DRIVER_STOP_S)  # its last lines, read to their end
         last = self._said[-1] if self._said else "no output"
         return ImageSearchError(
             f"the Ray driver ended unexpectedly (exit code {code}): {last} "

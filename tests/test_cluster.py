@@ -81,7 +81,7 @@ def test_without_ray_one_line_names_the_extra(make_settings, tmp_path) -> None:
 
 
 def test_gpu_clusters_get_one_embedding_actor_per_gpu() -> None:
-    from image_search.cluster import embedding_resources
+    from image_search.cluster import embedding_actors
 
     class Resources:
         def __init__(self, **resources: float) -> None:
@@ -90,9 +90,9 @@ def test_gpu_clusters_get_one_embedding_actor_per_gpu() -> None:
         def cluster_resources(self) -> dict[str, float]:
             return self.resources
 
-    assert embedding_resources(Resources(CPU=32, GPU=4)) == {"num_gpus": 1, "concurrency": 4}
-    assert embedding_resources(Resources(CPU=8)) == {"num_cpus": 1, "concurrency": 4}
-    assert embedding_resources(Resources(CPU=1)) == {"num_cpus": 1, "concurrency": 1}
+    assert embedding_actors(Resources(CPU=32, GPU=4)) == ({"num_gpus": 1}, 4)
+    assert embedding_actors(Resources(CPU=8)) == ({"num_cpus": 1}, 4)
+    assert embedding_actors(Resources(CPU=1)) == ({"num_cpus": 1}, 1)
 
 
 def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) -> None:

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[str]:
     """Two Ray nodes on this machine, one CPU each, for the module's runs: one actor embeds
-    (concurrency: half the CPUs) while one task prepares."""
+    (half the CPUs) while one task prepares."""
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )

@@ -355,9 +355,9 @@ def _recorders(ray: Any, order: DriverJob) -> Iterator[Recorder]:
     """The job as a Ray Data pipeline (prepare tasks, then the actors' batch step): each
     batch's Recorder as the cluster finishes it."""
     settings, work = order.settings, order.work
-    resources = embedding_resources(ray)
+    per_actor, actors = embedding_actors(ray)
     batch_size = settings.batch_size or (
-        GPU_BATCH_SIZE if "num_gpus" in resources else CPU_BATCH_SIZE
+        GPU_BATCH_SIZE if "num_gpus" in per_actor else CPU_BATCH_SIZE
     )
     blocks = max(1, min(math.ceil(len(work) / batch_size), 64))
     items = ray.data.from_items(
@@ -374,7 +374,8 @@ def _recorders(ray: Any, order: DriverJob) -> Iterator[Recorder]:
         EmbedAndStore,
         fn_constructor_kwargs={"settings": settings, "table": order.table},
         batch_size=batch_size,
-        **resources,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        **per_actor,
     )
     for batch in told.iter_batches(batch_size=None, batch_format="numpy"):
         for blob in batch["told"]:
@@ -479,13 +480,14 @@ def worker_error(error: BaseException) -> ImageSearchError:
     return ImageSearchError(f"the Ray cluster failed: {first} (run with --debug for details)")
 
 
-def embedding_resources(ray: Any) -> dict[str, Any]:
-    """One actor per GPU where the cluster has GPUs; else CPU actors on half the cores,
-    the other half preparing images for them."""
+def embedding_actors(ray: Any) -> tuple[dict[str, int], int]:
+    """What each embedding actor holds, and how many there are: one per GPU where the
+    cluster has GPUs; else CPU actors on half the cores, the other half preparing images
+    for them."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     # Ray Data restarts a killed actor and retries its batches (max_restarts and
     # max_task_retries default to -1 for its actors); upserts make a retried batch harmless.
     if gpus:
-        return {"num_gpus": 1, "concurrency": gpus}
+        return {"num_gpus": 1}, gpus
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return {"num_cpus": 1, "concurrency": max(1, cpus // 2)}
+    return {"num_cpus": 1}, max(1, cpus // 2)

@@ -32,7 +32,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -166,12 +165,7 @@ class DriverProcess:
     def __enter__(self) -> DriverProcess:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *raised: object) -> None:  # whatever ended the run
         self.stop(DRIVER_END_S if self.finished else DRIVER_STOP_S)
 
     def wait_until_connected(self, check_stop: Callable[[], None]) -> None:

@@ -160,9 +160,9 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
         try:
             while watcher.wait_for_changes():
                 index_once()
-        finally:
+        finally:  # Ctrl-C or SIGTERM: exit 130 or 143, as any command stopped so
             print("Stopped watching.", file=sys.stderr)
-    return 0  # not reached: watching ends with Ctrl-C or SIGTERM
+    return 0
 
 
 def check_request(args: argparse.Namespace, settings: Settings) -> None:
@@ -258,10 +258,8 @@ def serve_until_stopped(args: argparse.Namespace, services: Services) -> int:
     """The page until Ctrl-C (130) or SIGTERM, a service's normal end (0)."""
     from .web_launch import serve
 
-    try:
+    with suppress(Terminated):
         serve(services.settings, services.embedder, services.database, args.host, args.port)
-    except Terminated:
-        return 0
     return 0
 
 

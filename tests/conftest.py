@@ -158,7 +158,9 @@ def run_settings(
     """Settings and the matching Embedder for each of RUNS: the ranking tests run on all."""
     embedder = run_embedders(request.param)
     backend, precision, _ = RUNS[request.param]
-    settings = make_settings(model_name=embedder.model_name, backend=backend, precision=precision)
+    settings = make_settings(
+        model_name=embedder.model_name, backend=backend, precision=precision
+    )
     settings.source_directory.mkdir(parents=True, exist_ok=True)
     return settings, embedder
 

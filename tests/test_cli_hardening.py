@@ -154,10 +154,7 @@ def test_a_database_from_before_the_failures_table_still_drops_a_stale_table(
 
 
 def test_under_a_missing_folder_warns_and_the_searched_line_says_the_filters(
-    settings: Settings,
-    photos: list[Path],
-    shared_embedder: Embedder,
-    tmp_path: Path,
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path,
     caplog,
 ) -> None:
     run_index(settings, shared_embedder)
@@ -166,15 +163,8 @@ def test_under_a_missing_folder_warns_and_the_searched_line_says_the_filters(
 
     with caplog.at_level(logging.WARNING, logger="image_search"):
         code, out, err = run_main(
-            "search",
-            "--env",
-            str(config),
-            "--like",
-            str(photos[0]),
-            "--under",
-            str(missing),
-            "--taken-after",
-            "2001",
+            "search", "--env", str(config), "--like", str(photos[0]),
+            "--under", str(missing), "--taken-after", "2001",
         )
 
     assert code == 0, err
@@ -207,7 +197,9 @@ def test_a_folder_without_images_says_so(
         (["duplicates", "--treshold=0.9"], "did you mean --threshold?"),
     ],
 )
-def test_a_mistyped_flag_or_command_suggests_the_nearest(argv: list[str], nearest: str) -> None:
+def test_a_mistyped_flag_or_command_suggests_the_nearest(
+    argv: list[str], nearest: str
+) -> None:
     code, _, err = run_main(*argv)
     assert code == 2
     assert nearest in err.splitlines()[0]
@@ -419,10 +411,7 @@ def found_under(config: Path, like: Path, under: str) -> set[str]:
 
 @pytest.mark.parametrize("indexed_through", ["link", "physical"])
 def test_under_finds_files_through_a_link_by_physical_path_and_as_dot(
-    make_settings,
-    shared_embedder: Embedder,
-    tmp_path: Path,
-    monkeypatch,
+    make_settings, shared_embedder: Embedder, tmp_path: Path, monkeypatch,
     indexed_through: str,
 ) -> None:
     physical = tmp_path / "disk" / "photos"

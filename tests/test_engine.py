@@ -20,6 +20,7 @@ from image_search.pipeline import Failure
 pytestmark = pytest.mark.fast
 
 
+
 def reachable_from(start: str) -> set[str]:
     """The modules `start` reaches, imports inside functions included (test_imports' graph)."""
     return reachable(import_graph(), start)

@@ -81,13 +81,8 @@ def indexed(settings: Settings, photos: list[Path], shared_embedder: Embedder) -
     return settings
 
 
-def search(
-    settings: Settings,
-    embedder: Embedder,
-    query: Query,
-    k: int | None = None,
-    filters: Filters | None = None,
-):
+def search(settings: Settings, embedder: Embedder, query: Query, k: int | None = None,
+           filters: Filters | None = None):
     with open_store(settings) as store:
         return Searcher(settings, store, embedder).search(query, k, filters or Filters())
 
@@ -127,9 +122,8 @@ def test_like_an_indexed_file_is_its_stored_vector_and_never_loads_the_model(
     stored = {row["file_path"]: row for row in stored_rows(indexed)}[str(target)]
     expected = brute_force(indexed, stored["embedding"])
     assert [m.file_path for m in result.results] == [path for path, _ in expected]
-    np.testing.assert_allclose(
-        [m.score for m in result.results], [s for _, s in expected], atol=1e-5
-    )
+    np.testing.assert_allclose([m.score for m in result.results], [s for _, s in expected],
+                               atol=1e-5)
     assert result.description == f"like {target.name}"
     query_jpg = (result.output_dir / "query.jpg").read_bytes()
     assert query_jpg == Path(stored["processed_path"]).read_bytes()
@@ -147,18 +141,16 @@ def test_like_a_file_that_is_not_indexed_embeds_it_as_an_image(
     image = search(indexed, shared_embedder, Query(image=outside), k=len(photos))
 
     assert [m.file_path for m in like.results] == [m.file_path for m in image.results]
-    np.testing.assert_allclose(
-        [m.score for m in like.results], [m.score for m in image.results], atol=1e-6
-    )
+    np.testing.assert_allclose([m.score for m in like.results], [m.score for m in image.results],
+                               atol=1e-6)
     assert (like.output_dir / "query.jpg").is_file()
 
 
 def test_like_through_the_cli(indexed: Settings, photos: list[Path], tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.json", indexed)
     # A relative path names the same indexed file.
-    done = run_cli(
-        "search", "--env", str(config), "--like", photos[3].name, "--json", cwd=photos[3].parent
-    )
+    done = run_cli("search", "--env", str(config), "--like", photos[3].name, "--json",
+                   cwd=photos[3].parent)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert set(answer) == {"output_dir", "searched", "results"}
@@ -188,7 +180,8 @@ def test_a_combined_query_is_the_normalised_sum_and_differs_from_both_parts(
     mixed = image_vector + text_vector
     expected = brute_force(indexed, mixed / np.linalg.norm(mixed))
     assert [m.file_path for m in both.results] == [path for path, _ in expected]
-    np.testing.assert_allclose([m.score for m in both.results], [s for _, s in expected], atol=1e-5)
+    np.testing.assert_allclose([m.score for m in both.results], [s for _, s in expected],
+                               atol=1e-5)
 
     def scores(result) -> dict[str, float]:
         return {m.file_path: m.score for m in result.results}
@@ -211,13 +204,11 @@ def test_the_text_weight_moves_the_query_from_the_image_to_the_text(
         return [m.score for m in sorted(result.results, key=lambda m: m.file_path)]
 
     np.testing.assert_allclose(
-        scores(Query(image=image, text=text, text_weight=0.0)),
-        scores(Query(image=image)),
-        atol=1e-5,
-    )
+        scores(Query(image=image, text=text, text_weight=0.0)), scores(Query(image=image)),
+        atol=1e-5)
     np.testing.assert_allclose(
-        scores(Query(image=image, text=text, text_weight=1.0)), scores(Query(text=text)), atol=1e-5
-    )
+        scores(Query(image=image, text=text, text_weight=1.0)), scores(Query(text=text)),
+        atol=1e-5)
     a, b = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
     np.testing.assert_allclose(combine(a, b, 0.25), np.array([3, 1]) / np.sqrt(10), atol=1e-6)
 
@@ -244,9 +235,8 @@ def test_under_returns_only_files_under_the_folders(
 ) -> None:
     sub = indexed.source_directory / "sub"
     under_sub = [p for p in photos if sub in p.parents]
-    result = search(
-        indexed, shared_embedder, Query(image=photos[0]), k=5, filters=build_filters([sub])
-    )
+    result = search(indexed, shared_embedder, Query(image=photos[0]), k=5,
+                    filters=build_filters([sub]))
     assert sorted(m.file_path for m in result.results) == sorted(map(str, under_sub))
 
     two = build_filters([sub, indexed.source_directory / "nowhere"])
@@ -254,13 +244,8 @@ def test_under_returns_only_files_under_the_folders(
     assert sorted(m.file_path for m in again.results) == sorted(map(str, under_sub))
     # A folder whose name starts like another is not inside it.
     (indexed.source_directory / "sub2").mkdir()
-    assert not search(
-        indexed,
-        shared_embedder,
-        Query(image=photos[0]),
-        k=5,
-        filters=build_filters([indexed.source_directory / "su"]),
-    ).results
+    assert not search(indexed, shared_embedder, Query(image=photos[0]), k=5,
+                      filters=build_filters([indexed.source_directory / "su"])).results
 
 
 def test_min_score_cuts_the_ranking_and_keeps_its_order(
@@ -268,13 +253,8 @@ def test_min_score_cuts_the_ranking_and_keeps_its_order(
 ) -> None:
     everything = search(indexed, shared_embedder, Query(image=photos[5]), k=len(photos))
     cut = sorted(m.score for m in everything.results)[len(photos) // 2]
-    kept = search(
-        indexed,
-        shared_embedder,
-        Query(image=photos[5]),
-        k=len(photos),
-        filters=build_filters(min_score=cut),
-    )
+    kept = search(indexed, shared_embedder, Query(image=photos[5]), k=len(photos),
+                  filters=build_filters(min_score=cut))
     expected = [m for m in everything.results if m.score >= cut]
     assert [m.file_path for m in kept.results] == [m.file_path for m in expected]
     assert all(m.score >= cut for m in kept.results) and len(expected) < len(photos)
@@ -303,12 +283,8 @@ def test_date_filters_use_exif_when_present_and_mtime_otherwise(
     assert {m.file_path: m.taken_at for m in everything.results} == {
         str(p): d for p, d in dates.items()
     }
-    for after, before in [
-        ("2020", "2022"),
-        ("2019-07-14T10:30", None),
-        (None, "2020-05-05"),
-        ("2021-12-31", "2022-01-01T00:00:01"),
-    ]:
+    for after, before in [("2020", "2022"), ("2019-07-14T10:30", None), (None, "2020-05-05"),
+                          ("2021-12-31", "2022-01-01T00:00:01")]:
         filters = build_filters(taken_after=after, taken_before=before)
         low = parse_date("", after) if after else datetime.min
         high = parse_date("", before) if before else datetime.max
@@ -357,15 +333,8 @@ def library(settings: Settings) -> tuple[Settings, np.ndarray]:
     vectors = np.random.default_rng(11).standard_normal((LIBRARY_ROWS, EMBEDDING_DIM))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     rows = [
-        NewRow(
-            f"/library/f{i % 100:02d}/img{i:05d}.jpg",
-            f"c{i}",
-            1,
-            1,
-            "/none",
-            vector,
-            LIBRARY_START + timedelta(days=i),
-        )
+        NewRow(f"/library/f{i % 100:02d}/img{i:05d}.jpg", f"c{i}", 1, 1, "/none", vector,
+               LIBRARY_START + timedelta(days=i))
         for i, vector in enumerate(vectors)
     ]
     with open_store(settings) as store:
@@ -401,9 +370,8 @@ def test_a_filter_keeping_1_percent_stays_on_the_index_and_returns_k(
     assert [m.file_path for m in matches] == library_truth(vectors, query, keep, 10)
     np.testing.assert_allclose(
         [m.score for m in matches],
-        sorted((float(vectors[i] @ query) for i in range(LIBRARY_ROWS) if keep(i)), reverse=True)[
-            :10
-        ],
+        sorted((float(vectors[i] @ query) for i in range(LIBRARY_ROWS) if keep(i)),
+               reverse=True)[:10],
         atol=1e-5,
     )
 
@@ -532,8 +500,7 @@ def test_duplicates_finds_copies_and_a_half_size_copy_but_not_unrelated_photos(
     assert sorted(one_part) == sorted(three_parts)
     groups = [[m.image.file_path for m in g.members] for g in report.groups]
     assert sorted(map(set, groups), key=sorted) == sorted(
-        all_pairs_groups(fake_settings, threshold), key=sorted
-    )
+        all_pairs_groups(fake_settings, threshold), key=sorted)
     by_first = {group[0]: group for group in groups}
     assert by_first[str(files["photo0"])] == [str(files["photo0"]), str(files["copy"])]
     assert by_first[str(files["photo3"])] == [str(files["photo3"]), str(files["half"])]
@@ -546,9 +513,7 @@ def test_duplicates_finds_copies_and_a_half_size_copy_but_not_unrelated_photos(
 
     rows = {r["file_path"]: r["embedding"] for r in stored_rows(fake_settings)}
     closest_unrelated = max(
-        float(rows[a] @ rows[b])
-        for a in rows
-        for b in rows
+        float(rows[a] @ rows[b]) for a in rows for b in rows
         if a < b and {a, b} <= set(unrelated) | {str(files["photo0"]), str(files["photo3"])}
     )
     assert closest_unrelated < threshold  # the stand-in model keeps them apart, as asserted

@@ -138,10 +138,8 @@ def write_pairs(folder: Path) -> None:
     [
         ("skip-raw", ["IMG_1.JPG", "IMG_2.dng", "IMG_3.heic", "other/IMG_2.jpg"]),
         ("skip-jpeg", ["IMG_1.CR2", "IMG_2.dng", "IMG_3.dng", "other/IMG_2.jpg"]),
-        (
-            "both",
-            ["IMG_1.CR2", "IMG_1.JPG", "IMG_2.dng", "IMG_3.dng", "IMG_3.heic", "other/IMG_2.jpg"],
-        ),
+        ("both", ["IMG_1.CR2", "IMG_1.JPG", "IMG_2.dng", "IMG_3.dng", "IMG_3.heic",
+                  "other/IMG_2.jpg"]),
     ],
 )
 def test_raw_with_jpeg_decides_which_of_a_pair_is_indexed(

@@ -218,10 +218,8 @@ def test_a_model_with_its_own_code_embeds_tensors_without_pillow(
     import torch
 
     embedder = Embedder(str(remote_code_model), "cpu", 32)
-    images = [
-        prepare_file(write_photo(remote_code_model.parent / f"q{i}.jpg", seed=i), SPEC)
-        for i in range(3)
-    ]
+    images = [prepare_file(write_photo(remote_code_model.parent / f"q{i}.jpg", seed=i), SPEC)
+              for i in range(3)]
     by_pillow = embedder.embed_images(images)
     model = embedder.model()
     assert type(model).__name__ == "RemoteCodeModel" and model.accepts_tensors

@@ -74,7 +74,9 @@ def import_graph() -> Graph:
     for path in paths:
         importer = module_name(path)
         targets = imported_names(path, modules)
-        graph[importer] = {m for t in targets for m in with_packages(importer, t) if m != importer}
+        graph[importer] = {
+            m for t in targets for m in with_packages(importer, t) if m != importer
+        }
     return graph
 
 

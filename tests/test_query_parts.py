@@ -89,14 +89,12 @@ def test_text_parts_rank_as_their_weighted_sum_says(
     library: Settings, model: FakeColourModel, parts: list[tuple[str, float, str]]
 ) -> None:
     (_, first_weight, first), *rest = parts
-    more = tuple(
-        QueryPart("text", text, weight, 1 if sign == "+" else -1) for sign, weight, text in rest
-    )
+    more = tuple(QueryPart("text", text, weight, 1 if sign == "+" else -1)
+                 for sign, weight, text in rest)
     query = Query(more=(QueryPart("text", first, first_weight), *more))
     result = search(library, fake_embedder(model), query)
-    signed = [
-        ((1 if sign == "+" else -1) * weight, text_vector(text)) for sign, weight, text in parts
-    ]
+    signed = [((1 if sign == "+" else -1) * weight, text_vector(text))
+              for sign, weight, text in parts]
     names, scores = expected_ranking(library, signed)
     assert ranked(result) == names
     assert [m.score for m in result.results] == pytest.approx(scores, abs=TOLERANCE)
@@ -109,22 +107,14 @@ def test_image_text_and_a_subtracted_file_in_one_query(
     as a part is its stored vector (the model sees only the query image and the text)."""
     image = solid_photo(tmp_path / "query.png", (200, 40, 60))
     subtracted = library.source_directory / "orange.png"
-    query = Query(
-        image=image,
-        text="yellow",
-        text_weight=0.3,
-        more=(parse_part(f"0.6:{subtracted}", -1, "--not"),),
-    )
+    query = Query(image=image, text="yellow", text_weight=0.3,
+                  more=(parse_part(f"0.6:{subtracted}", -1, "--not"),))
     result = search(library, fake_embedder(model), query)
     vectors = stored(library)
-    names, scores = expected_ranking(
-        library,
-        [
-            (0.7, colour_vector((200, 40, 60))),
-            (0.3, text_vector("yellow")),
-            (-0.6, vectors["orange"]),
-        ],
-    )
+    names, scores = expected_ranking(library, [
+        (0.7, colour_vector((200, 40, 60))), (0.3, text_vector("yellow")),
+        (-0.6, vectors["orange"]),
+    ])
     assert ranked(result) == names
     assert [m.score for m in result.results] == pytest.approx(scores, abs=TOLERANCE)
     assert model.image_batches == [1] and model.texts == ["yellow"]
@@ -135,9 +125,8 @@ def test_the_result_folder_records_every_part_and_the_filters(
     library: Settings, model: FakeColourModel
 ) -> None:
     filters = build_filters([library.source_directory], "2000-01", "2100", 0.1)
-    query = Query(
-        text="red", more=(QueryPart("text", "green", 0.5), QueryPart("text", "blue", 2.0, -1))
-    )
+    query = Query(text="red", more=(QueryPart("text", "green", 0.5),
+                                    QueryPart("text", "blue", 2.0, -1)))
     result = search(library, fake_embedder(model), query, filters)
     record = json.loads((result.output_dir / QUERY_RECORD_FILE).read_text(encoding="utf-8"))
     assert record["parts"] == [
@@ -179,43 +168,23 @@ def test_and_and_not_on_the_command_line(library: Settings, tmp_path: Path) -> N
     folder = library.source_directory
     config = write_config(tmp_path / "config.json", library)
     done = run_cli(
-        "search",
-        "--env",
-        str(config),
-        "--json",
-        "--like",
-        str(folder / "teal.png"),
-        "--and",
-        f"0.5:{folder / 'yellow.png'}",
-        "--not",
-        str(folder / "blue.png"),
-        "--not",
-        f"0.2:{folder / 'pink.png'}",
+        "search", "--env", str(config), "--json", "--like", str(folder / "teal.png"),
+        "--and", f"0.5:{folder / 'yellow.png'}", "--not", str(folder / "blue.png"),
+        "--not", f"0.2:{folder / 'pink.png'}",
     )
     assert done.returncode == 0, done.stderr
     vectors = stored(library)
-    names, scores = expected_ranking(
-        library,
-        [
-            (1.0, vectors["teal"]),
-            (0.5, vectors["yellow"]),
-            (-1.0, vectors["blue"]),
-            (-0.2, vectors["pink"]),
-        ],
-    )
+    names, scores = expected_ranking(library, [
+        (1.0, vectors["teal"]), (0.5, vectors["yellow"]), (-1.0, vectors["blue"]),
+        (-0.2, vectors["pink"]),
+    ])
     results = json.loads(done.stdout)["results"]
     assert [Path(r["file_path"]).stem for r in results] == names
     assert [r["score"] for r in results] == pytest.approx(scores, abs=TOLERANCE)
-    record = json.loads(
-        (Path(json.loads(done.stdout)["output_dir"]) / QUERY_RECORD_FILE).read_text(
-            encoding="utf-8"
-        )
-    )
+    record = json.loads((Path(json.loads(done.stdout)["output_dir"]) / QUERY_RECORD_FILE)
+                        .read_text(encoding="utf-8"))
     assert [(p["sign"], p["weight"], Path(p["value"]).stem) for p in record["parts"]] == [
-        ("+", 1.0, "teal"),
-        ("+", 0.5, "yellow"),
-        ("-", 1.0, "blue"),
-        ("-", 0.2, "pink"),
+        ("+", 1.0, "teal"), ("+", 0.5, "yellow"), ("-", 1.0, "blue"), ("-", 0.2, "pink")
     ]
     bad = run_cli("search", "--env", str(config), "--not", "blue")
     assert bad.returncode == 2 and "--and" in bad.stderr and "Traceback" not in bad.stderr

@@ -214,12 +214,9 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
             conn.execute(f'ALTER TABLE "{store.table}" SET (parallel_workers = 2)')
         store.schema.ensure_vector_index()
         with store.database.connection() as conn:
-            indexes = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT indexname FROM pg_indexes WHERE tablename = %s", [store.table]
-                )
-            ]
+            indexes = [r[0] for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s", [store.table]
+            )]
         assert store.rows.nearest(vectors[3], 1)[0].file_path == "/shm/3.jpg"
     assert index_name(settings.table_name, "embedding_hnsw") in indexes
     assert "in one process" in caplog.text and "shared memory" in caplog.text

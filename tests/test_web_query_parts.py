@@ -52,8 +52,7 @@ def test_but_not_through_the_api(colours: Settings) -> None:
     folder = Path(results["output_dir"])
     record = json.loads((folder / QUERY_RECORD_FILE).read_text(encoding="utf-8"))
     assert [(p["sign"], p["weight"], p["value"]) for p in record["parts"]] == [
-        ("+", 1.0, "white"),
-        ("-", 0.5, "red"),
+        ("+", 1.0, "white"), ("-", 0.5, "red")
     ]
 
 

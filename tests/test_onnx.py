@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stored_rows
+from conftest import assert_ranked_as, ranking_by_vectors, stored_rows
 from imagegen import write_photo
 from PIL import Image
 from tiny_models import EMBEDDING_DIM, IMAGE_SIZE, OPENAI_MEAN, OPENAI_STD, build_tiny_clip
@@ -441,10 +441,13 @@ def test_the_jina_layout_indexes_and_searches_by_text_without_its_code(
     )
     embedder = onnx_embedder(jina_layout_model, model_cache, "int8", trust_remote_code=False)
     assert run_index(settings, embedder).added == len(photos)
+    text = "赤いりんご"
     with open_store(settings) as store:
-        result = Searcher(settings, store, embedder).by_text("赤いりんご")
-    assert len(result.results) == settings.top_k
+        result = Searcher(settings, store, embedder).by_text(text)
     assert result.searched == len(photos)
+    # The model's own vectors (the stored images', the text's) rank the photos so:
+    expected = ranking_by_vectors(settings, embedder.embed_texts([text])[0])[: settings.top_k]
+    assert_ranked_as([(match.file_path, match.score) for match in result.results], expected)
 
 
 def test_the_cli_indexes_searches_and_reports_with_the_onnx_backend(

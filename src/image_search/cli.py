@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 
@@ -103,33 +103,56 @@ def check_port_free(host: str, port: int) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def print_index_report(report: IndexReport, as_json: bool) -> None:
+def print_index_report(report: IndexReport, as_json: bool, stopped: bool = False) -> None:
+    """The summary; of a run that was stopped, what it stored before (`"stopped": true`)."""
     if as_json:
-        print(json.dumps(report.to_json(), ensure_ascii=False))
+        told = report.to_json() | ({"stopped": True} if stopped else {})
+        print(json.dumps(told, ensure_ascii=False))
         return
     # Each skipped file was logged as a warning when the run met it: not listed again here.
-    print(f"Indexed: {report.summary()}")
+    if stopped:
+        print(f"Stopped: {report.summary()}; the next run does the rest.")
+    else:
+        print(f"Indexed: {report.summary()}")
+
+
+def index_and_report(services: Services, as_json: bool, show_bars: bool, **options: Any) -> None:
+    """One index run (`options` as run_index takes them) and its summary, printed also
+    when Ctrl-C or SIGTERM stops it (then raised on)."""
+    from .executor_choice import executor_for  # the index run's stack, for index runs only
+    from .ingest import IndexReport, Progress, run_index
+
+    progress = Progress(show_bars=show_bars)
+    try:
+        report = run_index(
+            services.settings,
+            services.embedder,
+            services.database,
+            progress=progress,
+            executor=executor_for(services.settings),
+            **options,
+        )
+    except KeyboardInterrupt:
+        print_index_report(progress.report or IndexReport(), as_json, stopped=True)
+        raise
+    print_index_report(report, as_json)
 
 
 def command_index(args: argparse.Namespace, services: Services) -> int:
-    from .executor_choice import executor_for  # the index run's stack, for index runs only
-    from .ingest import Progress, run_index, source_folder
+    from .ingest import source_folder
 
     source = getattr(args, "source", None)
     show_bars = not args.json and not args.watch
 
     def index_once(reindex: bool = False) -> None:
-        report = run_index(
-            services.settings,
-            services.embedder,
-            services.database,
+        index_and_report(
+            services,
+            args.json,
+            show_bars,
             source=source,
             keep_missing=args.keep_missing,
             reindex=reindex,
-            progress=Progress(show_bars=show_bars),
-            executor=executor_for(services.settings),
         )
-        print_index_report(report, args.json)
 
     if not args.watch:
         index_once(args.reindex)
@@ -143,9 +166,8 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
         try:
             while watcher.wait_for_changes():
                 index_once()
-        except KeyboardInterrupt:
-            pass
-    print("Stopped watching.", file=sys.stderr)
+        finally:  # Ctrl-C or SIGTERM: exit 130 or 143, as any command stopped so
+            print("Stopped watching.", file=sys.stderr)
     return 0
 
 
@@ -229,27 +251,21 @@ def command_status(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_serve(args: argparse.Namespace, services: Services) -> int:
-    from .web_launch import serve
-
-    serve(services.settings, services.embedder, services.database, args.host, args.port)
-    return 0
+    return serve_until_stopped(args, services)
 
 
 def command_run_all(args: argparse.Namespace, services: Services) -> int:
     """The seed's whole run: index source-directory, then serve the page and wait."""
-    from .executor_choice import executor_for
-    from .ingest import Progress, run_index
+    index_and_report(services, as_json=False, show_bars=True)
+    return serve_until_stopped(args, services)
+
+
+def serve_until_stopped(args: argparse.Namespace, services: Services) -> int:
+    """The page until Ctrl-C (130) or SIGTERM, a service's normal end (0)."""
     from .web_launch import serve
 
-    report = run_index(
-        services.settings,
-        services.embedder,
-        services.database,
-        progress=Progress(show_bars=True),
-        executor=executor_for(services.settings),
-    )
-    print_index_report(report, as_json=False)
-    serve(services.settings, services.embedder, services.database, args.host, args.port)
+    with suppress(Terminated):
+        serve(services.settings, services.embedder, services.database, args.host, args.port)
     return 0
 
 
@@ -295,7 +311,8 @@ def configure_logging(debug: bool) -> None:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (systemd, docker stop, kill): unwind like Ctrl-C, so that everything is
-    closed and the embedded PostgreSQL stopped, then exit 0."""
+    closed and the embedded PostgreSQL stopped, then exit 143 (0 for the page: serving
+    ends that way)."""
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -310,8 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a reader gone is met here rather than at the interpreter's exit
         return code
     except BrokenPipeError:
-        with suppress(OSError, ValueError):  # nothing more is written to the closed pipe
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Closed (its unwritten rest dropped with the failed flush), so that the interpreter's
+        # exit does not try to write it again.
+        with suppress(OSError, ValueError):
+            sys.stdout.close()
         return 128 + signal.SIGPIPE
 
 
@@ -334,9 +353,9 @@ def run_command(argv: Sequence[str] | None) -> int:
             services = Services(settings, database, make_embedder(settings), reason)
             return COMMANDS[args.command](args, services)
     except Terminated:
-        return 0
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
     except BrokenPipeError:  # main's to handle: not a failure of the run
         raise
     except ImageSearchError as exc:

@@ -85,7 +85,8 @@ class Progress:
     """How an index run tells where it is: three bars in a terminal (or none), a callback
     `(done, total)` for the page (done: files finished, stored or passed over), and one line
     with the time left for long runs. One object serves one run. Once `stop` is set, the run
-    ends at its next batch boundary with RunStopped."""
+    ends at its next batch boundary with RunStopped; `report` then holds what it stored (as
+    it does when Ctrl-C or SIGTERM ended it)."""
 
     STAGES = ("Converting + resizing", "Embedding", "Registering")
 
@@ -99,6 +100,7 @@ class Progress:
         self.show_bars = show_bars and sys.stderr.isatty()
         self.callback = callback
         self.stop = stop
+        self.report: IndexReport | None = None  # the run's, from its start
         self._bars: list[tqdm] = []
         self._total = 0
         self._finished = 0
@@ -247,6 +249,7 @@ class Indexer:
         self.progress = progress
         self.executor = executor
         self.report = IndexReport()
+        progress.report = self.report
 
     def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
         """Make the table match the folder `root`, plus the files `also` (outside it)."""

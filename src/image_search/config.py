@@ -126,6 +126,12 @@ class Settings:
             "both": "",
         },
     )
+    # Measured: BENCHMARKS.md, section r (what it adds to an index run of 12-MP photos).
+    ocr: bool = key_field(
+        True,
+        "read the words in each photo when indexing (OCR), for search --words; photos "
+        "indexed before get theirs at the next index run",
+    )
     vector_type: str = key_field(
         "vector",
         "how vectors are stored; changing it needs index --reindex",

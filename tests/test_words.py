@@ -23,6 +23,7 @@ from signs import sign_photo, write_plain, write_sign
 
 from image_search import ocr, words_index
 from image_search.config import Settings
+from image_search.errors import ImageSearchError
 from image_search.images import ResizeSpec, prepare_file
 from image_search.ingest import run_index
 from image_search.models import Embedder
@@ -444,3 +445,58 @@ def test_a_sign_image_in_memory_is_read_the_same(reader: TextReader) -> None:
     tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
     pillow = words_index.as_pillow(tensor)
     assert [line.text for line in reader.read(pillow)] == [line.text for line in reader.read(image)]
+
+
+@pytest.mark.cluster
+def test_words_are_read_by_the_ray_workers(
+    ocr_settings: Settings, process_backend: dict[str, str]
+) -> None:
+    """`ray-address` local: the actors that embed a batch read its words too (none are left
+    for the end of the run to read)."""
+    pytest.importorskip("ray")
+    from ray_runs import index
+
+    folder = ocr_settings.source_directory
+    write_sign(folder / "ray.jpg", "RAY STATION 7", background="astronaut.jpg", turn=6)
+    write_plain(folder / "plain.jpg", background="rocket.jpg")
+    on_ray = dataclasses.replace(ocr_settings, ray_address="local", **process_backend)
+    report = index(on_ray)
+    assert (report.added, report.words_read) == (2, 0)
+    read = stored_words(on_ray)
+    assert substring_distance("raystation", read["ray.jpg"]) <= 1, read
+    assert len(read["plain.jpg"]) < 4
+
+
+def test_another_recogniser_reads_every_photo_again(
+    ocr_settings: Settings, shared_embedder: Embedder, tmp_path: Path
+) -> None:
+    """The ocr-recogniser key (a Japanese user's own graph, say): here the bundled graph with
+    its alphabet moved into a dictionary beside it, as PaddleOCR ships its others."""
+    import onnx
+
+    from image_search.ocr import RECOGNISER_FILE, engine_name, models_folder
+
+    write_sign(ocr_settings.source_directory / "m.jpg", "MUSEUM SHOP", background="coffee.webp")
+    run_index(ocr_settings, shared_embedder)
+    model = onnx.load(str(models_folder() / RECOGNISER_FILE))
+    alphabet = next(p.value for p in model.metadata_props if p.key == "character")
+    del model.metadata_props[:]
+    graph = tmp_path / "recognisers" / "my_rec.onnx"
+    graph.parent.mkdir()
+    onnx.save(model, str(graph))
+    graph.with_suffix(".txt").write_text("\n".join(alphabet.splitlines()) + "\n", "utf-8")
+
+    other = dataclasses.replace(ocr_settings, ocr_recogniser=graph)
+    report = run_index(other, shared_embedder)
+    assert (report.unchanged, report.words_read) == (1, 1)
+    with open_store(other) as store, store.database.connection() as conn:
+        engines = conn.execute(
+            f"SELECT w.engine FROM {other.table_name} t JOIN {WORDS_TABLE} w USING (content_hash)"
+        ).fetchall()
+    assert engines == [(engine_name(graph),)] and engine_name(graph) != ENGINE
+    assert words_search(other, shared_embedder, Query(words="museum")) == ["m.jpg"]
+
+    bare = graph.with_name("bare.onnx")
+    shutil.copyfile(graph, bare)
+    with pytest.raises(ImageSearchError, match="ocr-recogniser.*bare.txt"):
+        TextReader(recogniser=bare).load()

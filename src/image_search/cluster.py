@@ -319,6 +319,7 @@ def worker_settings(settings: Settings) -> Settings:
         source_directory=settings.source_directory.absolute(),
         output_directory=settings.output_directory.absolute(),
         data_directory=settings.data_directory.absolute(),
+        ocr_recogniser=settings.ocr_recogniser.absolute() if settings.ocr_recogniser else None,
     )
 
 

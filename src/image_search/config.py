@@ -132,6 +132,13 @@ class Settings:
         "read the words in each photo when indexing (OCR), for search --words; photos "
         "indexed before get theirs at the next index run",
     )
+    ocr_recogniser: Path | None = key_field(
+        None,
+        "an ONNX text recogniser to read words with instead of the bundled Chinese + English "
+        "one (PaddleOCR's Japanese or Korean, say; its alphabet in the graph or in a .txt of "
+        "the same name beside it)",
+        metavar="FILE",
+    )
     vector_type: str = key_field(
         "vector",
         "how vectors are stored; changing it needs index --reindex",

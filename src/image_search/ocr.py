@@ -12,6 +12,7 @@ between the two (it turns upside-down lines) is left out: BENCHMARKS.md, section
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import math
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 MODELS_PACKAGE = "rapidocr_onnxruntime"
 DETECTOR_FILE = "ch_PP-OCRv4_det_infer.onnx"
 RECOGNISER_FILE = "ch_PP-OCRv4_rec_infer.onnx"
-# What read a photo's words, stored with them: a table read by another engine (or with other
-# settings that change what is read) is read again by the next index run.
+# What read a photo's words, stored with them: words read by another engine (or with other
+# settings that change what is read) are read again by the next index run.
 ENGINE = "PP-OCRv4 det960 rec48"
 MISSING_MODELS = (
     "reading words in photos needs the OCR models of the rapidocr-onnxruntime package, which "
@@ -90,13 +91,52 @@ def available() -> bool:
     return models_folder() is not None
 
 
+def engine_name(recogniser: Path | None = None) -> str:
+    """ENGINE, or with another recogniser (the ocr-recogniser key) its name and a digest of
+    its bytes, so that words it reads replace those of the bundled one."""
+    if recogniser is None:
+        return ENGINE
+    try:
+        digest = hashlib.sha256(recogniser.read_bytes()).hexdigest()[:12]
+    except OSError:
+        digest = "missing"
+    return f"{ENGINE} rec:{recogniser.name}:{digest}"
+
+
+def alphabet_of(graph: Path, session: Any) -> list[str]:
+    """A recogniser's characters: from its graph's metadata (`character`, as RapidOCR's
+    conversions store it), else from a text file beside it of the same name, one character a
+    line (PaddleOCR's dictionaries)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if "character" in meta:
+        return meta["character"].splitlines()
+    listing = graph.with_suffix(".txt")
+    if not listing.is_file():
+        raise ImageSearchError(
+            f"configuration key 'ocr-recogniser' ({graph}): the graph names no characters; "
+            f"put its dictionary beside it as {listing.name} (one character a line)"
+        )
+    lines = listing.read_text(encoding="utf-8").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the file's last line end
+    return [line.removesuffix("\r") for line in lines]
+
+
 class TextReader:
     """Reads the lines of text in images. The graphs are loaded on first use (or by `load`);
-    one reader serves one thread at a time."""
+    once loaded, several threads may read at once. `recogniser`: another recogniser graph
+    than the bundled Chinese + English one (the ocr-recogniser key)."""
 
-    def __init__(self, threads: int | None = None, detect_side: int = DETECT_SIDE) -> None:
+    def __init__(
+        self,
+        threads: int | None = None,
+        detect_side: int = DETECT_SIDE,
+        recogniser: Path | None = None,
+    ) -> None:
         self.threads = threads
         self.detect_side = detect_side
+        self.recogniser_file = recogniser
+        self.engine = engine_name(recogniser)
         self._detector: Any = None
         self._recogniser: Any = None
         self._characters: list[str] = []
@@ -112,10 +152,14 @@ class TextReader:
                 raise ImageSearchError(MISSING_MODELS)
             from .models.onnx_runtime import open_session
 
-            recogniser = open_session(folder / RECOGNISER_FILE, "cpu", threads=self.threads)
-            meta = recogniser.get_modelmeta().custom_metadata_map
+            graph = self.recogniser_file or folder / RECOGNISER_FILE
+            if not graph.is_file():
+                raise ImageSearchError(
+                    f"configuration key 'ocr-recogniser': {graph} is not a file"
+                )
+            recogniser = open_session(graph, "cpu", threads=self.threads)
             # CTC's blank first, the graph's own alphabet, then the space it was trained with.
-            self._characters = ["", *meta["character"].splitlines(), " "]
+            self._characters = ["", *alphabet_of(graph, recogniser), " "]
             self._recogniser = recogniser
             self._detector = open_session(folder / DETECTOR_FILE, "cpu", threads=self.threads)
 

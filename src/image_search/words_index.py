@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
 
 from .config import Settings
-from .ocr import ENGINE, MISSING_MODELS, TextReader, available
+from .ocr import MISSING_MODELS, TextReader, available
 from .pipeline import Prepared
 from .store import Store
 from .store.words import ReadWords, TableWords
@@ -51,7 +52,7 @@ class PhotoWords:
 
     def read(self, batch: Sequence[Prepared]) -> list[ReadWords]:
         unique = {p.image.content_hash: p for p in batch}
-        known = self.words.known(unique, ENGINE)
+        known = self.words.known(unique, self.reader.engine)
         return [
             words_of(digest, self.reader, as_pillow(p.image.image))
             for digest, p in unique.items()
@@ -59,21 +60,21 @@ class PhotoWords:
         ]
 
     def write(self, read: Sequence[ReadWords]) -> None:
-        self.words.write(read, ENGINE)
+        self.words.write(read, self.reader.engine)
 
 
 def photo_words(settings: Settings, store: Store, threads: int | None = None) -> PhotoWords | None:
     """The batch step's reader of words, or None (ocr off, or no models)."""
     if not ocr_wanted(settings):
         return None
-    return PhotoWords(store, shared_reader(threads))
+    return PhotoWords(store, shared_reader(threads, settings.ocr_recogniser))
 
 
 @functools.cache
-def shared_reader(threads: int | None = None) -> TextReader:
-    """One reader per process (and thread count): its graphs load once, not at every run
-    (a Rescan, `index --watch`). Reading is safe from several threads."""
-    return TextReader(threads)
+def shared_reader(threads: int | None = None, recogniser: Path | None = None) -> TextReader:
+    """One reader per process (and settings): its graphs load once, not at every run (a
+    Rescan, `index --watch`). Reading is safe from several threads."""
+    return TextReader(threads, recogniser=recogniser.absolute() if recogniser else None)
 
 
 def words_of(content_hash: str, reader: TextReader, image: Image.Image) -> ReadWords:
@@ -112,10 +113,10 @@ def fill_words(
     if not ocr_wanted(settings):
         words.purge()
         return 0
-    unread = words.unread(ENGINE)
+    reader = shared_reader(None, settings.ocr_recogniser)
+    unread = words.unread(reader.engine)
     done, missing = 0, 0
     if unread:
-        reader = shared_reader()
         reader.load()
         bar = tqdm(total=len(unread), desc="Reading words", unit="img", disable=not show_bar)
         with bar:
@@ -128,7 +129,7 @@ def fill_words(
                         missing += 1
                     else:
                         read.append(words_of(item.content_hash, reader, image))
-                words.write(read, ENGINE)
+                words.write(read, reader.engine)
                 done += len(read)
                 bar.update(len(unread[start : start + FILL_BATCH]))
                 if told:

@@ -500,3 +500,16 @@ def test_another_recogniser_reads_every_photo_again(
     shutil.copyfile(graph, bare)
     with pytest.raises(ImageSearchError, match="ocr-recogniser.*bare.txt"):
         TextReader(recogniser=bare).load()
+
+
+def test_words_with_only_a_part_taken_away_rank_by_its_opposite(
+    settings: Settings, shared_embedder: Embedder
+) -> None:
+    """`--words X --not people`: the one vector part counts negative, as in a sum of parts."""
+    from image_search.query import QueryPart
+
+    with open_store(settings) as store:
+        searcher = Searcher(settings, store, shared_embedder)
+        vector = searcher._vector([QueryPart("text", "people", 1.0, -1)], {}, {})
+    people = shared_embedder.embed_texts(["people"])[0]
+    np.testing.assert_allclose(vector, -people / np.linalg.norm(people), atol=1e-6)

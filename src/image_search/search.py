@@ -148,7 +148,7 @@ class Searcher:
         for i, part in enumerate(parts):
             if part.kind == "text":
                 vectors[i] = self.embedder.embed_texts([part.value])[0]
-        if len(parts) == 1:
+        if len(parts) == 1 and parts[0].sign > 0:  # (words with only --not parts: negated)
             return vectors[0]
         ordered = [vectors[i] for i in range(len(parts))]
         return weighted_sum(ordered, [part.sign * part.weight for part in parts])

@@ -20,7 +20,6 @@ from .errors import ImageSearchError
 from .models import Embedder
 from .pipeline import Failure, Prepared, Unchanged, WorkItem, row_for
 from .store import Store
-from .store.words import ReadWords
 from .words_index import PhotoWords
 
 # Images per batch on the CPU when batch-size is unset (measured best there).
@@ -110,8 +109,7 @@ class BatchStep:
         if not batch:
             return
         vectors = self.embed(batch, tally)
-        read = self.words.read(batch) if self.words else []
-        (write or _at_once)(functools.partial(self.write, batch, vectors, tally, read))
+        (write or _at_once)(functools.partial(self.write, batch, vectors, tally))
 
     def embed(self, batch: list[Prepared], tally: Tally) -> dict[str, Any]:
         """A vector for each content in the batch: stored ones for copies and moves, the
@@ -127,20 +125,15 @@ class BatchStep:
         vectors.update(zip(new_content, embedded, strict=True))
         return vectors
 
-    def write(
-        self,
-        batch: list[Prepared],
-        vectors: dict[str, Any],
-        tally: Tally,
-        read: Sequence[ReadWords] = (),
-    ) -> None:
+    def write(self, batch: list[Prepared], vectors: dict[str, Any], tally: Tally) -> None:
         """The batch's rows in one transaction, idempotently: a batch written twice (a
-        retried Ray task) leaves one row per file. Then the words read in them (a run
+        retried Ray task) leaves one row per file. Then the words in them are read and
+        stored (on a GPU in the writer's thread, while the next batch is embedded; a run
         stopped between the two reads them at its next start)."""
         rows = [row_for(p, vectors[p.image.content_hash]) for p in batch]
         self.store.rows.upsert(rows, self.model_name)
-        if self.words and read:
-            self.words.write(read)
+        if self.words:
+            self.words.write(self.words.read(batch))
         added = sum(1 for prepared in batch if prepared.item.stored is None)
         tally.stored(Stored(added, len(batch) - added))
 

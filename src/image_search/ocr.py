@@ -132,8 +132,10 @@ class TextReader:
         threads: int | None = None,
         detect_side: int = DETECT_SIDE,
         recogniser: Path | None = None,
+        device: str = "cpu",
     ) -> None:
         self.threads = threads
+        self.device = device  # "cuda": ONNX Runtime's CUDA provider (the gpu extra)
         self.detect_side = detect_side
         self.recogniser_file = recogniser
         self.engine = engine_name(recogniser)
@@ -157,11 +159,12 @@ class TextReader:
                 raise ImageSearchError(
                     f"configuration key 'ocr-recogniser': {graph} is not a file"
                 )
-            recogniser = open_session(graph, "cpu", threads=self.threads)
+            recogniser = open_session(graph, self.device, threads=self.threads)
             # CTC's blank first, the graph's own alphabet, then the space it was trained with.
             self._characters = ["", *alphabet_of(graph, recogniser), " "]
             self._recogniser = recogniser
-            self._detector = open_session(folder / DETECTOR_FILE, "cpu", threads=self.threads)
+            detector = folder / DETECTOR_FILE
+            self._detector = open_session(detector, self.device, threads=self.threads)
 
     def read(self, image: Image.Image) -> list[Line]:
         """The lines of text in `image`, top to bottom, left to right."""

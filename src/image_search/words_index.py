@@ -67,14 +67,27 @@ def photo_words(settings: Settings, store: Store, threads: int | None = None) ->
     """The batch step's reader of words, or None (ocr off, or no models)."""
     if not ocr_wanted(settings):
         return None
-    return PhotoWords(store, shared_reader(threads, settings.ocr_recogniser))
+    reader = shared_reader(threads, settings.ocr_recogniser, ocr_device(settings.device))
+    return PhotoWords(store, reader)
+
+
+def ocr_device(requested: str) -> str:
+    """CUDA where ONNX Runtime has it (the gpu extra) and a CUDA GPU may be used, quietly
+    (the model's own device settles what is said about absent accelerators); else the CPU."""
+    from .models.precision import nvidia_driver_present, onnx_has_cuda
+
+    cuda = requested in ("auto", "cuda") and nvidia_driver_present() and onnx_has_cuda()
+    return "cuda" if cuda else "cpu"
 
 
 @functools.cache
-def shared_reader(threads: int | None = None, recogniser: Path | None = None) -> TextReader:
+def shared_reader(
+    threads: int | None = None, recogniser: Path | None = None, device: str = "cpu"
+) -> TextReader:
     """One reader per process (and settings): its graphs load once, not at every run (a
     Rescan, `index --watch`). Reading is safe from several threads."""
-    return TextReader(threads, recogniser=recogniser.absolute() if recogniser else None)
+    graph = recogniser.absolute() if recogniser else None
+    return TextReader(threads, recogniser=graph, device=device)
 
 
 def words_of(content_hash: str, reader: TextReader, image: Image.Image) -> ReadWords:
@@ -113,7 +126,7 @@ def fill_words(
     if not ocr_wanted(settings):
         words.purge()
         return 0
-    reader = shared_reader(None, settings.ocr_recogniser)
+    reader = shared_reader(None, settings.ocr_recogniser, ocr_device(settings.device))
     unread = words.unread(reader.engine)
     done, missing = 0, 0
     if unread:

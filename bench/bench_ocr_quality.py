@@ -333,7 +333,8 @@ def evaluate(made: list[tuple[Photo, Image.Image]], texts: dict[str, list[str]])
         ranking = [name for name, _ in rank_texts(photo.query, searched)]
         rank = rank_of(photo, ranking, truth)
         textless_top5 = sum(1 for name in ranking[:5] if kinds[name] == "plain")
-        results.append((photo, rank, textless_top5))
+        returned = (len(ranking), sum(1 for name in ranking if kinds[name] == "plain"))
+        results.append((photo, rank, textless_top5, returned))
     return {"results": results, "read_any": {n: bool(t) for n, t in searched.items()}}
 
 
@@ -367,11 +368,15 @@ def report(name: str, made, texts, seconds, evaluation) -> None:
     spurious = sum(1 for n in plain if evaluation["read_any"][n])
     print(f"queries >= 4 characters with a photo without text in their top 5: {polluted} of "
           f"{len(long_queries)}")
+    returned = sum(r[3][0] for r in results)
+    print(f"photos without text among all results of all queries: {sum(r[3][1] for r in results)}"
+          f" of {returned}")
     print(f"photos without text where some text was read: {spurious} of {len(plain)}")
-    with_text = [seconds[p.name] for p, _ in made if p.kind != "plain"]
-    without = [seconds[p.name] for p, _ in made if p.kind == "plain"]
-    print(f"OCR seconds per photo (median): with text {statistics.median(with_text):.3f}, "
-          f"without {statistics.median(without):.3f}; cores {cores()}")
+    if seconds:
+        with_text = [seconds[p.name] for p, _ in made if p.kind != "plain"]
+        without = [seconds[p.name] for p, _ in made if p.kind == "plain"]
+        print(f"OCR seconds per photo (median): with text {statistics.median(with_text):.3f}, "
+              f"without {statistics.median(without):.3f}; cores {cores()}")
     r5 = recall(big, 5)
     print(f"target recall@5 >= 0.90 for text >= 24 px ({r5:.3f}): "
           f"{'met' if r5 >= 0.9 else 'NOT met'}; no photo without text in a top 5 "
@@ -394,6 +399,10 @@ def main() -> None:
     parser.add_argument("--kana", type=int, default=60, help="photos with Japanese kana")
     parser.add_argument("--variants", default="default,det640,classifier")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime's threads")
+    parser.add_argument(
+        "--from-cache", action="store_true",
+        help="rank what an earlier run read (bench/_data/ocr-quality-VARIANT.json); no timings",
+    )
     args = parser.parse_args()
     if not Path(CJK_FONTS[0]).exists():
         raise SystemExit("needs Debian's CJK fonts: apt-get install fonts-noto-cjk")
@@ -407,9 +416,12 @@ def main() -> None:
         "classifier": lambda: WithClassifier(args.threads),
     }
     for name in args.variants.split(","):
-        texts, seconds = read_all(readers[name](), made)
         cache = DATA / f"ocr-quality-{name}.json"
-        cache.write_text(json.dumps(texts, ensure_ascii=False, indent=0))
+        if args.from_cache:
+            texts, seconds = json.loads(cache.read_text()), {}
+        else:
+            texts, seconds = read_all(readers[name](), made)
+            cache.write_text(json.dumps(texts, ensure_ascii=False, indent=0))
         label = f"{name} (detector at {640 if name == 'det640' else DETECT_SIDE} px)"
         report(label, made, texts, seconds, evaluate(made, texts))
 

@@ -128,9 +128,10 @@ class Settings:
     )
     # Measured: BENCHMARKS.md, section r (what it adds to an index run of 12-MP photos).
     ocr: bool = key_field(
-        True,
-        "read the words in each photo when indexing (OCR), for search --words; photos "
-        "indexed before get theirs at the next index run",
+        False,
+        "read the words in each photo when indexing (OCR), for search --words; it adds about "
+        "a fifth to an index run with the default model on the CPU; photos indexed before get "
+        "theirs at the next index run",
     )
     ocr_recogniser: Path | None = key_field(
         None,

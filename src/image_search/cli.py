@@ -186,7 +186,9 @@ def check_request(args: argparse.Namespace, settings: Settings) -> None:
     else:
         more = [parse_part(given, 1, "--and") for given in args.add]
         more += [parse_part(given, -1, "--not") for given in args.subtract]
-        args.query = Query(args.image, args.text, args.like, args.text_weight, tuple(more))
+        args.query = Query(
+            args.image, args.text, args.like, args.text_weight, tuple(more), args.words
+        )
         args.query.check()
         if args.image is not None and not args.image.is_file():
             raise ConfigError(f"--image {args.image}: no such file")

@@ -156,7 +156,8 @@ def build_parser() -> Parser:
 
 def _add_query_options(search: argparse.ArgumentParser) -> None:
     query = search.add_argument_group(
-        "query (--image, --text, both, or --like; plus any --and and --not parts)"
+        "query (--image, --text, both, or --like; plus any --and and --not parts; --words "
+        "alone or with any of them)"
     )
     query.add_argument("--image", type=Path, metavar="FILE", help="query image")
     query.add_argument("--text", metavar="QUERY", help="query text")
@@ -165,6 +166,13 @@ def _add_query_options(search: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="images like this file: an indexed file is searched by its stored vector "
         "(no model needed); any other file is embedded as with --image",
+    )
+    query.add_argument(
+        "--words",
+        metavar="WORDS",
+        help="photos whose text holds these words (read by OCR when indexing): case, accents "
+        "and spaces aside, a character misread forgiven in longer words; alone, or ranked "
+        "together with the other parts",
     )
     query.add_argument(
         "--text-weight",

@@ -43,6 +43,7 @@ from .images import ResizeSpec
 from .models import Embedder
 from .pipeline import WorkItem, prepare_item
 from .store import Database, Store
+from .words_index import photo_words
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,8 @@ class EmbedAndStore:
         except ImageSearchError as exc:  # told with the first batch
             self.failed = exc
             return
-        self.step = BatchStep(store, embedder, settings.model_name)
+        words = photo_words(settings, store, threads=CPU_ACTOR_THREADS)
+        self.step = BatchStep(store, embedder, settings.model_name, words)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         recorder = Recorder()
@@ -451,6 +453,7 @@ def worker_settings(settings: Settings) -> Settings:
         source_directory=settings.source_directory.absolute(),
         output_directory=settings.output_directory.absolute(),
         data_directory=settings.data_directory.absolute(),
+        ocr_recogniser=settings.ocr_recogniser.absolute() if settings.ocr_recogniser else None,
     )
 
 

@@ -126,6 +126,20 @@ class Settings:
             "both": "",
         },
     )
+    # Measured: BENCHMARKS.md, section t (what it adds to an index run of 12-MP photos).
+    ocr: bool = key_field(
+        False,
+        "read the words in each photo when indexing (OCR), for search --words; it adds about "
+        "a fifth to an index run with the default model on the CPU; photos indexed before get "
+        "theirs at the next index run",
+    )
+    ocr_recogniser: Path | None = key_field(
+        None,
+        "an ONNX text recogniser to read words with instead of the bundled Chinese + English "
+        "one (PaddleOCR's Japanese or Korean, say; its alphabet in the graph or in a .txt of "
+        "the same name beside it)",
+        metavar="FILE",
+    )
     vector_type: str = key_field(
         "vector",
         "how vectors are stored; changing it needs index --reindex",

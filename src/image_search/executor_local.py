@@ -15,6 +15,7 @@ from .config import Settings
 from .executor import CPU_BATCH_SIZE, BatchStep, Job, Result, RunTally
 from .images import ResizeSpec
 from .pipeline import BackgroundWriter, DevicePreparer, WorkItem, prepare_item, prepared_batches
+from .words_index import photo_words
 
 # Batches waiting for the writer thread on a GPU (each holds its images and vectors).
 WRITE_QUEUE = 2
@@ -32,7 +33,8 @@ class LocalExecutor:
             # that a model that cannot be loaded is one line, not a line between bars.
             embedder.model()
         overlap = embedder.resolved_device != "cpu"
-        step = BatchStep(job.store, embedder, job.settings.model_name)
+        words = photo_words(job.settings, job.store)
+        step = BatchStep(job.store, embedder, job.settings.model_name, words)
         with ExitStack() as stack:
             stack.enter_context(tally.counting())
             writer = stack.enter_context(BackgroundWriter(depth=WRITE_QUEUE if overlap else 0))

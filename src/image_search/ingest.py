@@ -31,6 +31,7 @@ from .models.precision import planned_spec, recorded_spec
 from .pipeline import Failure, Unchanged, WorkItem
 from .scan import IMAGE_EXTENSIONS, ScannedFile, display_path, scan_images, stat_file
 from .store import Database, FailedFile, Store, StoredFile
+from .words_index import fill_words, prepare_words_table
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class IndexReport:
     removed: int = 0
     failed: list[Failure] = field(default_factory=list)
     dated: int = 0  # stored rows that gained a capture date from their file's header
+    words_read: int = 0  # stored photos whose words were read from their processed JPEGs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,8 @@ class IndexReport:
             text += f" ({remembered} unchanged since they failed before: not read again)"
         if self.dated:
             text += f"; capture dates filled for {self.dated} stored images"
+        if self.words_read:
+            text += f"; words read in {self.words_read} stored images"
         return text
 
 
@@ -271,12 +275,14 @@ class Indexer:
         if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
             self.store.schema.drop_vector_index()  # rebuilt once below, not row by row
         self._fill_dates(scanned, stored)
+        prepare_words_table(self.settings, self.store)
         self._process(work)
         self._settle_failures(work, failed_before)
         if not scanned:
             self._warn_no_images(root, kept=0 if keep_missing else len(missing))
         elif not keep_missing:
             self._delete(missing)
+        self._fill_words()
         self.store.schema.ensure_vector_index()
         self.store.schema.mark_indexed()
         return self.report
@@ -339,6 +345,14 @@ class Indexer:
         for start in range(0, len(changes), DATES_PER_WRITE):
             self.store.rows.set_taken_at(changes[start : start + DATES_PER_WRITE])
         self.report.dated = len(changes)
+
+    def _fill_words(self) -> None:
+        """Words for stored photos that have none (indexed before the ocr key was on): read
+        from their processed JPEGs, no model. Words no photo holds any more are dropped."""
+        progress = self.progress
+        self.report.words_read = fill_words(
+            self.settings, self.store, progress.show_bars, progress.callback, progress.check_stop
+        )
 
     def _process(self, work: list[WorkItem]) -> None:
         """Prepare, embed and store `work` by the executor, which tells the tally."""

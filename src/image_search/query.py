@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ConfigError
 from .scan import display_path, folder_prefix
 from .store import Filters
+from .words import tokens
 
 DEFAULT_TEXT_WEIGHT = 0.5
 
@@ -89,6 +90,7 @@ class Query:
     like: str | None = None
     text_weight: float = DEFAULT_TEXT_WEIGHT
     more: tuple[QueryPart, ...] = ()
+    words: str | None = None  # words in the photos (OCR), ranked with the rest by their ranks
 
     def check(self) -> None:
         """A ConfigError for a query that cannot run, naming what to fix."""
@@ -96,10 +98,12 @@ class Query:
             raise ConfigError("--like searches by one file alone; leave out --image and --text")
         if self.text is not None and not self.text.strip():
             raise ConfigError("the text query is empty")
-        if not any(part.sign > 0 for part in self.parts()):
+        if self.words is not None and not tokens(self.words):
+            raise ConfigError(f"--words {self.words!r}: give a word (letters or digits) to find")
+        if not any(part.sign > 0 for part in self.parts()) and self.words is None:
             raise ConfigError(
-                "give a query: --image FILE, --text TEXT, both, --like FILE, or --and TEXT|FILE "
-                "(--not only takes away from one of those)"
+                "give a query: --image FILE, --text TEXT, both, --like FILE, --words WORDS, or "
+                "--and TEXT|FILE (--not only takes away from one of those)"
             )
         if not 0 <= self.text_weight <= 1:
             raise ConfigError(f"--text-weight must be between 0 and 1, got {self.text_weight}")
@@ -123,6 +127,8 @@ class Query:
         words = []
         for part in self.parts():
             words.append(("- " if part.sign < 0 else "+ " if words else "") + part.describe())
+        if self.words is not None:
+            words.append(("+ " if words else "") + f"words '{self.words}'")
         return " ".join(words)
 
 

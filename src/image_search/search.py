@@ -28,6 +28,7 @@ from .result_folder import (
 )
 from .scan import display_path
 from .store import NO_FILTERS, Filters, Match, Store, StoredImage, TableInfo
+from .words_search import no_words_warning, search_words, words_record
 
 if TYPE_CHECKING:
     from .images import ResizeSpec
@@ -96,10 +97,15 @@ class Searcher:
                     stored[i] = found
                 else:
                     images[i] = self._prepare_unindexed(part, spec, i < given_with_like)
-        vector = self._vector(parts, images, stored)
+        vector = self._vector(parts, images, stored) if parts else None
         k = top_k or self.settings.top_k
-        matches = self.store.rows.nearest(vector, k, filters)
         warnings: list[str] = []
+        if query.words is not None:  # by the words in the photos (and the rest, fused)
+            matches = search_words(self.store, query.words, k, filters, vector)
+            warnings += no_words_warning(self.store) if not matches else []
+        else:
+            assert vector is not None  # query.check(): some part is added
+            matches = self.store.rows.nearest(vector, k, filters)
 
         def write_query(folder: Path) -> None:
             pictured = next((i for i in sorted({*images, *stored}) if parts[i].sign > 0), None)
@@ -114,6 +120,8 @@ class Searcher:
                 (folder / QUERY_TEXT_FILE).write_text(words + "\n", encoding="utf-8")
             record = {"parts": [p.record() for p in parts], "filters": filters_record(filters),
                       "top_k": k}
+            if query.words is not None:
+                record["words"] = words_record(query.words, fused_with_vector=bool(parts))
             (folder / QUERY_RECORD_FILE).write_text(
                 json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
@@ -153,7 +161,7 @@ class Searcher:
         for i, part in enumerate(parts):
             if part.kind == "text":
                 vectors[i] = self.embedder.embed_texts([part.value])[0]
-        if len(parts) == 1:
+        if len(parts) == 1 and parts[0].sign > 0:  # (words with only --not parts: negated)
             return vectors[0]
         ordered = [vectors[i] for i in range(len(parts))]
         return weighted_sum(ordered, [part.sign * part.weight for part in parts])

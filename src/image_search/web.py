@@ -28,6 +28,7 @@ from .scan import display_path
 from .search import Searcher, SearchResult, find_stored
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store, StoredFile
+from .store.words import TableWords
 from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused
 from .web_inputs import (
     BUT_NOT_LABEL,
@@ -36,6 +37,7 @@ from .web_inputs import (
     TEXT_LABEL,
     TEXT_WEIGHT_LABEL,
     THRESHOLD_LABEL,
+    WORDS_LABEL,
     Inputs,
     SearchInputs,
     folders_of,
@@ -51,6 +53,7 @@ from .web_markup import (
     markdown_text,
     rescan_bar,
     result_records,
+    words_shown,
 )
 
 log = logging.getLogger(__name__)
@@ -109,11 +112,12 @@ class WebApp:
         taken_before: Any = None,
         min_score: Any = None,
         but_not: Any = None,
+        words: Any = None,
     ) -> tuple[Any, ...]:
         """An image, a text, or both together as one query, less the words `but_not`
-        ([W:]TEXT); filtered. The event runs with preprocess=False: the image is the
-        client's payload, read only if it was uploaded to this page (web_files), and an
-        unreadable one gets our own message."""
+        ([W:]TEXT), and the `words` in the photos (ranked with the rest); filtered. The
+        event runs with preprocess=False: the image is the client's payload, read only if it
+        was uploaded to this page (web_files), and an unreadable one gets our own message."""
         inputs = Inputs()
         query = inputs.text("text", TEXT_LABEL, text).strip()
         weight = inputs.number(
@@ -121,25 +125,30 @@ class WebApp:
         )
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
         avoid_text = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
+        in_photos = inputs.text("words", WORDS_LABEL, words).strip()
         try:
             path = self.files.upload(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
-        if path is None and not query:  # a hint, not an error: nothing turns red
+        if path is None and not query and not in_photos:  # a hint: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
         try:
             avoid = (text_part(avoid_text, -1, f"'{BUT_NOT_LABEL}'"),) if avoid_text else ()
         except ConfigError as exc:
             raise page_error(str(exc)) from None
-        request = Query(image=path, text=query or None, text_weight=weight, more=avoid)
+        request = Query(
+            image=path, text=query or None, text_weight=weight, more=avoid,
+            words=in_photos or None,
+        )
         return self._answer(request, shared)
 
     def check_search(self, *values: Any) -> list[dict]:
         """The search's validator: a message next to each field that is wrong."""
         inputs = Inputs()
-        _, text, top_k, text_weight, *filters, but_not = values
+        _, text, top_k, text_weight, *filters, but_not, words = values
         inputs.text("text", TEXT_LABEL, text)
         inputs.text("but_not", BUT_NOT_LABEL, but_not)
+        inputs.text("words", WORDS_LABEL, words)
         inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
         read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
         return inputs.validations(self.search)
@@ -223,12 +232,21 @@ class WebApp:
             raise page_error(str(exc)) from None
 
     def select_result(self, results: Any, event: gr.SelectData) -> tuple[Any, ...]:
-        """A result picked in the gallery: its full path, and its original to open."""
+        """A result picked in the gallery: its full path, its original to open, and the
+        text read in it."""
         records = result_records(results)
         if not isinstance(event.index, int) or not 0 <= event.index < len(records):
-            return gr.update(visible=False), "", ""
+            return gr.update(visible=False), "", "", ""
         path = records[event.index]["file_path"]
-        return gr.update(visible=True), path, self.original_link(path)
+        return gr.update(visible=True), path, self.original_link(path), self.words_in(path)
+
+    def words_in(self, file_path: str) -> str:
+        """The lines of text read in an indexed file, for the selected result."""
+        stored = self._stored(file_path)
+        if stored is None:
+            return ""
+        lines = TableWords(self.database, self.settings.table_name).lines_of(stored.file_path)
+        return words_shown(lines)
 
     def original_link(self, file_path: str) -> str:
         """A link to the original file, for indexed files only, checked now (web_files).

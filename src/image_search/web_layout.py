@@ -17,11 +17,13 @@ from .web_inputs import (
     MAX_TOP_K,
     MIN_SCORE_LABEL,
     PATH_LABEL,
+    SELECTED_WORDS_LABEL,
     TEXT_LABEL,
     TEXT_WEIGHT_LABEL,
     THRESHOLD_LABEL,
     TOP_K_LABEL,
     UNDER_LABEL,
+    WORDS_LABEL,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +103,11 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                         elem_id="query-not",
                         placeholder="people (or 0.5:people)",
                     )
+                words = gr.Textbox(
+                    label=WORDS_LABEL,
+                    elem_id="query-words",
+                    placeholder="invoice 2023 (text read in the photos)",
+                )
                 text_weight = gr.Slider(
                     0,
                     1,
@@ -146,9 +153,9 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                 with gr.Accordion("Ranked results as JSON", open=False):
                     results = gr.JSON(elem_id="results-json")
         searched = gr.on(
-            triggers=[search.click, text.submit, but_not.submit],
+            triggers=[search.click, text.submit, but_not.submit, words.submit],
             fn=web.search,
-            inputs=[image, text, top_k, text_weight, *filters, but_not],
+            inputs=[image, text, top_k, text_weight, *filters, but_not, words],
             outputs=[best, gallery, note, results],
             api_name="search",
             preprocess=False,
@@ -197,7 +204,10 @@ def _selection_panel() -> dict[str, Any]:
         with gr.Row():
             similar = gr.Button("Find similar", elem_id="find-similar", scale=0)
             link = gr.HTML(elem_id="open-original-box", padding=True)
-    return {"panel": panel, "path": path, "similar": similar, "link": link}
+        words = gr.Textbox(
+            label=SELECTED_WORDS_LABEL, interactive=False, lines=2, elem_id="selected-words"
+        )
+    return {"panel": panel, "path": path, "similar": similar, "link": link, "words": words}
 
 
 def _wire_selection(
@@ -212,7 +222,7 @@ def _wire_selection(
     gallery.select(
         web.select_result,
         inputs=[results],
-        outputs=[selection["panel"], selection["path"], selection["link"]],
+        outputs=[selection["panel"], selection["path"], selection["link"], selection["words"]],
         api_visibility="private",
     )
     selection["similar"].click(

@@ -94,3 +94,11 @@ def failure_line(error: BaseException) -> str:
         return str(error)
     log.debug("the run failed", exc_info=error)
     return f"{type(error).__name__}: {one_line(error)}"
+
+
+def words_shown(lines: list[dict[str, Any]] | None) -> str:
+    """The lines of text read in a photo, one per line, for the selected result."""
+    if lines is None:
+        return "(its words have not been read: the ocr key is off, or an index run is due)"
+    texts = [str(line.get("text", "")) for line in lines if isinstance(line, dict)]
+    return "\n".join(texts) if texts else "(no text found in this photo)"

@@ -23,6 +23,7 @@ from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.pipeline import BackgroundWriter, DevicePreparer, Failure, Prepared, WorkItem
 from image_search.scan import stat_file
+from image_search.two_decoders import TwoDecoders
 from image_search.tensor_images import resized, tensor_header, upright
 
 SPEC = ResizeSpec(width=96, height=64, mode="fit", max_pixels=10**8)
@@ -93,9 +94,10 @@ def test_the_device_path_routes_what_it_cannot_take_to_pillow(
     broken = write_broken_files(folder / "broken")[0]  # a JPEG cut short
     paths = [plain, turned, cmyk, png, broken]
 
+    spec = ResizeSpec.of(settings)
     with ThreadPoolExecutor(2) as pool:
-        preparer = DevicePreparer(settings, ResizeSpec.of(settings), "cpu", pool)
-        preparer.cpu_share = 0.0  # every JPEG the decoder takes goes to it
+        preparer = TwoDecoders(DevicePreparer(settings, spec, "cpu", pool), pool, spec.budget())
+        preparer.share = 0.0  # every JPEG the decoder takes goes to it
         results = preparer.prepare(work_items(paths))
 
     assert [type(r) for r in results] == [Prepared] * 4 + [Failure]

@@ -12,19 +12,21 @@ from .errors import ImageError
 MB = 2**20
 # An 8-bit RGB pixel as Pillow holds it decoded: the unit max-image-pixels counts in.
 RGB_PIXEL_BYTES = 4
-# Beside the decoded image: the strips converted at a time and the reduced copy.
-WORKING_BYTES = 24 * MB
+# Beside the decoded image: the strips being converted (image_pixels.STRIP_BYTES, a few
+# times over) and the reduced copy, at most REDUCED_AREA times the target's area.
+STRIPS_BYTES = 32 * MB
+REDUCED_AREA = 36
 # Decoders that hold pixels of their own beside Pillow's while an image is loaded (bytes per
-# pixel), and the copies of the whole file they read into memory first.
-DECODER_BYTES_PER_PIXEL = {"AVIF": 6.0, "HEIF": 5.0, "WEBP": 8.0, "JXL": 9.0}
-FILE_COPIES = {"AVIF": 1, "HEIF": 1, "WEBP": 1, "JXL": 2}
+# pixel, with alpha), and the copies of the whole file they read into memory first.
+DECODER_BYTES_PER_PIXEL = {"AVIF": 6.5, "HEIF": 4.5, "WEBP": 12.5, "JXL": 5.5}
+FILE_COPIES = {"AVIF": 1, "HEIF": 1, "WEBP": 1, "JXL": 2, "BMP": 1}
 # A progressive JPEG keeps every DCT coefficient of the whole image (2 bytes a sample) until
 # its last scan, however small it is drafted; counted as if no channel were subsampled.
 PROGRESSIVE_BYTES_PER_SAMPLE = 2
 # LibRaw demosaicing at half size holds the sensor data (2 bytes a pixel), the half-size
 # 4-channel 16-bit image made of it (2 bytes a sensor pixel) and the 8-bit RGB result
 # (3 bytes at a quarter of the pixels).
-RAW_DEMOSAIC_BYTES_PER_PIXEL = 4.75
+RAW_DEMOSAIC_BYTES_PER_PIXEL = 5.0
 
 
 def pixel_bytes(mode: str) -> int:
@@ -55,6 +57,11 @@ def pillow_cost(
         bands = len(ImageMode.getmode(mode).bands)
         cost += width * height * bands * PROGRESSIVE_BYTES_PER_SAMPLE
     return cost
+
+
+def working_bytes(pixels: int, target_pixels: int) -> int:
+    """What reducing an image of `pixels` towards `target_pixels` takes beside it."""
+    return STRIPS_BYTES + min(pixels, REDUCED_AREA * target_pixels) * RGB_PIXEL_BYTES
 
 
 def raw_demosaic_cost(width: int, height: int) -> int:

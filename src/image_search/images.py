@@ -26,11 +26,11 @@ from PIL import ExifTags, Image, ImageFile
 
 from .config import DEFAULT_MAX_FILE_MB, Settings
 from .decode_cost import (
-    WORKING_BYTES,
     check_cost,
     check_pixels,
     pillow_cost,
     raw_demosaic_cost,
+    working_bytes,
 )
 from .errors import ImageError, one_line
 from .image_pixels import resized, upright_rgb
@@ -185,7 +185,7 @@ def _decode_with_pillow(source: SourceFile, spec: ResizeSpec) -> Decoded:
             full_size=full_size,
         )
         check_cost(*full_size, cost, spec.max_pixels, f"{image.format} image")
-        with _admitted(spec, cost + source.held_bytes):
+        with _admitted(spec, cost, image.size, source):
             return _finish(image, spec)
 
 
@@ -196,7 +196,7 @@ def _decode_jxl(source: SourceFile, stream: BinaryIO, spec: ResizeSpec) -> Decod
     check_pixels(*size, spec.max_pixels)
     cost = pillow_cost("JXL", "RGBA", size, source.size)  # its mode is known once decoded
     check_cost(*size, cost, spec.max_pixels, "JPEG XL image")
-    with _admitted(spec, cost + source.held_bytes), open_image(stream) as image:
+    with _admitted(spec, cost, size, source), open_image(stream) as image:
         return _finish(image, spec)
 
 
@@ -214,19 +214,26 @@ def _decode_raw(source: SourceFile, spec: ResizeSpec) -> Decoded:
     with open_raw(source.libraw_input()) as raw:
         check_pixels(*raw.size, spec.max_pixels)
         wanted = target_size(*raw.upright_size, spec)
-        with _admitted(spec, source.size + source.held_bytes):
+        with _admitted(spec, source.size, (0, 0), source):
             preview = raw.preview(wanted)
             if preview is not None:
                 return Decoded(resize(preview, spec), raw.taken)
         cost = raw_demosaic_cost(*raw.size)
         check_cost(*raw.size, cost, spec.max_pixels, "RAW file")
-        with _admitted(spec, cost + source.held_bytes):
+        half_size = (raw.size[0] // 2, raw.size[1] // 2)  # what LibRaw demosaics to
+        with _admitted(spec, cost, half_size, source):
             return Decoded(resize(raw.demosaic(), spec), raw.taken)
 
 
 @contextmanager
-def _admitted(spec: ResizeSpec, cost: int) -> Iterator[None]:
-    with spec.budget().reserve(cost + WORKING_BYTES):
+def _admitted(
+    spec: ResizeSpec, cost: int, decoded_size: tuple[int, int], source: SourceFile
+) -> Iterator[None]:
+    """Inside, the decode's `cost` is held in the memory budget, with what reducing an
+    image of `decoded_size` takes beside it and the file's bytes held."""
+    target = spec.width * spec.height
+    beside = working_bytes(decoded_size[0] * decoded_size[1], target) + source.held_bytes
+    with spec.budget().reserve(cost + beside):
         yield
 
 

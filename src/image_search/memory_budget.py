@@ -32,6 +32,7 @@ class MemoryBudget:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._used = 0
+        self.peak = 0  # the most bytes held at once so far
         self._held = 0
         self._queue: deque[object] = deque()
         self._changed = threading.Condition()
@@ -39,7 +40,14 @@ class MemoryBudget:
 
     @property
     def used(self) -> int:
+        """Bytes held by the reservations admitted."""
         return self._used
+
+    @property
+    def waiting(self) -> int:
+        """Reservations asked for and not admitted yet."""
+        with self._changed:
+            return len(self._queue)
 
     @contextmanager
     def reserve(self, cost: int) -> Iterator[None]:
@@ -53,6 +61,7 @@ class MemoryBudget:
                 if not nested:
                     self._changed.wait_for(lambda: self._queue[0] is ticket and self._fits(cost))
                 self._used += cost
+                self.peak = max(self.peak, self._used)
                 self._held += 1
             finally:
                 self._queue.remove(ticket)

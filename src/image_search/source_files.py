@@ -20,7 +20,7 @@ from .scan import is_raw_name
 MB = 2**20
 # Files up to this size are read once, whole: one read (a NAS is read once), then hashed and
 # decoded from memory. Larger ones are read twice (hash, then decode) rather than held.
-HELD_WHOLE_BYTES = 64 * MB
+HELD_WHOLE_BYTES = 32 * MB
 CHUNK_BYTES = MB
 # Linux shows an open descriptor as a path that LibRaw can open by name: the very file
 # checked here, whatever has been renamed since.

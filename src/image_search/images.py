@@ -190,9 +190,7 @@ def _decode_with_pillow(source: SourceFile, spec: ResizeSpec) -> Decoded:
 
 
 def _decode_jxl(source: SourceFile, stream: BinaryIO, spec: ResizeSpec) -> Decoded:
-    size = jxl_size(stream)
-    if size is None:
-        raise ImageError("cannot decode image: not a JPEG XL header it can read")
+    size = _jxl_size_of(stream)
     check_pixels(*size, spec.max_pixels)
     cost = pillow_cost("JXL", "RGBA", size, source.size)  # its mode is known once decoded
     check_cost(*size, cost, spec.max_pixels, "JPEG XL image")
@@ -200,12 +198,28 @@ def _decode_jxl(source: SourceFile, stream: BinaryIO, spec: ResizeSpec) -> Decod
         return _finish(image, spec)
 
 
+def _jxl_size_of(stream: BinaryIO) -> tuple[int, int]:
+    size = jxl_size(stream)
+    if size is None:
+        raise ImageError("cannot decode image: its JPEG XL header cannot be read")
+    return size
+
+
 def _finish(image: ImageFile.ImageFile, spec: ResizeSpec) -> Decoded:
     """An opened image loaded, its date read, made upright RGB of the target size."""
     image.load()
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     target = functools.partial(target_size, spec=spec)
-    return Decoded(upright_rgb(image, orientation, target), _exif_capture_time(image))
+    return Decoded(upright_rgb(image, _orientation(image), target), _exif_capture_time(image))
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of a loaded image (TIFF's Pillow applies as it loads); 1 when
+    there is none, or its EXIF block is broken."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # an untrusted header: the pixels may still be fine
+        return 1
+    return orientation if isinstance(orientation, int) else 1
 
 
 def _decode_raw(source: SourceFile, spec: ResizeSpec) -> Decoded:
@@ -221,8 +235,9 @@ def _decode_raw(source: SourceFile, spec: ResizeSpec) -> Decoded:
         cost = raw_demosaic_cost(*raw.size)
         check_cost(*raw.size, cost, spec.max_pixels, "RAW file")
         half_size = (raw.size[0] // 2, raw.size[1] // 2)  # what LibRaw demosaics to
+        taken = raw.taken
         with _admitted(spec, cost, half_size, source):
-            return Decoded(resize(raw.demosaic(), spec), raw.taken)
+            return Decoded(resize(raw.demosaic(), spec), taken)
 
 
 @contextmanager
@@ -270,10 +285,7 @@ def image_size(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> t
                 return raw.upright_size
         stream = source.stream()
         if is_jxl(stream.read(16)):
-            size = jxl_size(stream)
-            if size is None:
-                raise ImageError("cannot decode image: not a JPEG XL header it can read")
-            return size
+            return _jxl_size_of(stream)
         stream.seek(0)
         with open_image(stream) as image:
             return image.size

@@ -56,11 +56,14 @@ class RawFile:
         return preview if preview is not None and _covers(preview.size, wanted) else None
 
     def demosaic(self) -> Image.Image:
-        """The sensor data demosaiced at half size, upright (LibRaw turns it)."""
+        """The sensor data demosaiced at half size, upright (LibRaw turns it). LibRaw's
+        buffers are let go before the result becomes a Pillow image: the file is closed
+        after this."""
         try:
             pixels = self._raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
         except rawpy.LibRawError as exc:
             raise ImageError(f"cannot decode RAW file: {_reason(exc)}") from exc
+        self._raw.close()
         return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
 
 

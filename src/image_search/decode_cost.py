@@ -14,7 +14,7 @@ MB = 2**20
 RGB_PIXEL_BYTES = 4
 # Beside the decoded image: the strips being converted (image_pixels.STRIP_BYTES, a few
 # times over) and the reduced copy, at most REDUCED_AREA times the target's area.
-STRIPS_BYTES = 32 * MB
+STRIPS_BYTES = 48 * MB
 REDUCED_AREA = 36
 # Decoders that hold pixels of their own beside Pillow's while an image is loaded (bytes per
 # pixel, with alpha), and the copies of the whole file they read into memory first.
@@ -23,6 +23,8 @@ FILE_COPIES = {"AVIF": 1, "HEIF": 1, "WEBP": 1, "JXL": 2, "BMP": 1}
 # A progressive JPEG keeps every DCT coefficient of the whole image (2 bytes a sample) until
 # its last scan, however small it is drafted; counted as if no channel were subsampled.
 PROGRESSIVE_BYTES_PER_SAMPLE = 2
+# LibRaw's unpacked sensor data: 16 bits a pixel (rawpy unpacks it to tell the capture date).
+RAW_UNPACKED_BYTES_PER_PIXEL = 2
 # LibRaw demosaicing at half size holds the sensor data (2 bytes a pixel), the half-size
 # 4-channel 16-bit image made of it (2 bytes a sensor pixel) and the 8-bit RGB result
 # (3 bytes at a quarter of the pixels).
@@ -62,6 +64,10 @@ def pillow_cost(
 def working_bytes(pixels: int, target_pixels: int) -> int:
     """What reducing an image of `pixels` towards `target_pixels` takes beside it."""
     return STRIPS_BYTES + min(pixels, REDUCED_AREA * target_pixels) * RGB_PIXEL_BYTES
+
+
+def raw_unpack_cost(width: int, height: int) -> int:
+    return width * height * RAW_UNPACKED_BYTES_PER_PIXEL
 
 
 def raw_demosaic_cost(width: int, height: int) -> int:

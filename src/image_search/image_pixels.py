@@ -113,7 +113,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ALPHA_MODES:
-        image = image.convert("RGBA")
+        if image.mode != "RGBA":
+            image = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.getchannel("A"))
         return background
@@ -132,9 +133,12 @@ def high_bit_depth_top(image: Image.Image) -> float:
 
 def high_bit_depth_to_l(strip: Image.Image, top: float) -> Image.Image:
     """16-bit or 32-bit grey as 8-bit grey, 0..top scaled to 0..255 (integers stay integers)."""
-    pixels = np.asarray(strip)
-    if pixels.dtype.kind == "f":
-        scaled = np.clip(pixels * np.float32(255.0 / top), 0, 255)
-    else:
-        scaled = np.clip(pixels, 0, int(top)).astype(np.uint32) * 255 // int(top)
-    return Image.fromarray(scaled.astype(np.uint8))  # 2-d uint8: grey
+    if strip.mode == "F":
+        pixels = np.asarray(strip, dtype=np.float32).copy()
+        pixels *= np.float32(255.0 / top)
+        np.clip(pixels, 0, 255, out=pixels)
+    else:  # one working copy, changed in place
+        pixels = np.clip(np.asarray(strip), 0, int(top)).astype(np.uint32)
+        pixels *= 255
+        pixels //= int(top)
+    return Image.fromarray(pixels.astype(np.uint8))  # 2-d uint8: grey

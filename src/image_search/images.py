@@ -30,6 +30,7 @@ from .decode_cost import (
     check_pixels,
     pillow_cost,
     raw_demosaic_cost,
+    raw_unpack_cost,
     working_bytes,
 )
 from .errors import ImageError, one_line
@@ -228,14 +229,15 @@ def _decode_raw(source: SourceFile, spec: ResizeSpec) -> Decoded:
     with open_raw(source.libraw_input()) as raw:
         check_pixels(*raw.size, spec.max_pixels)
         wanted = target_size(*raw.upright_size, spec)
-        with _admitted(spec, source.size, (0, 0), source):
+        # The preview is no larger than the file; the date costs the unpacked sensor data.
+        with _admitted(spec, source.size + raw_unpack_cost(*raw.size), (0, 0), source):
+            taken = raw.taken
             preview = raw.preview(wanted)
             if preview is not None:
-                return Decoded(resize(preview, spec), raw.taken)
+                return Decoded(resize(preview, spec), taken)
         cost = raw_demosaic_cost(*raw.size)
         check_cost(*raw.size, cost, spec.max_pixels, "RAW file")
         half_size = (raw.size[0] // 2, raw.size[1] // 2)  # what LibRaw demosaics to
-        taken = raw.taken
         with _admitted(spec, cost, half_size, source):
             return Decoded(resize(raw.demosaic(), spec), taken)
 

@@ -45,8 +45,12 @@ class RawFile:
 
     @property
     def taken(self) -> datetime | None:
-        """The capture date from the RAW's EXIF, or None."""
-        taken = self._raw.other.timestamp
+        """The capture date from the RAW's EXIF, or None. rawpy reads the sensor data
+        (unpacks it) before it tells: ask within what that costs (raw_unpack_cost)."""
+        try:
+            taken = self._raw.other.timestamp
+        except rawpy.LibRawError:  # damaged sensor data: no date (the preview may be fine)
+            return None
         return taken if taken != NO_TIMESTAMP else None
 
     def preview(self, wanted: tuple[int, int]) -> Image.Image | None:

@@ -8,6 +8,7 @@ both run)."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import queue
 import threading
@@ -107,7 +108,9 @@ def prepare_item(settings: Settings, spec: ResizeSpec, item: WorkItem) -> Result
             decoded = decode(source, spec)
     except ImageError as exc:
         return Failure(path, str(exc))
-    return written(settings, item, digest, decoded.image, item.capture_date(decoded.taken))
+    prepared = PreparedImage(decoded.image, digest)
+    taken = item.capture_date(decoded.taken)
+    return written(settings, item, prepared, taken, functools.partial(save_jpeg, decoded.image))
 
 
 def _unchanged(item: WorkItem, digest: str) -> bool:
@@ -115,25 +118,26 @@ def _unchanged(item: WorkItem, digest: str) -> bool:
 
 
 def written(
-    settings: Settings, item: WorkItem, digest: str, image: Any, taken: datetime,
-    write: Callable[[Path], None] | None = None,
+    settings: Settings,
+    item: WorkItem,
+    image: PreparedImage,
+    taken: datetime,
+    write: Callable[[Path], object],
 ) -> Prepared | Failure:
-    """A prepared file with its processed JPEG written (by `write`, else from `image`). A
-    full disk stops the run; another write error is this file's, not remembered."""
+    """A prepared file once `write` has written its processed JPEG. A full disk stops the
+    run; another write error is this file's, and not remembered."""
     destination = processed_path_for(settings, item.file.path)
     try:
-        if write is None:
-            save_jpeg(image, destination)
-        else:
-            write(destination)
+        write(destination)
     except OSError as exc:
         if exc.errno in DISK_FULL:
+            folder = display_path(str(settings.processed_directory))
             raise ImageSearchError(
-                f"cannot write processed JPEGs under {display_path(str(destination.parent))}: "
-                f"{exc.strerror}; free some space there (data-directory) and run again"
+                f"cannot write processed JPEGs under {folder}: {exc.strerror}; free some "
+                "space there (data-directory) and run again"
             ) from exc
         return Failure(item.file.path, f"cannot write processed JPEG: {exc}", of_file=False)
-    return Prepared(item, PreparedImage(image, digest), str(destination), taken)
+    return Prepared(item, image, str(destination), taken)
 
 
 def row_for(prepared: Prepared, vector: Any) -> NewRow:
@@ -253,8 +257,8 @@ class DevicePreparer:
         def write(destination: Path) -> None:
             write_atomically(destination, lambda out: out.write(data))
 
-        taken = key.item.capture_date(key.taken)
-        return written(self.settings, key.item, key.digest, pixels, taken, write)
+        image = PreparedImage(pixels, key.digest)
+        return written(self.settings, key.item, image, key.item.capture_date(key.taken), write)
 
 
 class BackgroundWriter:

@@ -259,7 +259,7 @@ def write_case(folder: Path, kind: str) -> Path:
         "avif": ("avif", lambda p: colour.save(p, speed=10, quality=50)),
         "jxl": ("jxl", lambda p: colour.save(p, effort=1, quality=80)),
         "webp": ("webp", lambda p: colour.save(p, method=0, quality=50)),
-        "dng": ("dng", lambda p: write_dng(p, colour.resize((3000, 2000)))),  # quicker to write
+        "dng": ("dng", lambda p: write_dng(p, colour.resize((2400, 1600)))),  # quicker to write
     }
     extension, write = cases[kind]
     path = folder / f"{kind}.{extension}"

@@ -31,6 +31,8 @@ TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The names of image-search's own tables (the meta table, failed files, the shadow tables of
 # re-index runs) start with this; no table-name may.
 RESERVED_TABLE_PREFIX = "image_search_"
+# max-file-mb: a 200-megapixel RAW file (16-bit sensor data) is about 400 MB.
+DEFAULT_MAX_FILE_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,29 @@ class Settings:
         shown_default="16 on the CPU; by free memory on a GPU (32-128)",
         positive=True,
     )
-    # Above a 200-megapixel phone's 16320x12240; a decompression bomb is still refused.
+    # Above a 200-megapixel phone's 16320x12240, and with room to spare below 1 GB of memory
+    # for the largest image of any format it lets in (BENCHMARKS.md, u).
     max_image_pixels: int = key_field(
-        250_000_000,
-        "larger images are refused as decompression bombs; the default takes a "
-        "200-megapixel phone photo",
+        210_000_000,
+        "larger images are refused before decoding (decompression bombs); counted in 8-bit "
+        "RGB pixels: an image whose decoding takes more memory a pixel (AVIF, JPEG XL, HEIC, "
+        "a RAW file's sensor data) counts for more; the default takes a 200-megapixel phone "
+        "photo",
         positive=True,
+    )
+    max_file_mb: int = key_field(
+        DEFAULT_MAX_FILE_MB,
+        "larger files are skipped unread; the default takes a 200-megapixel camera RAW",
+        positive=True,
+        metavar="MB",
+    )
+    memory_budget_mb: int | None = key_field(
+        None,
+        "memory that decoding images may take at once: the index run's threads and the "
+        "page's queries together (an image larger than all of it is decoded alone)",
+        shown_default="a quarter of this computer's memory, or of its container's limit",
+        positive=True,
+        metavar="MB",
     )
     # A RAW file and a JPEG (or HEIC) of the same name in one folder: index the JPEG only (one
     # row per shot, the camera's own rendering; rclip does the same), the RAW only, or both.

@@ -4,7 +4,9 @@ written by result_folder.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,11 @@ from .result_folder import (
 )
 from .scan import display_path
 from .store import NO_FILTERS, Filters, Match, Store, StoredImage, TableInfo
+
+UNUSABLE_VECTORS = (
+    "{count} stored image(s) left out of the results: their vectors have no direction; "
+    "run image-search index --reindex"
+)
 
 
 @dataclass
@@ -87,10 +94,9 @@ class Searcher:
                     stored[i] = found
                 else:
                     images[i] = self._prepare_unindexed(part, spec, i < given_with_like)
-        vector = self._vector(parts, images, stored)
+        vector = self._vector(parts, images, stored, query.describe())
         k = top_k or self.settings.top_k
-        matches = self.store.rows.nearest(vector, k, filters)
-        warnings: list[str] = []
+        matches, warnings = finite_matches(self.store.rows.nearest(vector, k, filters))
 
         def write_query(folder: Path) -> None:
             pictured = next((i for i in sorted({*images, *stored}) if parts[i].sign > 0), None)
@@ -131,19 +137,20 @@ class Searcher:
         parts: list[QueryPart],
         images: dict[int, Image.Image],
         stored: dict[int, StoredImage],
+        described: str,
     ) -> np.ndarray:
         """Each part's unit vector (images and texts embedded one at a time, as a single
-        query always was), then their normalised weighted sum; one part is its own vector."""
+        query always was), then their normalised weighted sum; one part is its own vector.
+        Refused (CancelledQuery) when the parts cancel out or a vector is not usable."""
         vectors = {i: found.embedding for i, found in stored.items()}
         for i, image in images.items():
             vectors[i] = self.embedder.embed_images([image])[0]
         for i, part in enumerate(parts):
             if part.kind == "text":
                 vectors[i] = self.embedder.embed_texts([part.value])[0]
-        if len(parts) == 1:
-            return vectors[0]
         ordered = [vectors[i] for i in range(len(parts))]
-        return weighted_sum(ordered, [part.sign * part.weight for part in parts])
+        combined = weighted_sum(ordered, [part.signed_weight for part in parts], described)
+        return vectors[0] if len(parts) == 1 else combined
 
     def by_image(
         self, image_path: Path, top_k: int | None = None, filters: Filters = NO_FILTERS
@@ -156,6 +163,16 @@ class Searcher:
     ) -> SearchResult:
         """Search with a text query through the model's text tower."""
         return self.search(Query(text=text), top_k, filters)
+
+
+def finite_matches(matches: list[Match]) -> tuple[list[Match], list[str]]:
+    """The matches with a finite score, ranked again, and a warning for any left out: a
+    stored vector of zero length (a model's fault) has no cosine similarity to anything."""
+    finite = [m for m in matches if math.isfinite(m.score)]
+    if len(finite) == len(matches):
+        return matches, []
+    warning = UNUSABLE_VECTORS.format(count=len(matches) - len(finite))
+    return [dataclasses.replace(m, rank=rank) for rank, m in enumerate(finite, start=1)], [warning]
 
 
 def find_stored(store: Store, like: str) -> StoredImage | None:

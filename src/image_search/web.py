@@ -23,13 +23,21 @@ from .errors import ConfigError, ImageError, ImageSearchError
 from .executor_choice import executor_for
 from .ingest import Progress, run_index
 from .models import Embedder
-from .query import DEFAULT_TEXT_WEIGHT, Query, build_filters, describe_filters, text_part
+from .query import (
+    DEFAULT_TEXT_WEIGHT,
+    CancelledQuery,
+    Query,
+    build_filters,
+    describe_filters,
+    text_part,
+)
 from .scan import display_path
 from .search import Searcher, SearchResult, find_stored
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store, StoredFile
-from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused
+from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused, unusable_path
 from .web_inputs import (
+    BUT_NOT_CANCELS,
     BUT_NOT_LABEL,
     DUPLICATE_UNDER_LABEL,
     PATH_LABEL,
@@ -38,7 +46,6 @@ from .web_inputs import (
     THRESHOLD_LABEL,
     Inputs,
     SearchInputs,
-    folders_of,
     read_search_inputs,
 )
 from .web_layout import Page, page_layout
@@ -73,6 +80,15 @@ warnings.filterwarnings(
 )
 
 
+def page_query(image: Path | None, words: str, weight: float, avoid: str) -> Query:
+    """The page's query: an image, words or both, less the words `avoid` ([W:]TEXT); checked
+    as the command line checks it (a ConfigError, CancelledQuery for parts that cancel)."""
+    less = (text_part(avoid, -1, f"'{BUT_NOT_LABEL}'"),) if avoid else ()
+    query = Query(image=image, text=words or None, text_weight=weight, more=less)
+    query.check()
+    return query
+
+
 def page_error(message: str) -> gr.Error:
     """A message for the page, logged as one line rather than Gradio's full traceback."""
     log.warning("%s", message)
@@ -91,6 +107,12 @@ class WebApp:
         self._files: FileGate | None = None
         self.stopping = threading.Event()  # the page is closing: a Rescan ends between batches
         self._rescans: list[tuple[threading.Thread, threading.Event]] = []
+
+    @property
+    def roots(self) -> list[Path]:
+        """The folders whose files are stored as reached through them: an `under` folder
+        spelled another way (its physical path, a link) is matched in them too."""
+        return [self.settings.source_directory]
 
     @property
     def files(self) -> FileGate:
@@ -115,33 +137,40 @@ class WebApp:
         client's payload, read only if it was uploaded to this page (web_files), and an
         unreadable one gets our own message."""
         inputs = Inputs()
-        query = inputs.text("text", TEXT_LABEL, text).strip()
+        words = inputs.text("text", TEXT_LABEL, text).strip()
         weight = inputs.number(
             "text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, DEFAULT_TEXT_WEIGHT
         )
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
-        avoid_text = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
+        avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
         try:
             path = self.files.upload(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
-        if path is None and not query:  # a hint, not an error: nothing turns red
+        if path is None and not words:  # a hint, not an error: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
         try:
-            avoid = (text_part(avoid_text, -1, f"'{BUT_NOT_LABEL}'"),) if avoid_text else ()
+            request = page_query(path, words, weight, avoid)
         except ConfigError as exc:
             raise page_error(str(exc)) from None
-        request = Query(image=path, text=query or None, text_weight=weight, more=avoid)
         return self._answer(request, shared)
 
     def check_search(self, *values: Any) -> list[dict]:
-        """The search's validator: a message next to each field that is wrong."""
+        """The search's validator: a message next to each field that is wrong, and next to
+        "…but not" when it takes away the whole query."""
         inputs = Inputs()
-        _, text, top_k, text_weight, *filters, but_not = values
-        inputs.text("text", TEXT_LABEL, text)
-        inputs.text("but_not", BUT_NOT_LABEL, but_not)
-        inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
-        read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        image, text, top_k, text_weight, *filters, but_not = values
+        words = inputs.text("text", TEXT_LABEL, text).strip()
+        avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
+        weight = inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
+        read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
+        if avoid and not inputs.problems and (image or words):
+            try:  # any image stands for the upload: only whether there is one counts here
+                page_query(Path("upload") if image else None, words, weight, avoid)
+            except CancelledQuery:
+                inputs.add("but_not", BUT_NOT_CANCELS)
+            except ConfigError as exc:
+                inputs.add("but_not", f"{BUT_NOT_LABEL}: {exc}")
         return inputs.validations(self.search)
 
     def find_similar(
@@ -155,7 +184,7 @@ class WebApp:
     ) -> tuple[Any, ...]:
         """Images like an indexed file, by its stored vector (the model is not needed)."""
         inputs = Inputs()
-        path = inputs.text("file_path", PATH_LABEL, file_path).strip()
+        path = inputs.path("file_path", PATH_LABEL, file_path)
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
         if not path:
             raise page_error("Select a result first, then press Find similar.")
@@ -168,15 +197,15 @@ class WebApp:
         """Find similar's validator."""
         inputs = Inputs()
         file_path, top_k, *filters = values
-        inputs.text("file_path", PATH_LABEL, file_path)
-        read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        inputs.path("file_path", PATH_LABEL, file_path)
+        read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
         return inputs.validations(self.find_similar)
 
     def _shared_inputs(self, inputs: Inputs, *values: Any) -> SearchInputs:
         """Top-k and the filters, or the page's error naming every field that is wrong
         (the validator has shown them next to the fields already; this is for the API)."""
         top_k, *filters = values
-        shared = read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        shared = read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
         if inputs.problems:
             raise page_error(inputs.message())
         return shared
@@ -213,6 +242,8 @@ class WebApp:
     def _stored(self, file_path: str) -> StoredFile | None:
         """An indexed file's row (size, mtime and content hash as indexed), found as
         `--like` finds it: as given, absolute, or with links resolved."""
+        if unusable_path(file_path):  # a client's text: no file of ours has such a name
+            return None
         store = Store(self.database, self.settings.table_name)
         try:
             image = find_stored(store, file_path)
@@ -253,12 +284,12 @@ class WebApp:
         """Groups of near-identical images, as thumbnails and as JSON; nothing is deleted."""
         inputs = Inputs()
         alike = inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
-        folders = folders_of(inputs.text("under", DUPLICATE_UNDER_LABEL, under))
+        folders = inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
         if inputs.problems:
             raise page_error(inputs.message())
         store = Store(self.database, self.settings.table_name)
         try:
-            report = find_duplicates(store, alike, build_filters(folders))
+            report = find_duplicates(store, alike, build_filters(folders, roots=self.roots))
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if not report.groups:
@@ -336,7 +367,7 @@ class WebApp:
         """The Duplicates tab's validator."""
         inputs = Inputs()
         inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
-        inputs.text("under", DUPLICATE_UNDER_LABEL, under)
+        inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
         return inputs.validations(self.duplicates)
 
     def best_shown(self, result: Any) -> tuple[str, Any]:

@@ -41,6 +41,8 @@ CACHE_FOLDER = "page-cache"  # under data-directory
 LOCK_NAME = ".in-use"  # held (flock) by the run that owns a cache folder
 SWEEP_NAME = ".sweep"  # held while leftovers are removed and a new folder is made
 COPY_CHUNK = 1 << 20
+# Longer paths than this are no path on Linux (PATH_MAX).
+MAX_PATH_BYTES = 4096
 # Whatever is wrong with a query image's path, the answer is the same: it must not tell a
 # client whether some file exists on the server.
 NOT_UPLOADED = "that image is not one uploaded to this page (or it has gone): upload it again"
@@ -115,6 +117,19 @@ def _in_use(folder: Path) -> bool:
     return False
 
 
+def unusable_path(text: str) -> str | None:
+    """Why `text` cannot name a file here (a client sends any text), or None."""
+    if "\0" in text:
+        return "it holds a NUL character"
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeError:
+        return "it holds characters no file name can"
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"longer than {MAX_PATH_BYTES} bytes"
+    return None
+
+
 def is_inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder_prefix(folder))
 
@@ -123,6 +138,8 @@ def is_inside(path: str, folder: str) -> bool:
 def open_checked(path: str, folder: str) -> Iterator[tuple[int, os.stat_result]]:
     """An open descriptor of `path` and its stat, if the file is a regular file inside
     `folder` (a resolved path) however it is reached; else Refused."""
+    if unusable_path(path):
+        raise Refused(GONE)
     real = os.path.realpath(path)
     if not is_inside(real, folder):
         raise Refused(OUTSIDE)

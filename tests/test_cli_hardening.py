@@ -75,8 +75,9 @@ def test_status_names_the_tables_backend_beside_the_configured_one_and_the_exact
     assert "backend: onnx int8 (set in the configuration); the table's: torch fp32" in out
     note = next(line for line in out.splitlines() if line.startswith("note:"))
     flags = f"--model-name {settings.model_name} --dimension {settings.dimension} --backend torch"
-    assert f"give {flags} (or put them in config.json)" in note
-    assert "made by torch fp32, but the settings ask for" in note and "made by onnx int8" in note
+    assert f"ask for {settings.model_name} ({settings.dimension}-d) made by onnx int8, but " in note
+    assert note.endswith("made by torch fp32: to use this table, give " + flags
+                         + " (or put them in config.json)")
     assert "backend: torch fp32 (set in the configuration); the table's: torch fp32" in same
     assert "note:" not in same
     searched = run_main("search", "--env", str(config), "--like", str(photos[0]),

@@ -40,7 +40,6 @@ def status_of(
         "precision_in_use": configured.precision,
         "backend_reason": backend_reason or CONFIGURED,
         "table_vectors": spec.describe() if info else None,
-        "configured_vectors": configured.describe(),
         "table_flags": spec.as_flags() if info else None,  # the flags that search this table
     }
 
@@ -72,9 +71,10 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines = [f"{key}: {value}" for key, value in shown.items()]
     if not status["settings_match_table"] and status["table_flags"] is not None:
         lines.append(
-            f"note: the table holds {status['table_vectors']}, but the settings ask for "
-            f"{status['configured_vectors']}: to use this table, give {status['table_flags']} "
-            "(or put them in config.json)"
+            f"note: the settings ask for {status['configured_model']} "
+            f"({status['configured_dimension']}-d) made by {status['backend_in_use']} "
+            f"{status['precision_in_use']}, but the table holds {status['table_vectors']}: to "
+            f"use this table, give {status['table_flags']} (or put them in config.json)"
         )
     return lines
 

@@ -37,15 +37,18 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
+def two_nodes(password_server: dict) -> Iterator[str]:
     """Two Ray nodes on this machine, one CPU each; this process stays connected to them
-    for the module (runs reuse the connection: one Ray start for all these tests)."""
+    for the module (runs reuse the connection: one Ray start for all these tests). Pickled
+    settings carry no password: a script that connects itself gives it to the workers."""
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="error")
+    secret = {"env_vars": {"IMAGE_SEARCH_POSTGRES_PASSWORD": password_server["password"]}}
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="error",
+             runtime_env=secret)
     try:
         yield cluster.address
     finally:

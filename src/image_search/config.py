@@ -33,6 +33,44 @@ TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_TABLE_PREFIX = "image_search_"
 
 
+class Secret(str):
+    """A secret key's value (postgres-password, server-auth): the text itself wherever the
+    code uses it, "***" in a repr (so never in a log line or an error that shows settings),
+    and pickled without it: what unpickles it (a Ray worker) reads it from its own
+    environment, IMAGE_SEARCH_<KEY>, where the driver puts it for the run
+    (worker_environment) or an operator does."""
+
+    variable: str
+
+    def __new__(cls, value: str, variable: str) -> Secret:
+        secret = super().__new__(cls, value)
+        secret.variable = variable
+        return secret
+
+    def __repr__(self) -> str:
+        return repr(REDACTED)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (secret_from_environment, (self.variable,))
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret:
+        return self
+
+
+def secret_from_environment(variable: str) -> Secret | None:
+    """A secret as a process that unpickled settings finds it: in its environment, or None."""
+    value = os.environ.get(variable)
+    return Secret(value, variable) if value else None
+
+
+def environment_variable(key: str) -> str:
+    """IMAGE_SEARCH_<KEY>: the environment variable of a key."""
+    return ENV_PREFIX + attribute_of(key).upper()
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """What the help, the flags and the validation say of one key; kept on its Settings field.
@@ -169,6 +207,13 @@ class Settings:
         "ray://HOST:10001; unset: in this process; needs image-search[cluster]",
     )
 
+    def __post_init__(self) -> None:
+        for key in SECRET_KEYS:  # however the settings were made: a file, a test, replace()
+            value = getattr(self, attribute_of(key))
+            if value is not None and not isinstance(value, Secret):
+                secret = Secret(value, environment_variable(key))
+                object.__setattr__(self, attribute_of(key), secret)
+
     @property
     def embedded_database(self) -> bool:
         return not self.postgres_host
@@ -188,6 +233,13 @@ class Settings:
             if values[key] is not None:
                 values[key] = REDACTED
         return values
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment a Ray worker needs for the secrets its pickled settings leave out:
+    the database password (the page's login is no worker's business)."""
+    password = settings.postgres_password
+    return {environment_variable("postgres-password"): str(password)} if password else {}
 
 
 def key_of(attribute: str) -> str:

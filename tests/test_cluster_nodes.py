@@ -24,7 +24,7 @@ from conftest import (
 )
 from ray_runs import assert_same_as_in_process, index
 
-from image_search.config import Settings
+from image_search.config import Settings, environment_with
 from image_search.ingest import IndexReport
 
 ray = pytest.importorskip("ray")
@@ -40,15 +40,15 @@ pytestmark = pytest.mark.cluster
 def two_nodes(password_server: dict) -> Iterator[str]:
     """Two Ray nodes on this machine, one CPU each; this process stays connected to them
     for the module (runs reuse the connection: one Ray start for all these tests). Pickled
-    settings carry no password: a script that connects itself gives it to the workers."""
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    cluster.add_node(num_cpus=1)
+    settings carry no password: the nodes' workers read it from their environment, as an
+    operator sets it where `ray start` runs."""
+    with environment_with({"IMAGE_SEARCH_POSTGRES_PASSWORD": password_server["password"]}):
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
+        cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    secret = {"env_vars": {"IMAGE_SEARCH_POSTGRES_PASSWORD": password_server["password"]}}
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="error",
-             runtime_env=secret)
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="error")
     try:
         yield cluster.address
     finally:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .config import LOCAL_RAY, Settings, worker_environment
+from .config import LOCAL_RAY, Settings, environment_with, worker_environment
 from .errors import ConfigError, ImageSearchError, one_line
 from .executor import CPU_BATCH_SIZE, BatchStep, Job, Recorder, RunTally
 from .images import ResizeSpec
@@ -92,15 +92,15 @@ def connected(settings: Settings) -> Iterator[Any]:
         "log_to_driver": debug,
         "logging_level": logging.INFO if debug else logging.ERROR,
     }
-    if secrets := worker_environment(settings):  # pickled settings carry no secret (Secret)
-        options["runtime_env"] = {"env_vars": secrets}
     with ExitStack() as stack:
         if not debug:
             stack.enter_context(native_logs_dropped())
         try:
             if settings.ray_address == LOCAL_RAY:
-                # "local" as the address: a new instance even where `ray start` runs one.
-                ray.init(address="local", include_dashboard=False, **options)
+                # "local" as the address: a new instance even where `ray start` runs one. Its
+                # workers inherit the password (pickled settings carry none: config.Secret).
+                with environment_with(worker_environment(settings)):
+                    ray.init(address="local", include_dashboard=False, **options)
             else:
                 ray.init(address=settings.ray_address, **options)
         except Exception as exc:

@@ -7,7 +7,8 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,23 @@ class Settings:
         True, "may a model that brings its own code run it; the default model needs it"
     )
     save_results: bool = key_field(True, "write a result folder for each search")
+    keep_results: int | None = key_field(
+        None,
+        "how many result folders to keep, the newest: after each search older ones that "
+        "image-search wrote in output-directory are deleted; unset: keep all",
+        positive=True,
+    )
+    min_free_mb: int = key_field(
+        500,
+        "megabytes to leave free on output-directory's file system: with less, a search "
+        "answers but writes no result folder (and says so); 0: no floor",
+    )
+    page_cache_mb: int = key_field(
+        1000,
+        "megabytes the page's cache of uploads and served copies may take; the oldest go "
+        "first, never a file a page still shows",
+        positive=True,
+    )
     backend: str = key_field(
         "auto",
         "which library runs the model",
@@ -237,9 +255,26 @@ class Settings:
 
 def worker_environment(settings: Settings) -> dict[str, str]:
     """The environment a Ray worker needs for the secrets its pickled settings leave out:
-    the database password (the page's login is no worker's business)."""
+    the database password (the page's login is no worker's business). Never a command line
+    (`ps` shows those to every user), nor Ray's runtime_env, which ends up in one."""
     password = settings.postgres_password
     return {environment_variable("postgres-password"): str(password)} if password else {}
+
+
+@contextmanager
+def environment_with(variables: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with `variables` set, for the processes it starts
+    meanwhile; as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def key_of(attribute: str) -> str:
@@ -420,6 +455,7 @@ def validate(settings: Settings) -> None:
             value = getattr(settings, attribute_of(key))
             _require(value is None or value > 0, key, "must be a positive integer")
     _require(0 < settings.postgres_port < 65536, "postgres-port", "must be between 1 and 65535")
+    _require(settings.min_free_mb >= 0, "min-free-mb", "must be 0 or more")
     _require(bool(settings.model_name.strip()), "model-name", "must not be empty")
     _require(
         bool(TABLE_NAME_PATTERN.match(settings.table_name)),

@@ -30,7 +30,7 @@ from .result_folder import (
     write_result_folder,
 )
 from .scan import display_path
-from .store import NO_FILTERS, Filters, Match, Store, StoredImage, TableInfo
+from .store import NO_FILTERS, Filters, Match, Store, StoredFile, StoredImage, TableInfo
 
 UNUSABLE_VECTORS = (
     "{count} stored image(s) left out of the results: their vectors have no direction; "
@@ -101,7 +101,7 @@ class Searcher:
         def write_query(folder: Path) -> None:
             pictured = next((i for i in sorted({*images, *stored}) if parts[i].sign > 0), None)
             if pictured in stored:
-                warnings.extend(copy_stored_query(stored[pictured], folder))
+                warnings.extend(copy_stored_query(stored[pictured], self.settings, folder))
             elif pictured is not None:
                 save_jpeg(images[pictured], folder / QUERY_IMAGE_FILE)
             words = next((p.value for p in parts if p.kind == "text" and p.sign > 0), None)
@@ -113,7 +113,8 @@ class Searcher:
                 json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
 
-        folder, more = write_result_folder(self.settings, matches, info.images, write_query)
+        best = self._stored_file(matches[0].file_path) if matches else None
+        folder, more = write_result_folder(self.settings, matches, info.images, write_query, best)
         return SearchResult(folder, info.images, matches, warnings + more, query.describe())
 
     def _prepare_unindexed(self, part: QueryPart, spec: ResizeSpec, like: bool) -> Image.Image:
@@ -128,6 +129,13 @@ class Searcher:
             raise ConfigError(
                 f"cannot use {option} {display_path(part.value)}: it is not indexed, and {exc}"
             ) from exc
+
+    def _stored_file(self, file_path: str) -> StoredFile | None:
+        """The row of a file as indexed (size, mtime, content hash): what its copy is checked
+        against."""
+        if not self.settings.save_results:
+            return None
+        return self.store.rows.stored_files_at([file_path]).get(file_path)
 
     def _find(self, like: str) -> StoredImage | None:
         return find_stored(self.store, like)

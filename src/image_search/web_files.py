@@ -166,6 +166,54 @@ def _opened_path(fd: int, fallback: str) -> str:
         return fallback
 
 
+@contextmanager
+def open_original(
+    stored: StoredFile, source: str
+) -> Iterator[tuple[int, os.stat_result, str | None]]:
+    """An indexed original opened as open_checked opens it (inside `source`, a resolved
+    path), its stat, and the content hash its copy must have: None when its size and mtime
+    are as stored, else the stored hash (touched only, or replaced?)."""
+    with open_checked(stored.file_path, source) as (fd, info):
+        same = (info.st_size, info.st_mtime_ns) == (stored.size, stored.mtime_ns)
+        yield fd, info, None if same else stored.content_hash
+
+
+def copied(fd: int, folder: Path, expected: str | None = None) -> tuple[Path, str]:
+    """An open file copied into a new file in `folder`, and its sha256. With `expected`,
+    only if that is its hash: else Refused(CHANGED), and no file is left."""
+    hashed = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".copy-", delete=False) as out:
+        try:
+            while chunk := os.read(fd, COPY_CHUNK):
+                hashed.update(chunk)
+                out.write(chunk)
+        except BaseException:
+            os.unlink(out.name)
+            raise
+    digest = hashed.hexdigest()
+    if expected is not None and digest != expected:
+        os.unlink(out.name)
+        raise Refused(CHANGED)
+    return Path(out.name), digest
+
+
+def copy_original(stored: StoredFile, source_directory: Path, destination: Path) -> None:
+    """An indexed original copied to `destination` (its modification time kept), after the
+    checks serving it passes (open_original); else Refused, and nothing is written."""
+    with open_original(stored, os.path.realpath(source_directory)) as (fd, info, expected):
+        temporary, _ = copied(fd, destination.parent, expected)
+    os.replace(temporary, destination)
+    os.utime(destination, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def copy_inside(path: str, folder: Path, destination: Path) -> None:
+    """A file of ours (a processed JPEG) copied to `destination` if it is a regular file
+    inside `folder` however it is reached; else Refused, and nothing is written."""
+    with open_checked(path, os.path.realpath(folder)) as (fd, _):
+        temporary, _ = copied(fd, destination.parent)
+    os.replace(temporary, destination)
+
+
 class FileGate:
     """Checks and copies every file the page hands out (see the module's docstring)."""
 
@@ -178,9 +226,7 @@ class FileGate:
 
     def original(self, stored: StoredFile) -> Path:
         """A copy of an indexed file's original, if it is still the file that was indexed."""
-        with open_checked(stored.file_path, self.source) as (fd, info):
-            same = (info.st_size, info.st_mtime_ns) == (stored.size, stored.mtime_ns)
-            expected = None if same else stored.content_hash  # touched only, or replaced?
+        with open_original(stored, self.source) as (fd, info, expected):
             return self._copy(fd, info, os.path.basename(stored.file_path), expected)
 
     def thumbnail(self, processed_path: str) -> Path:
@@ -225,19 +271,11 @@ class FileGate:
         return copy
 
     def _write(self, fd: int, name: str, expected: str | None) -> tuple[Path, str]:
-        hashed = hashlib.sha256()
-        with tempfile.NamedTemporaryFile(dir=self.cache.folder, delete=False) as out:
-            while chunk := os.read(fd, COPY_CHUNK):
-                hashed.update(chunk)
-                out.write(chunk)
-        digest = hashed.hexdigest()
-        if expected is not None and digest != expected:
-            os.unlink(out.name)
-            raise Refused(CHANGED)
+        temporary, digest = copied(fd, self.cache.folder, expected)
         folder = self.cache.folder / digest
         folder.mkdir(exist_ok=True)
         copy = folder / display_path(name)
-        os.replace(out.name, copy)
+        os.replace(temporary, copy)
         return copy, digest
 
     def _placeholder(self) -> Path:

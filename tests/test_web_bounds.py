@@ -5,18 +5,22 @@ the server's log; the folder filters accept every spelling the command line's --
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import CHROMIUM, run_cli, running_page, write_config
+from conftest import CHROMIUM, run_cli, running_page, stored_rows, write_config
 from fake_model import FakeColourModel, fake_embedder, fake_model_settings, write_palette
 from gradio_client import Client
 from imagegen import write_photo
+from PIL import Image
 from test_query_parts import LIBRARY
-from test_web_hardening import call
+from test_web_hardening import call, served
 
 from image_search.config import Settings
 from image_search.ingest import run_index
@@ -174,3 +178,55 @@ def test_folder_filters_on_the_page_match_the_command_line(
     assert [sorted(f["file_path"] for f in g["files"]) for g in groups["groups"]] == [
         sorted(str(source / "2023" / name) for name in ("a.jpg", "copy.jpg"))
     ]
+
+
+# -- the page's cache has a bound ---------------------------------------------------------
+
+
+def noise_photo(path: Path, seed: int) -> Path:
+    """A photo that JPEG cannot shrink much: about 0.4 MB as a 960 x 540 processed JPEG."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (540, 960, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_the_page_cache_stays_within_its_bound_and_keeps_what_a_page_shows(
+    make_settings, shared_embedder: Embedder
+) -> None:
+    settings = make_settings(resize_width=960, resize_height=540, page_cache_mb=3,
+                             save_results=False)
+    photos = [noise_photo(settings.source_directory / f"noise-{i}.png", i) for i in range(10)]
+    run_index(settings, shared_embedder)
+    with served(settings, shared_embedder) as (url, app):
+        cache = app.web.cache.folder
+        first, other = Client(url, verbose=False), Client(url, verbose=False)
+        *_, shown = first.predict(str(photos[0]), 2, api_name="/similar")
+        kept = {name: cached_copy(cache, name, settings) for name in names_of(shown)}
+        sizes = []
+        for photo in photos[1:]:  # another page, looking at one result after another
+            other.predict(str(photo), 2, api_name="/similar")
+            sizes.append(cache_bytes(cache))
+        still = {name: path.is_file() for name, path in kept.items()}
+        served_again = [
+            urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=30).status
+            for path in kept.values()
+        ]
+    assert max(sizes) <= 3_000_000, sizes
+    assert all(still.values()) and served_again == [200, 200]
+
+
+def names_of(answer: dict) -> list[str]:
+    return [Path(r["file_path"]).name for r in answer["results"]]
+
+
+def cached_copy(cache: Path, name: str, settings: Settings) -> Path:
+    """Where the page's cache keeps the thumbnail of a result (by its content's hash)."""
+    processed = next(Path(r["processed_path"]) for r in stored_rows(settings)
+                     if Path(r["file_path"]).name == name)
+    digest = hashlib.sha256(processed.read_bytes()).hexdigest()
+    return cache / digest / processed.name
+
+
+def cache_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())

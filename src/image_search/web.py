@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, counted, find_duplicates
 from .errors import ConfigError, ImageError, ImageSearchError
 from .executor_choice import executor_for
+from .images import ResizeSpec, prepare_file, save_jpeg
 from .ingest import Progress, run_index
 from .models import Embedder
 from .query import (
@@ -57,12 +60,15 @@ from .web_markup import (
     file_url,
     markdown_text,
     rescan_bar,
+    rescan_finished,
     result_records,
 )
 
 log = logging.getLogger(__name__)
 
 EMPTY_QUERY = "Drop an image or type a few words, then press **Search**."
+# What Chromium, Firefox and Safari draw themselves; other query images get a preview.
+BROWSER_FORMATS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "avif"})
 # How often the Rescan bar is redrawn, in seconds.
 RESCAN_REDRAW_S = 0.25
 # How long closing the page waits for a Rescan to finish the batch under way (docker stop
@@ -87,6 +93,16 @@ def page_query(image: Path | None, words: str, weight: float, avoid: str) -> Que
     query = Query(image=image, text=words or None, text_weight=weight, more=less)
     query.check()
     return query
+
+
+def needs_preview(name: str) -> bool:
+    """A file a browser cannot draw (it can draw these, by their extension)."""
+    return os.path.splitext(name)[1].lower().lstrip(".") not in BROWSER_FORMATS
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """Which page (browser tab or API client) a request came from, as Gradio tells it."""
+    return getattr(request, "session_hash", None)
 
 
 def page_error(message: str) -> gr.Error:
@@ -131,6 +147,7 @@ class WebApp:
         taken_before: Any = None,
         min_score: Any = None,
         but_not: Any = None,
+        request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """An image, a text, or both together as one query, less the words `but_not`
         ([W:]TEXT); filtered. The event runs with preprocess=False: the image is the
@@ -144,16 +161,43 @@ class WebApp:
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
         avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
         try:
-            path = self.files.upload(image)
+            path = self.files.query_image(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if path is None and not words:  # a hint, not an error: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
         try:
-            request = page_query(path, words, weight, avoid)
+            query = page_query(path, words, weight, avoid)
         except ConfigError as exc:
             raise page_error(str(exc)) from None
-        return self._answer(request, shared)
+        if path is not None:  # the query box may show a preview of it
+            self.files.show(session_of(request), "query", [path, *self._query_shown(image)])
+        return self._answer(query, shared, request)
+
+    def _query_shown(self, image: Any) -> list[Path]:
+        try:
+            return [self.files.upload(image)] if image else []
+        except ImageSearchError:
+            return []
+
+    def preview(self, image: Any, request: gr.Request | None = None) -> Any:
+        """An uploaded image the browser cannot show (camera RAW, HEIC, TIFF, JPEG XL) is
+        shown in the query box as a JPEG made as its query image is; a search then still
+        uses the upload itself. Other images are left as they are."""
+        try:
+            upload = self.files.upload(image)
+        except ImageSearchError as exc:
+            raise page_error(str(exc)) from None
+        if upload is None or not needs_preview(upload.name):
+            return gr.skip()
+        try:
+            picture = prepare_file(upload, ResizeSpec.of(self.settings))
+        except ImageError as exc:
+            raise page_error(f"That file cannot be used as a query image: {exc}.") from None
+        preview = self.files.preview_folder(upload) / f"{Path(upload.name).stem}.jpg"
+        save_jpeg(picture, preview)
+        self.files.show(session_of(request), "query", [upload, preview])
+        return str(self.files.previewed(preview, upload))
 
     def check_search(self, *values: Any) -> list[dict]:
         """The search's validator: a message next to each field that is wrong, and next to
@@ -181,6 +225,7 @@ class WebApp:
         taken_after: Any = None,
         taken_before: Any = None,
         min_score: Any = None,
+        request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """Images like an indexed file, by its stored vector (the model is not needed)."""
         inputs = Inputs()
@@ -191,7 +236,7 @@ class WebApp:
         stored = self._stored(path)
         if stored is None:
             raise page_error(f"{path} is not indexed; Find similar works on results.")
-        return self._answer(Query(like=stored.file_path), shared)
+        return self._answer(Query(like=stored.file_path), shared, request)
 
     def check_similar(self, *values: Any) -> list[dict]:
         """Find similar's validator."""
@@ -210,7 +255,9 @@ class WebApp:
             raise page_error(inputs.message())
         return shared
 
-    def _answer(self, query: Query, shared: SearchInputs) -> tuple[Any, ...]:
+    def _answer(
+        self, query: Query, shared: SearchInputs, request: gr.Request | None
+    ) -> tuple[Any, ...]:
         store = Store(self.database, self.settings.table_name)
         searcher = Searcher(self.settings, store, self.embedder)
         try:
@@ -224,7 +271,16 @@ class WebApp:
             (self.files.thumbnail(m.processed_path), f"{m.score:.3f} · {display_path(m.file_name)}")
             for m in result.results
         ]
-        return best, gallery, self._note(result, shared.filters), result.to_json()
+        self.files.show(session_of(request), "results", [best, *(g for g, _ in gallery)])
+        # New results close the gallery's preview: it would show another picture at the
+        # index selected before, while the panel still names the old one.
+        shown = gr.Gallery(value=gallery, selected_index=None)
+        return best, shown, self._note(result, shared.filters), result.to_json()
+
+    @staticmethod
+    def clear_selection() -> tuple[Any, ...]:
+        """After new results: no result is selected (the panel goes with the preview)."""
+        return gr.update(visible=False), "", ""
 
     @staticmethod
     def _note(result: SearchResult, filters: Filters) -> str:
@@ -253,22 +309,26 @@ class WebApp:
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
 
-    def select_result(self, results: Any, event: gr.SelectData) -> tuple[Any, ...]:
+    def select_result(
+        self, results: Any, event: gr.SelectData, request: gr.Request | None = None
+    ) -> tuple[Any, ...]:
         """A result picked in the gallery: its full path, and its original to open."""
         records = result_records(results)
         if not isinstance(event.index, int) or not 0 <= event.index < len(records):
             return gr.update(visible=False), "", ""
         path = records[event.index]["file_path"]
-        return gr.update(visible=True), path, self.original_link(path)
+        return gr.update(visible=True), path, self.original_link(path, session_of(request))
 
-    def original_link(self, file_path: str) -> str:
+    def original_link(self, file_path: str, session: str | None = None) -> str:
         """A link to the original file, for indexed files only, checked now (web_files).
         Gradio serves the copy through its own file route, which sits behind the page's
         login when there is one; nothing else of the photo folder is ever served."""
         try:
             copy = self._original(file_path)
         except Refused as refused:
+            self.files.show(session, "selected", [])
             return ORIGINAL_REFUSED[refused.reason]
+        self.files.show(session, "selected", [copy])
         return (
             f'<a id="open-original" href="{html.escape(file_url(str(copy)))}" '
             'target="_blank" rel="noopener">Open original</a>'
@@ -280,7 +340,9 @@ class WebApp:
             raise page_error(f"{file_path} is not indexed; only indexed files are served.")
         return self.files.original(stored)
 
-    def duplicates(self, threshold: Any, under: Any) -> tuple[str, str, dict]:
+    def duplicates(
+        self, threshold: Any, under: Any, request: gr.Request | None = None
+    ) -> tuple[str, str, dict]:
         """Groups of near-identical images, as thumbnails and as JSON; nothing is deleted."""
         inputs = Inputs()
         alike = inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
@@ -302,18 +364,26 @@ class WebApp:
         )
         if len(report.groups) > MAX_GROUPS_SHOWN:
             note += f" Showing the first {MAX_GROUPS_SHOWN}; all are in the JSON below."
-        return note, duplicates_html(report, self.files.thumbnail), report.to_json()
+        thumbnails: list[Path] = []
 
-    def best_original(self, result: Any) -> Any:
+        def thumbnail(processed_path: str) -> Path:
+            thumbnails.append(self.files.thumbnail(processed_path))
+            return thumbnails[-1]
+
+        groups = duplicates_html(report, thumbnail)
+        self.files.show(session_of(request), "duplicates", thumbnails)
+        return note, groups, report.to_json()
+
+    def best_original(self, result: Any, session: str | None = None) -> Any:
         """The download button for the best match's original file (not its processed JPEG),
         checked and copied now; hidden when there is none to give."""
         hidden = gr.update(value=None, visible=False)
         records = result_records(result)
-        if not records:
-            return hidden
-        try:
-            copy = self._original(records[0]["file_path"])
-        except (Refused, gr.Error):
+        copy = None
+        with suppress(Refused, gr.Error):
+            copy = self._original(records[0]["file_path"]) if records else None
+        self.files.show(session, "download", [copy])
+        if copy is None:
             return hidden
         return gr.update(value=str(copy), visible=True, label=f"Download {copy.name}")
 
@@ -353,7 +423,7 @@ class WebApp:
                 return
             if "error" in finished:
                 raise page_error(f"Rescan failed: {failure_line(finished['error'])}")
-            yield f"Rescan finished: {finished['report'].summary()}.", self.status()
+            yield rescan_finished(finished["report"]), self.status()
         finally:
             answered.set()
 
@@ -370,9 +440,13 @@ class WebApp:
         inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
         return inputs.validations(self.duplicates)
 
-    def best_shown(self, result: Any) -> tuple[str, Any]:
+    def best_shown(self, result: Any, request: gr.Request | None = None) -> tuple[str, Any]:
         """After a search or Find similar: the best match's caption and download button."""
-        return best_caption(result), self.best_original(result)
+        return best_caption(result), self.best_original(result, session_of(request))
+
+    def page_closed(self, request: gr.Request) -> None:
+        """A browser closed the page: the files it showed may leave the cache."""
+        self.files.closed(session_of(request))
 
     def build(self) -> Page:
         """The page. Its cache is made first: Gradio reads where it is (GRADIO_TEMP_DIR) when

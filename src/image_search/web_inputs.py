@@ -132,8 +132,9 @@ class Inputs:
         return "; ".join(self.problems.values())
 
     def validations(self, fn: Callable[..., Any]) -> list[dict]:
-        """One gr.validate per parameter of `fn` (the event's inputs, in order)."""
-        names = inspect.signature(fn).parameters
+        """One gr.validate per parameter of `fn` (the event's inputs, in order; `request` is
+        Gradio's gr.Request, no input)."""
+        names = [name for name in inspect.signature(fn).parameters if name != "request"]
         problems = self.problems
         return [gr.validate(name not in problems, problems.get(name, "")) for name in names]
 

@@ -121,7 +121,7 @@ def test_below_the_free_space_floor_a_search_answers_but_writes_nothing(
     assert "warning: no result folder written" in printed.stderr
     assert not library.output_directory.exists()
     below_zero = run_cli("status", "--env", str(config), "--min-free-mb", "-1")
-    assert below_zero.returncode == 2 and "'min-free-mb' must be 0 or more" in below_zero.stderr
+    assert below_zero.returncode == 2 and "'min-free-mb' must be a positive" in below_zero.stderr
 
 
 def test_the_page_says_when_no_result_folder_was_written(

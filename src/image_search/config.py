@@ -190,7 +190,8 @@ class Settings:
     min_free_mb: int = key_field(
         500,
         "megabytes to leave free on output-directory's file system: with less, a search "
-        "answers but writes no result folder (and says so); 0: no floor",
+        "answers but writes no result folder (and says so)",
+        positive=True,
     )
     page_cache_mb: int = key_field(
         1000,
@@ -455,7 +456,6 @@ def validate(settings: Settings) -> None:
             value = getattr(settings, attribute_of(key))
             _require(value is None or value > 0, key, "must be a positive integer")
     _require(0 < settings.postgres_port < 65536, "postgres-port", "must be between 1 and 65535")
-    _require(settings.min_free_mb >= 0, "min-free-mb", "must be 0 or more")
     _require(bool(settings.model_name.strip()), "model-name", "must not be empty")
     _require(
         bool(TABLE_NAME_PATTERN.match(settings.table_name)),

@@ -20,6 +20,8 @@ from .scan import display_path, folder_prefix, is_image_name
 from .store import Filters
 
 DEFAULT_TEXT_WEIGHT = 0.5
+# The kinds of part that name a file; any other kind (a text) is its words.
+FILE_KINDS = ("image", "like")
 
 
 @dataclass(frozen=True)
@@ -27,17 +29,17 @@ class QueryPart:
     """One part of a query: an image file, a text, or a file `like` (its stored vector when
     indexed), added (`sign` +1) or subtracted (-1) with a weight."""
 
-    kind: str  # "image", "text" or "like"
+    kind: str  # "image", "text" or "like" (FILE_KINDS name a file)
     value: str
     weight: float = 1.0
     sign: int = 1
 
     def describe(self) -> str:
-        if self.kind == "text":
-            return f"text '{self.value}'"
         if self.kind == "image":  # --image, or the page's upload (a temporary name)
             return "image"
-        return f"like {display_path(os.path.basename(self.value))}"
+        if self.kind == "like":
+            return f"like {display_path(os.path.basename(self.value))}"
+        return f"{self.kind} '{self.value}'"
 
     @property
     def signed_weight(self) -> float:
@@ -46,13 +48,13 @@ class QueryPart:
     def identity(self) -> tuple[str, str]:
         """What the part is, whatever its kind: the same file given as an image and as a
         file `like` is one thing; so are texts that differ only in the spaces around them."""
-        if self.kind == "text":
-            return ("text", self.value.strip())
-        return ("file", os.path.realpath(self.value))
+        if self.kind in FILE_KINDS:
+            return ("file", os.path.realpath(self.value))
+        return (self.kind, self.value.strip())
 
     def record(self) -> dict[str, Any]:
         """The part as query.json records it."""
-        value = display_path(self.value) if self.kind != "text" else self.value
+        value = display_path(self.value) if self.kind in FILE_KINDS else self.value
         return {"sign": "+" if self.sign > 0 else "-", "weight": self.weight,
                 "kind": self.kind, "value": value}
 

@@ -105,8 +105,6 @@ def free_space_warning(settings: Settings, needed: int) -> str | None:
     """Why no result folder can be written (less than min-free-mb would be left on the
     output's file system once `needed` bytes are), or None."""
     floor = settings.min_free_mb * MB
-    if not floor:
-        return None
     free = shutil.disk_usage(existing_parent(settings.output_directory)).free
     if free - needed >= floor:
         return None

@@ -161,7 +161,7 @@ class WebApp:
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
         avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
         try:
-            path = self.files.query_image(image)
+            path, shown = self.files.query_image(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if path is None and not words:  # a hint, not an error: nothing turns red
@@ -170,15 +170,8 @@ class WebApp:
             query = page_query(path, words, weight, avoid)
         except ConfigError as exc:
             raise page_error(str(exc)) from None
-        if path is not None:  # the query box may show a preview of it
-            self.files.show(session_of(request), "query", [path, *self._query_shown(image)])
+        self.files.show(session_of(request), "query", [path, shown])
         return self._answer(query, shared, request)
-
-    def _query_shown(self, image: Any) -> list[Path]:
-        try:
-            return [self.files.upload(image)] if image else []
-        except ImageSearchError:
-            return []
 
     def preview(self, image: Any, request: gr.Request | None = None) -> Any:
         """An uploaded image the browser cannot show (camera RAW, HEIC, TIFF, JPEG XL) is

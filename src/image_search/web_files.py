@@ -253,13 +253,13 @@ class FileGate:
             self._previews[str(preview)] = str(upload)
         return self._handed_out(preview)
 
-    def query_image(self, payload: Any) -> Path | None:
-        """The upload a query image stands for (upload() checks both): the upload itself,
-        or the one a preview shows."""
-        path = self.upload(payload)
+    def query_image(self, payload: Any) -> tuple[Path | None, Path | None]:
+        """The upload a query image stands for, and the file the query box shows: the
+        upload itself, or its preview (upload() checks both)."""
+        shown = self.upload(payload)
         with self._lock:
-            upload = self._previews.get(str(path))
-        return self.upload({"path": upload}) if upload else path
+            upload = self._previews.get(str(shown))
+        return (self.upload({"path": upload}) if upload else shown), shown
 
     def show(self, session: str | None, view: str, files: Iterable[Path | None]) -> None:
         """What one page now shows in one of its views (the results, the selected result's

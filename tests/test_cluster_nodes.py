@@ -43,13 +43,16 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
+def two_nodes(password_server: dict) -> Iterator[str]:
     """Two Ray nodes on this machine, one CPU each, for the module's runs: one actor embeds
-    (half the CPUs) while one task prepares."""
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    cluster.add_node(num_cpus=1)
+    (half the CPUs) while one task prepares. Pickled settings carry no password: the nodes'
+    workers read it from their environment, as an operator sets it where `ray start` runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMAGE_SEARCH_POSTGRES_PASSWORD", password_server["password"])
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
+        cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
         yield cluster.address

@@ -191,7 +191,7 @@ def test_a_combined_query_is_the_normalised_sum_and_differs_from_both_parts(
         assert max(differences) > 1e-3
     assert {p.name for p in both.output_dir.iterdir()} >= {"query.jpg", "query.txt"}
     assert (both.output_dir / "query.txt").read_text(encoding="utf-8") == text + "\n"
-    assert both.description == f"image + text '{text}'"
+    assert both.description == f"0.5 × image + 0.5 × text '{text}'"
 
 
 def test_the_text_weight_moves_the_query_from_the_image_to_the_text(

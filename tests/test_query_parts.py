@@ -118,7 +118,7 @@ def test_image_text_and_a_subtracted_file_in_one_query(
     assert ranked(result) == names
     assert [m.score for m in result.results] == pytest.approx(scores, abs=TOLERANCE)
     assert model.image_batches == [1] and model.texts == ["yellow"]
-    assert result.description == "image + text 'yellow' - like orange.png"
+    assert result.description == "0.7 × image + 0.3 × text 'yellow' - 0.6 × like orange.png"
 
 
 def test_the_result_folder_records_every_part_and_the_filters(

@@ -171,6 +171,9 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
     return 0
 
 
+NO_SUCH_FOLDER = "--under {folder}: no such folder (check the path, or mount the drive first)"
+
+
 def check_request(args: argparse.Namespace, settings: Settings) -> None:
     """The query and filters of `search` and `duplicates`, checked before the database is
     started or the model loaded (a bad date is exit 2 at once) and kept on `args`."""
@@ -195,11 +198,8 @@ def check_request(args: argparse.Namespace, settings: Settings) -> None:
         args.filters = build_filters(
             args.under, args.taken_after, args.taken_before, args.min_score, roots=roots
         )
-    for folder in missing_folders(args.filters):
-        log.warning(
-            "--under %s: no such folder (only images indexed from it earlier can match)",
-            display_path(folder),
-        )
+    if missing := missing_folders(args.filters):
+        raise ConfigError(NO_SUCH_FOLDER.format(folder=display_path(missing[0])))
 
 
 def command_search(args: argparse.Namespace, services: Services) -> int:
@@ -213,6 +213,8 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
     except ImageError as exc:
         flag, path = ("--like", args.like) if args.like is not None else ("--image", args.image)
         raise ConfigError(f"cannot use {flag} {path}: {exc}") from exc
+    for warning in result.warnings:  # on stderr, so that --json's output stays one object
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
@@ -224,8 +226,6 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
         print(f"{match.rank:>3}  {match.score:.4f}  {display_path(match.file_path)}")
     if not result.results:
         print("No stored image passes these filters.")
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import LOCAL_RAY, Settings
+from .config import LOCAL_RAY, Settings, worker_environment
 from .errors import ConfigError, ImageSearchError, one_line
 from .executor import CPU_BATCH_SIZE, BatchStep, Job, Recorder, RunTally
 from .images import ResizeSpec
@@ -99,8 +99,9 @@ def debugging() -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DriverJob:
-    """What the driver's process is handed on its stdin (pickled: never on its command line
-    or in its environment, where the settings' password would show)."""
+    """What the driver's process is handed on its stdin (pickled, never on its command line).
+    The settings' secrets pickle without their values (config.Secret): the database password
+    reaches the driver, and through it a local instance's workers, in its environment."""
 
     settings: Settings
     table: str
@@ -134,7 +135,7 @@ class DriverProcess:
 
     def __init__(self, order: DriverJob) -> None:
         reader, writer = os.pipe()
-        environment = {**RAY_ENVIRONMENT, **os.environ}
+        environment = {**RAY_ENVIRONMENT, **os.environ, **worker_environment(order.settings)}
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", DRIVER_PROGRAM, str(writer)],

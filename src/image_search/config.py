@@ -35,6 +35,44 @@ RESERVED_TABLE_PREFIX = "image_search_"
 DEFAULT_MAX_FILE_MB = 1024
 
 
+class Secret(str):
+    """A secret key's value (postgres-password, server-auth): the text itself wherever the
+    code uses it, "***" in a repr (so never in a log line or an error that shows settings),
+    and pickled without it: what unpickles it (a Ray worker) reads it from its own
+    environment, IMAGE_SEARCH_<KEY>, where the driver puts it for the run
+    (worker_environment) or an operator does."""
+
+    variable: str
+
+    def __new__(cls, value: str, variable: str) -> Secret:
+        secret = super().__new__(cls, value)
+        secret.variable = variable
+        return secret
+
+    def __repr__(self) -> str:
+        return repr(REDACTED)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (secret_from_environment, (self.variable,))
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret:
+        return self
+
+
+def secret_from_environment(variable: str) -> Secret | None:
+    """A secret as a process that unpickled settings finds it: in its environment, or None."""
+    value = os.environ.get(variable)
+    return Secret(value, variable) if value else None
+
+
+def environment_variable(key: str) -> str:
+    """IMAGE_SEARCH_<KEY>: the environment variable of a key."""
+    return ENV_PREFIX + attribute_of(key).upper()
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """What the help, the flags and the validation say of one key; kept on its Settings field.
@@ -175,6 +213,24 @@ class Settings:
         True, "may a model that brings its own code run it; the default model needs it"
     )
     save_results: bool = key_field(True, "write a result folder for each search")
+    keep_results: int | None = key_field(
+        None,
+        "how many result folders to keep, the newest: after each search older ones that "
+        "image-search wrote in output-directory are deleted; unset: keep all",
+        positive=True,
+    )
+    min_free_mb: int = key_field(
+        500,
+        "megabytes to leave free on output-directory's file system: with less, a search "
+        "answers but writes no result folder (and says so)",
+        positive=True,
+    )
+    page_cache_mb: int = key_field(
+        1000,
+        "megabytes the page's cache of uploads and served copies may take; the oldest go "
+        "first, never a file a page still shows",
+        positive=True,
+    )
     backend: str = key_field(
         "auto",
         "which library runs the model",
@@ -202,6 +258,13 @@ class Settings:
         "ray://HOST:10001; unset: in this process; needs image-search[cluster]",
     )
 
+    def __post_init__(self) -> None:
+        for key in SECRET_KEYS:  # however the settings were made: a file, a test, replace()
+            value = getattr(self, attribute_of(key))
+            if value is not None and not isinstance(value, Secret):
+                secret = Secret(value, environment_variable(key))
+                object.__setattr__(self, attribute_of(key), secret)
+
     @property
     def embedded_database(self) -> bool:
         return not self.postgres_host
@@ -221,6 +284,14 @@ class Settings:
             if values[key] is not None:
                 values[key] = REDACTED
         return values
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment a Ray worker needs for the secrets its pickled settings leave out:
+    the database password (the page's login is no worker's business). Never a command line
+    (`ps` shows those to every user), nor Ray's runtime_env, which ends up in one."""
+    password = settings.postgres_password
+    return {environment_variable("postgres-password"): str(password)} if password else {}
 
 
 def key_of(attribute: str) -> str:

@@ -39,6 +39,8 @@ def status_of(
         "backend_in_use": configured.backend,
         "precision_in_use": configured.precision,
         "backend_reason": backend_reason or CONFIGURED,
+        "table_vectors": spec.describe() if info else None,
+        "table_flags": spec.as_flags() if info else None,  # the flags that search this table
     }
 
 
@@ -64,13 +66,15 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         "backend": f"{status['backend_in_use']} {status['precision_in_use']} "
         f"({status['backend_reason']})",
     }
+    if status["table_vectors"] is not None:
+        shown["backend"] += f"; the table's: {status['backend']} {status['precision']}"
     lines = [f"{key}: {value}" for key, value in shown.items()]
-    if not status["settings_match_table"]:
+    if not status["settings_match_table"] and status["table_flags"] is not None:
         lines.append(
             f"note: the settings ask for {status['configured_model']} "
-            f"({status['configured_dimension']}-d), not the table's model: to use this table, "
-            f"give --model-name {status['model']} --dimension {status['dimension']} (or put "
-            "them in config.json)"
+            f"({status['configured_dimension']}-d) made by {status['backend_in_use']} "
+            f"{status['precision_in_use']}, but the table holds {status['table_vectors']}: to "
+            f"use this table, give {status['table_flags']} (or put them in config.json)"
         )
     return lines
 

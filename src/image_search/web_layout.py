@@ -47,7 +47,8 @@ PAGE_CSS = """
 #duplicate-groups .group { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 18px; }
 #duplicate-groups figure { margin: 0; width: 180px; }
 #duplicate-groups img { width: 180px; height: 135px; object-fit: contain; background: #8881; }
-#duplicate-groups figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
+#duplicate-groups figcaption { font-size: 0.8em; }
+.path-part { display: inline-block; max-width: 100%; overflow-wrap: anywhere; }
 """
 
 
@@ -78,6 +79,7 @@ def page_layout(web: WebApp) -> Page:
             with gr.Tab("Duplicates", id="duplicates-tab"):
                 _duplicates_tab(web)
         app.load(web.status, outputs=status, api_visibility="private")
+        app.unload(web.page_closed)
     return app
 
 
@@ -168,7 +170,12 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
             outputs=[caption, original],
             api_visibility="private",
         )
-        _wire_selection(web, selection, gallery, results, top_k, filters, [best, gallery, note])
+        image.upload(  # a RAW, HEIC, TIFF or JPEG XL shown as a JPEG
+            web.preview, inputs=image, outputs=image, preprocess=False, api_visibility="private"
+        )
+        _wire_selection(
+            web, searched, selection, gallery, results, top_k, filters, [best, gallery, note]
+        )
         rescan.click(web.rescan, outputs=[rescan_note, status], api_name="rescan")
 
 
@@ -212,6 +219,7 @@ def _selection_panel() -> dict[str, Any]:
 
 def _wire_selection(
     web: WebApp,
+    searched: Any,
     selection: dict[str, Any],
     gallery: gr.Gallery,
     results: gr.JSON,
@@ -225,7 +233,7 @@ def _wire_selection(
         outputs=[selection["panel"], selection["path"], selection["link"], selection["words"]],
         api_visibility="private",
     )
-    selection["similar"].click(
+    similar = selection["similar"].click(
         web.find_similar,
         inputs=[selection["path"], top_k, *filters],
         outputs=[*shown, results],
@@ -233,6 +241,12 @@ def _wire_selection(
         preprocess=False,  # raw inputs, checked by our validator with the field's label
         validator=web.check_similar,
     )
+    for answered in (searched, similar):  # new results: nothing selected among them
+        answered.success(
+            web.clear_selection,
+            outputs=[selection["panel"], selection["path"], selection["link"]],
+            api_visibility="private",
+        )
 
 
 def _duplicates_tab(web: WebApp) -> None:

@@ -117,7 +117,7 @@ def test_a_nul_byte_in_a_path_is_one_message_and_no_traceback(
                                                0]),
             "long": call(url, "similar", ["/" + "x" * 5000, 3, "", "", "", 0]),
             "duplicates": call(url, "duplicates", [0.95, nul]),
-            "upload": call(url, "search", [{"path": nul}, "", 3, 0.5, "", "", "", 0, ""]),
+            "upload": call(url, "search", [{"path": nul}, "", 3, 0.5, "", "", "", 0, "", ""]),
         }
     log = capfd.readouterr()
     messages = {name: refusal(*answer) for name, answer in answers.items()}

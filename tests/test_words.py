@@ -510,6 +510,6 @@ def test_words_with_only_a_part_taken_away_rank_by_its_opposite(
 
     with open_store(settings) as store:
         searcher = Searcher(settings, store, shared_embedder)
-        vector = searcher._vector([QueryPart("text", "people", 1.0, -1)], {}, {})
+        vector = searcher._vector([QueryPart("text", "people", 1.0, -1)], {}, {}, "- people")
     people = shared_embedder.embed_texts(["people"])[0]
     np.testing.assert_allclose(vector, -people / np.linalg.norm(people), atol=1e-6)

@@ -135,14 +135,38 @@ def test_searched_comes_from_the_meta_table_not_a_count(
     assert result.searched == 12345
 
 
-def test_the_count_follows_adds_updates_and_removals(
+def counts_in_meta_and_table(settings: Settings) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(images, missing) as the meta table keeps them, and as counted in the table."""
+    with open_store(settings) as store, store.database.connection() as conn:
+        info = store.info()
+        counted = conn.execute(
+            f'SELECT count(*) FILTER (WHERE missing_since IS NULL), '
+            f'count(*) FILTER (WHERE missing_since IS NOT NULL) FROM "{settings.table_name}"'
+        ).fetchone()
+    return (info.images, info.missing), tuple(counted)
+
+
+def test_the_count_follows_adds_updates_missing_files_and_removals(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
     run_index(settings, shared_embedder)
+    gone = photos[0].read_bytes()
     photos[0].unlink()
     photos[1].write_bytes(photos[2].read_bytes())  # changed content: an update, not a new row
     report = run_index(settings, shared_embedder)
-    assert (report.removed, report.updated) == (1, 1)
+    assert (report.removed, report.missing, report.updated) == (0, 1, 1)
+    kept, counted = counts_in_meta_and_table(settings)
+    assert kept == counted == (len(photos) - 1, 1)
+
+    photos[0].write_bytes(gone)  # back: searchable again, counted again
+    assert run_index(settings, shared_embedder).restored == 1
+    assert counts_in_meta_and_table(settings) == ((len(photos), 0), (len(photos), 0))
+
+    photos[0].unlink()
+    run_index(settings, shared_embedder)
+    assert run_index(settings, shared_embedder, prune=True).removed == 1
+    kept, counted = counts_in_meta_and_table(settings)
+    assert kept == counted == (len(photos) - 1, 0)
     assert row_count(settings) == len(stored_rows(settings)) == len(photos) - 1
 
 

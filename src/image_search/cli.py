@@ -69,7 +69,7 @@ def settings_for_table(
     table = None
     if settings.backend == "auto" and not reindex:
         info = Store(database, settings.table_name).info()
-        if info is not None and info.images:
+        if info is not None and info.stored:
             table = (info.spec.backend, info.spec.precision)
     return settings_for_backend(settings, table)
 
@@ -114,31 +114,36 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
     source = getattr(args, "source", None)
     show_bars = not args.json and not args.watch
 
-    def index_once(reindex: bool = False) -> None:
+    def index_once(first: bool = True) -> None:
+        """One pass; what the flags ask to be done once (--reindex, --prune, --retry-failed)
+        is done by the first pass of --watch only."""
         report = run_index(
             services.settings,
             services.embedder,
             services.database,
             source=source,
             keep_missing=args.keep_missing,
-            reindex=reindex,
+            reindex=first and args.reindex,
             progress=Progress(show_bars=show_bars),
             executor=executor_for(services.settings),
+            prune=first and args.prune,
+            retry_failed=first and args.retry_failed,
         )
         print_index_report(report, args.json)
 
     if not args.watch:
-        index_once(args.reindex)
+        index_once()
         return 0
+    from .scan import Exclusions
     from .watch import FolderWatcher
 
     folder = Path(source_folder(services.settings, source))
-    with FolderWatcher(folder) as watcher:
-        index_once(args.reindex)
+    with FolderWatcher(folder, Exclusions.of(services.settings)) as watcher:
+        index_once()
         print(f"Watching {folder} for changes (Ctrl-C to stop)", file=sys.stderr)
         try:
             while watcher.wait_for_changes():
-                index_once()
+                index_once(first=False)
         except KeyboardInterrupt:
             pass
     print("Stopped watching.", file=sys.stderr)

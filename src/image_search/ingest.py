@@ -3,7 +3,8 @@ to an executor (in process or on Ray: executor.py), fill capture dates, mark the
 gone missing and purge them after their grace period, remember files that failed (and why),
 draw the bars and report. The executor is the caller's choice (executor_choice.executor_for);
 this module never imports the Ray one. One job, the whole of a run that either executor
-serves, hence some 500 lines; what missing files mean is in missing.py."""
+serves, hence some 600 lines; how missing files are reported is in missing.py, what made a
+file fail in failure_cause.py."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .executor import Executor, Job, Stored
 from .executor_local import LocalExecutor
 from .failure_cause import UNREADABLE, failure_cause
 from .images import file_capture_time
-from .missing import MissingFolder, missing_folders, missing_note
+from .missing import MissingFolder, how_long_kept, missing_folders, missing_note
 from .models import Embedder
 from .models.precision import planned_spec, recorded_spec
 from .pipeline import Failure, Unchanged, WorkItem
@@ -398,27 +399,12 @@ class Indexer:
         keep_missing: bool,
         prune: bool,
     ) -> None:
-        """The rows of files the scan did not find. A file still there was left out on
-        purpose (exclude, raw-with-jpeg), and one whose content another row holds was moved
-        or was a copy: their rows go now. The others are missing (an unmounted share, a
-        folder taken away): their rows are kept, out of searches, until the file is back or
-        the grace period ends; `prune` purges them now. A scan that found nothing at all
-        purges nothing but by `prune`."""
-        unlisted = [folder_prefix(folder) for folder in left_out.unlisted]
-
-        def gone(row: StoredFile) -> bool:
-            path = row.file_path
-            return any(path.startswith(f) for f in unlisted) or not os.path.exists(path)
-
-        elsewhere = self.store.rows.contents_held_elsewhere(unscanned)
-        redundant = [
-            row
-            for row in unscanned
-            if row.content_hash in elsewhere or (not row.missing and not gone(row))
-        ]
-        self._delete(redundant)
-        taken = {row.id for row in redundant}
-        missing = [row for row in unscanned if row.id not in taken]
+        """The rows of files the scan did not find. Those not missing go now (see
+        _drop_not_missing); the others are kept, out of searches, until their file is back or
+        the grace period ends (never with `keep_missing`); `prune` purges them now. A scan
+        that found nothing at all (an unmounted drive looks so) purges nothing but by
+        `prune`."""
+        missing = self._drop_not_missing(unscanned, left_out)
         self.store.rows.mark_missing([row.id for row in missing if not row.missing])
         grace = self.settings.missing_grace_days
         if prune:
@@ -429,16 +415,31 @@ class Indexer:
             missing = [row for row in missing if row.id not in purged]
         self.report.missing = len(missing)
         self.report.missing_folders = missing_folders(root, missing, scanned)
-        if keep_missing:
-            self.report.missing_kept = "kept: --keep-missing"
-        elif not scanned:
-            self.report.missing_kept = "kept until index --prune: no image was found at all"
-        else:
-            self.report.missing_kept = (
-                f"removed after {grace} days missing; index --prune removes them now"
-            )
+        self.report.missing_kept = how_long_kept(grace, keep_missing, found_any=bool(scanned))
         if not scanned:
             self._warn_no_images(root, kept=len(missing))
+
+    def _drop_not_missing(
+        self, unscanned: list[StoredFile], left_out: LeftOut
+    ) -> list[StoredFile]:
+        """Delete the rows of files that are not missing though the scan did not find them:
+        a file still there was left out on purpose (exclude, raw-with-jpeg), and one whose
+        content another row holds was moved or was a copy. The rest: files gone from view,
+        or in a folder the scan could not list."""
+        unlisted = tuple(folder_prefix(folder) for folder in left_out.unlisted)
+
+        def still_there(row: StoredFile) -> bool:
+            path = row.file_path
+            return not path.startswith(unlisted) and os.path.exists(path)
+
+        elsewhere = self.store.rows.contents_held_elsewhere(unscanned)
+        redundant = [
+            row
+            for row in unscanned
+            if row.content_hash in elsewhere or (not row.missing and still_there(row))
+        ]
+        taken = set(self._delete(redundant))
+        return [row for row in unscanned if row.id not in taken]
 
     # -- the work, done by the executor --------------------------------------
 

@@ -64,3 +64,12 @@ def missing_note(count: int, folders: list[MissingFolder], kept: str) -> str:
         more = len(folders) - FOLDERS_NAMED
         note += "; missing folders: " + ", ".join(named) + (f" and {more} more" if more > 0 else "")
     return note
+
+
+def how_long_kept(grace_days: int, keep_missing: bool, found_any: bool) -> str:
+    """Until when the rows of missing files are kept, for the summary."""
+    if keep_missing:
+        return "kept: --keep-missing"
+    if not found_any:
+        return "kept until index --prune: no image was found at all"
+    return f"removed after {grace_days} days missing; index --prune removes them now"

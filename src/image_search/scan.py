@@ -106,20 +106,26 @@ def _visible(name: str) -> bool:
 
 
 class Exclusions:
-    """What a scan leaves out besides hidden entries: glob patterns of names (matched against
-    every folder's and file's name) and of paths (those with a /, matched against the path
-    relative to the source folder, where * may span folders). Compared without case, as an
-    SMB share or a Windows drive compares names. Each kind is one regular expression: a scan
-    asks it of every name."""
+    """What a scan leaves out besides hidden entries: patterns of names (matched against every
+    folder's and file's name) and of paths (those with a /, matched against the path relative
+    to the source folder, where * may span folders), glob-style, compared without case as an
+    SMB share or a Windows drive compares names. A scan asks this of every name: plain names
+    are one set look-up, globs one regular expression."""
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
+        plain: set[str] = set()
         names: list[str] = []
         paths: list[str] = []
         for pattern in patterns:
             pattern = pattern.strip().replace(os.sep, "/").strip("/")
-            if pattern:
-                (paths if "/" in pattern else names).append(pattern)
-        self.patterns = tuple(dict.fromkeys([*names, *paths]))
+            if "/" in pattern:
+                paths.append(pattern)
+            elif GLOB_CHARACTERS.intersection(pattern):
+                names.append(pattern)
+            elif pattern:
+                plain.add(pattern.lower())
+        self.patterns = (*sorted(plain), *names, *paths)
+        self._plain = frozenset(plain)
         self._names = _one_expression(names)
         self._paths = _one_expression(paths)
 
@@ -131,14 +137,22 @@ class Exclusions:
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
-    def excludes(self, relative: str) -> bool:
-        """Whether the entry at `relative` (a path under the source folder) is left out."""
-        relative = relative.replace(os.sep, "/")
-        name = relative.rpartition("/")[2]
-        return bool(
-            (self._names is not None and self._names.match(name))
-            or (self._paths is not None and self._paths.match(relative))
-        )
+    def kept(self, folder: str, names: Iterable[str]) -> list[str]:
+        """The entries of `names` in `folder` (relative to the source folder, "" for the
+        source folder itself) that are not left out, in their order."""
+        kept = list(names)
+        if not self._plain.isdisjoint(map(str.lower, kept)):  # most folders: one quick pass
+            kept = [name for name in kept if name.lower() not in self._plain]
+        if self._names is not None:
+            kept = [name for name in kept if not self._names.match(name)]
+        if self._paths is not None:
+            prefix = folder.replace(os.sep, "/") + "/" if folder else ""
+            kept = [name for name in kept if not self._paths.match(prefix + name)]
+        return kept
+
+    def excludes(self, folder: str, name: str) -> bool:
+        """Whether the entry `name` in `folder` is left out (see kept)."""
+        return not self.kept(folder, [name])
 
     def excludes_within(self, root: str, path: str) -> bool:
         """Whether `path`, or a folder on the way to it from `root`, is left out."""
@@ -146,7 +160,10 @@ class Exclusions:
         if relative == os.pardir or relative.startswith(os.pardir + os.sep):
             return False
         parts = relative.split(os.sep)
-        return any(self.excludes("/".join(parts[: i + 1])) for i in range(len(parts)))
+        return any(self.excludes(os.sep.join(parts[:i]), parts[i]) for i in range(len(parts)))
+
+
+GLOB_CHARACTERS = frozenset("*?[")
 
 
 def _one_expression(patterns: list[str]) -> re.Pattern[str] | None:
@@ -208,14 +225,14 @@ def scan_images(
             continue
         seen_directories.add(identity)
         relative = os.path.relpath(directory, top)
-        prefix = "" if relative == os.curdir else relative + os.sep
-        kept = [d for d in subdirectories if _visible(d)]
-        subdirectories[:] = sorted(d for d in kept if not exclusions.excludes(prefix + d))
-        left_out.folders += len(kept) - len(subdirectories)
+        folder = "" if relative == os.curdir else relative
+        visible = [d for d in subdirectories if _visible(d)]
+        subdirectories[:] = sorted(exclusions.kept(folder, visible))
+        left_out.folders += len(visible) - len(subdirectories)
         extensions = {name: _extension(name) for name in files if _visible(name)}
         images = sorted(name for name, ext in extensions.items() if ext in IMAGE_EXTENSIONS)
         if exclusions:
-            wanted = [name for name in images if not exclusions.excludes(prefix + name)]
+            wanted = exclusions.kept(folder, images)
             left_out.files += len(images) - len(wanted)
             images = wanted
         # A folder without RAW files (most) pairs nothing: one cheap pass.

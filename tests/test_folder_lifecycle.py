@@ -159,11 +159,13 @@ def test_exclude_system_folders_false_with_an_exclude_list_replaces_the_built_in
 def test_a_list_key_is_a_json_list_in_the_file_and_commas_elsewhere(library: Settings) -> None:
     folder = library.source_directory
     kept = solid_photo(folder / "kept.png", (250, 0, 0))
-    for name in ("a/x.png", "b/y.png", "c/z.png"):
+    for name in ("a/x.png", "b/y.png", "c/z.png", "d/c/w.png", "d/a/v.png"):
         solid_photo(folder / name, (0, 0, 250))
 
-    assert index(library, exclude=["a", "b/*"])["excluded_folders"] == 1
-    assert stored_paths(library) == {str(kept), str(folder / "c" / "z.png")}
+    # A name at any depth; a path (with a /, a leading one changing nothing) under the folder.
+    report = index(library, exclude=["A", "b/*", "/c"])
+    assert (report["excluded_folders"], report["excluded_files"]) == (3, 1)
+    assert stored_paths(library) == {str(kept), str(folder / "d" / "c" / "w.png")}
     wrong = image_search(library, "index", exclude="a,b")  # a string in the JSON file
     assert wrong.returncode == 2
     assert "configuration key 'exclude' must be a list of strings" in wrong.stderr

@@ -343,6 +343,8 @@ class Indexer:
         """The work less new files that failed before with this same size and mtime, for the
         same cause: they are reported again, not read again (nor the model loaded for them).
         A file that could not be opened is tried again once it can be."""
+        if not failed_before:
+            return work
         cause = failure_cause(self.settings)
         todo, retried = [], 0
         for item in work:
@@ -373,19 +375,20 @@ class Indexer:
         items = {item.file.path: item for item in work}
         new = [f for f in self.report.failed if f.of_file and not f.remembered]
         rows = self.store.rows
-        cause = failure_cause(self.settings)
-        rows.remember_failures(
-            [
-                FailedFile(
-                    f.path,
-                    items[f.path].file.size,
-                    items[f.path].file.mtime_ns,
-                    f.error,
-                    cause if can_open(f.path) else UNREADABLE,
-                )
-                for f in new
-            ]
-        )
+        if new:
+            cause = failure_cause(self.settings)
+            rows.remember_failures(
+                [
+                    FailedFile(
+                        f.path,
+                        items[f.path].file.size,
+                        items[f.path].file.mtime_ns,
+                        f.error,
+                        cause if can_open(f.path) else UNREADABLE,
+                    )
+                    for f in new
+                ]
+            )
         failing = {f.path for f in self.report.failed if f.of_file}
         rows.forget_failures(set(failed_before) - failing)
         self._delete([stored for f in new if (stored := items[f.path].stored) is not None])

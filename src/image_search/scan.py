@@ -116,10 +116,10 @@ class Exclusions:
         plain: set[str] = set()
         names: list[str] = []
         paths: list[str] = []
-        for pattern in patterns:
-            pattern = pattern.strip().replace(os.sep, "/").strip("/")
-            if "/" in pattern:
-                paths.append(pattern)
+        for given in patterns:
+            pattern = given.strip().replace(os.sep, "/").rstrip("/")
+            if "/" in pattern:  # a path under the source folder; a leading / changes nothing
+                paths.append(pattern.lstrip("/"))
             elif GLOB_CHARACTERS.intersection(pattern):
                 names.append(pattern)
             elif pattern:
@@ -211,6 +211,7 @@ def scan_images(
     if not os.path.isdir(top):
         raise ConfigError(f"configuration key 'source-directory': {top} is not a directory")
     left_out = left_out if left_out is not None else LeftOut()
+    inside = len(folder_prefix(top))
     # Marking excluded folders as seen makes the walk skip them like a second link.
     seen_directories = {i for i in map(_identity, exclude) if i is not None}
 
@@ -224,8 +225,7 @@ def scan_images(
             subdirectories[:] = []
             continue
         seen_directories.add(identity)
-        relative = os.path.relpath(directory, top)
-        folder = "" if relative == os.curdir else relative
+        folder = directory[inside:]  # relative to the source folder ("" for itself)
         visible = [d for d in subdirectories if _visible(d)]
         subdirectories[:] = sorted(exclusions.kept(folder, visible))
         left_out.folders += len(visible) - len(subdirectories)

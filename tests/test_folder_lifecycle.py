@@ -435,6 +435,10 @@ def test_a_folder_that_looks_empty_is_never_purged_but_by_prune(
     assert done.returncode == 0
     assert "no images found" in done.stderr and "keeping its 5 stored images" in done.stderr
     assert len(stored_paths(library)) == 5
+    for command in (["search", "--text", "red"], ["duplicates"]):
+        refused = image_search(library, *command)
+        assert refused.returncode == 1
+        assert "all 5 images stored in table" in refused.stderr and "are missing" in refused.stderr
     assert index(library, "--prune")["removed"] == 5
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ConfigError, ImageSearchError
 from .images import open_any_size
+from .missing import all_missing
 from .raw import raw_size
 from .scan import display_path, is_raw_name
 from .store import NO_FILTERS, Filters, Store, StoredImage
@@ -80,7 +81,8 @@ def find_duplicates(
     info = store.info()
     if info is None or info.images == 0:
         raise ImageSearchError(
-            f"no images are indexed in table '{store.table}' yet; run `image-search index` first"
+            all_missing(store.table, info)
+            or f"no images are indexed in table '{store.table}' yet; run `image-search index` first"
         )
     pairs = store.rows.close_pairs(threshold, neighbours, filters, parts=SEARCH_PARTS)
     components = connected_groups((a, b) for a, b, _ in pairs)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .scan import ScannedFile, display_path, folder_prefix
-from .store import StoredFile
+from .store import StoredFile, TableInfo
 
 # The summary names at most this many missing folders; --json lists them all.
 FOLDERS_NAMED = 3
@@ -73,3 +73,14 @@ def how_long_kept(grace_days: int, keep_missing: bool, found_any: bool) -> str:
     if not found_any:
         return "kept until index --prune: no image was found at all"
     return f"removed after {grace_days} days missing; index --prune removes them now"
+
+
+def all_missing(table: str, info: TableInfo | None) -> str | None:
+    """The one line for a table whose every stored image is missing, if it is so: a search
+    then has nothing to see, and "nothing indexed yet" would be wrong."""
+    if info is None or info.images or not info.missing:
+        return None
+    return (
+        f"all {info.missing} images stored in table '{table}' are missing (a drive or share "
+        "not mounted?); searches see them again once `image-search index` finds them"
+    )

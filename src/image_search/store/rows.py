@@ -206,8 +206,8 @@ class Rows(SimilarityQueries):
 
     def delete(self, ids: Sequence[int], missing_for_days: int | None = None) -> Removed:
         """Delete rows (with `missing_for_days`, only those of files missing at least that
-        long); how many, and the processed JPEGs they held that no row of any table still
-        points at (a table indexed by an earlier version may share them)."""
+        long): the ids deleted, and the processed JPEGs they held that no row of any table
+        still points at (a table indexed by an earlier version may share them)."""
         if not ids:
             return Removed([], [])
         condition = sql.SQL("")

@@ -27,7 +27,7 @@ from image_search.models import Embedder
 from image_search.models.precision import planned_spec, recorded_spec
 from image_search.query import Query, build_filters, combine, parse_date
 from image_search.search import Searcher
-from image_search.store import Filters, NewRow, index_name, open_store
+from image_search.store import SCHEMA_VERSION, Filters, NewRow, index_name, open_store
 from image_search.store.rows import Rows
 
 THUMBNAIL_DIM = 48  # 4 x 4 pixels x 3 colours
@@ -443,7 +443,7 @@ def test_a_database_of_schema_2_keeps_its_rows_and_gains_dates_on_the_next_index
     for path, row in after.items():
         np.testing.assert_array_equal(row["embedding"], before[path]["embedding"])
     with open_store(settings) as store:
-        assert store.info().schema_version == 3
+        assert store.info().schema_version == SCHEMA_VERSION
         matches = store.rows.nearest(after[str(plain)]["embedding"], 2)
     assert {m.file_path: m.taken_at for m in matches} == {
         str(with_exif): datetime(2018, 2, 3, 4, 5, 6),

@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import psycopg
 import pytest
-from conftest import EMBEDDING_DIM, row_count, stored_rows, write_config
+from conftest import EMBEDDING_DIM, row_count, run_cli, stored_rows, write_config
 from fake_model import fake_model_settings
 
 from image_search.config import Settings
@@ -135,14 +135,38 @@ def test_searched_comes_from_the_meta_table_not_a_count(
     assert result.searched == 12345
 
 
-def test_the_count_follows_adds_updates_and_removals(
+def counts_in_meta_and_table(settings: Settings) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(images, missing) as the meta table keeps them, and as counted in the table."""
+    with open_store(settings) as store, store.database.connection() as conn:
+        info = store.info()
+        counted = conn.execute(
+            f'SELECT count(*) FILTER (WHERE missing_since IS NULL), '
+            f'count(*) FILTER (WHERE missing_since IS NOT NULL) FROM "{settings.table_name}"'
+        ).fetchone()
+    return (info.images, info.missing), tuple(counted)
+
+
+def test_the_count_follows_adds_updates_missing_files_and_removals(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
     run_index(settings, shared_embedder)
+    gone = photos[0].read_bytes()
     photos[0].unlink()
     photos[1].write_bytes(photos[2].read_bytes())  # changed content: an update, not a new row
     report = run_index(settings, shared_embedder)
-    assert (report.removed, report.updated) == (1, 1)
+    assert (report.removed, report.missing, report.updated) == (0, 1, 1)
+    kept, counted = counts_in_meta_and_table(settings)
+    assert kept == counted == (len(photos) - 1, 1)
+
+    photos[0].write_bytes(gone)  # back: searchable again, counted again
+    assert run_index(settings, shared_embedder).restored == 1
+    assert counts_in_meta_and_table(settings) == ((len(photos), 0), (len(photos), 0))
+
+    photos[0].unlink()
+    run_index(settings, shared_embedder)
+    assert run_index(settings, shared_embedder, prune=True).removed == 1
+    kept, counted = counts_in_meta_and_table(settings)
+    assert kept == counted == (len(photos) - 1, 0)
     assert row_count(settings) == len(stored_rows(settings)) == len(photos) - 1
 
 
@@ -180,6 +204,51 @@ def test_a_table_of_the_first_schema_is_migrated_with_its_rows(
         info = store.info()
     assert info.schema_version == SCHEMA_VERSION
     assert info.images == len(photos) + 1 == len(stored_rows(settings))
+
+
+def as_schema_3(settings: Settings) -> None:
+    """The database as the release before missing files and failure causes left it: no
+    missing_since column, no `missing` count in the meta table, no `cause` of failures."""
+    with open_store(settings) as store, store.database.connection() as conn:
+        conn.execute(f'ALTER TABLE "{settings.table_name}" DROP COLUMN missing_since')
+        conn.execute("ALTER TABLE image_search_meta DROP COLUMN missing")
+        conn.execute("ALTER TABLE image_search_failures DROP COLUMN cause")
+        conn.execute(
+            "UPDATE image_search_meta SET schema_version = 3 WHERE table_name = %s",
+            [settings.table_name],
+        )
+
+
+def test_every_command_works_on_a_table_of_schema_3(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
+) -> None:
+    broken = settings.source_directory / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    run_index(settings, shared_embedder)
+    config = write_config(tmp_path / "config.json", settings)
+    commands = [
+        ["status", "--json"],
+        ["search", "--like", str(photos[0]), "--json"],
+        ["duplicates", "--json"],
+        ["index", "--json"],
+    ]
+    for command in commands:
+        as_schema_3(settings)
+
+        done = run_cli(*command, "--env", str(config))
+
+        assert done.returncode == 0, (command, done.stderr)
+        with open_store(settings) as store:
+            info = store.info()
+        assert (info.schema_version, info.images, info.missing) == (
+            SCHEMA_VERSION,
+            len(photos),
+            0,
+        )
+        assert len(stored_rows(settings)) == len(photos)
+    # A failure remembered without its cause is tried once more.
+    assert "trying again 1 files that failed before" in done.stderr
+    assert json.loads(done.stdout)["added"] == 0
 
 
 def test_connecting_leaves_pillow_and_warnings_alone_and_pins_the_wheel(

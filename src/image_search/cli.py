@@ -70,7 +70,7 @@ def settings_for_table(
     table = None
     if settings.backend == "auto" and not reindex:
         info = Store(database, settings.table_name).info()
-        if info is not None and info.images:
+        if info is not None and info.stored:
             table = (info.spec.backend, info.spec.precision)
     return settings_for_backend(settings, table)
 
@@ -144,28 +144,33 @@ def command_index(args: argparse.Namespace, services: Services) -> int:
     source = getattr(args, "source", None)
     show_bars = not args.json and not args.watch
 
-    def index_once(reindex: bool = False) -> None:
+    def index_once(first: bool = True) -> None:
+        """One pass; what the flags ask to be done once (--reindex, --prune, --retry-failed)
+        is done by the first pass of --watch only."""
         index_and_report(
             services,
             args.json,
             show_bars,
             source=source,
             keep_missing=args.keep_missing,
-            reindex=reindex,
+            reindex=first and args.reindex,
+            prune=first and args.prune,
+            retry_failed=first and args.retry_failed,
         )
 
     if not args.watch:
-        index_once(args.reindex)
+        index_once()
         return 0
+    from .scan import Exclusions
     from .watch import FolderWatcher
 
     folder = Path(source_folder(services.settings, source))
-    with FolderWatcher(folder) as watcher:
-        index_once(args.reindex)
+    with FolderWatcher(folder, Exclusions.of(services.settings)) as watcher:
+        index_once()
         print(f"Watching {folder} for changes (Ctrl-C to stop)", file=sys.stderr)
         try:
             while watcher.wait_for_changes():
-                index_once()
+                index_once(first=False)
         finally:  # Ctrl-C or SIGTERM: exit 130 or 143, as any command stopped so
             print("Stopped watching.", file=sys.stderr)
     return 0

@@ -106,10 +106,22 @@ def build_parser() -> Parser:
     index.add_argument(
         "--source", type=Path, metavar="DIR", help="index this folder instead of source-directory"
     )
-    index.add_argument(
+    missing = index.add_mutually_exclusive_group()
+    missing.add_argument(
         "--keep-missing",
         action="store_true",
-        help="keep rows of files that have disappeared from the folder",
+        help="keep the rows of missing files however long they stay missing (searches leave "
+        "them out until they are back); by default they go after missing-grace-days",
+    )
+    missing.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove the rows of missing files now, without waiting for missing-grace-days",
+    )
+    index.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again every file that failed before, even unchanged and for the same cause",
     )
     index.add_argument(
         "--reindex",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +29,25 @@ LOCAL_RAY = "local"
 # How a boolean key may be written in the environment or on the command line.
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
+# Folders that NAS and operating systems write inside shared folders, beside the photos: thumbnails
+# (every photo again, several times), recycle bins, snapshots, salvage. Left out of every scan
+# unless exclude-system-folders is false; names compare without case, as on an SMB share.
+SYSTEM_FOLDERS = (
+    "@eaDir",  # Synology: thumbnails and metadata of each file
+    "#recycle",  # Synology: recycle bin
+    "#snapshot",  # Synology: snapshots made visible
+    "@Recycle",  # QNAP: network recycle bin
+    "@Recently-Snapshot",  # QNAP: snapshots
+    ".@__thumb",  # QNAP, Asustor: thumbnails (hidden anyway)
+    "~snapshot",  # NetApp and others: snapshots as Windows clients see them
+    "$RECYCLE.BIN",  # Windows: recycle bin of a drive
+    "RECYCLER",  # Windows XP: the same
+    "System Volume Information",  # Windows: restore points, indexing
+    "lost+found",  # ext file systems: what fsck salvaged
+    "__MACOSX",  # a zip made on a Mac, unpacked: resource forks
+)
+# How a list key is written in the environment or on the command line: items between commas.
+LIST_SEPARATOR = ","
 # Lower-case identifiers only: a table name is an SQL identifier, never free text.
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The names of image-search's own tables (the meta table, failed files, the shadow tables of
@@ -197,6 +219,25 @@ class Settings:
         "the same name beside it)",
         metavar="FILE",
     )
+    exclude: tuple[str, ...] = key_field(
+        (),
+        "more to leave out of the scan: glob patterns of folder or file names (Private, "
+        "*-edited.jpg) or, with a /, of paths under source-directory (2019/raw/*); a list in "
+        "the file, comma-separated in the environment or a flag",
+        metavar="PATTERNS",
+    )
+    exclude_system_folders: bool = key_field(
+        True,
+        "leave out the folders NAS and operating systems write beside photos ("
+        + ", ".join(SYSTEM_FOLDERS)
+        + "); false indexes them unless exclude names them",
+    )
+    missing_grace_days: int = key_field(
+        30,
+        "days a stored file may stay missing (a share not mounted) before index removes its "
+        "row; searches leave it out at once, and index --prune removes it now",
+        positive=True,
+    )
     vector_type: str = key_field(
         "vector",
         "how vectors are stored; changing it needs index --reindex",
@@ -307,6 +348,8 @@ def all_keys() -> list[str]:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
     return str(value) if isinstance(value, Path) else value
 
 
@@ -327,20 +370,36 @@ def shown_default(key: str) -> str:
         return "unset"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple):
+        return LIST_SEPARATOR.join(value) if value else "none"
     return str(value)
 
 
+@functools.cache
+def _annotations() -> dict[str, Any]:
+    """Settings' field types, evaluated (this module's annotations are strings)."""
+    return typing.get_type_hints(Settings)
+
+
+def _annotation(key: str) -> tuple[Any, bool]:
+    """A key's type without its `| None`, and whether it had one."""
+    annotation = _annotations()[attribute_of(key)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) != 1:
+            raise TypeError(f"configuration key '{key}': one type or one type | None")
+        return members[0], True
+    return annotation, False
+
+
 def key_kind(key: str) -> type:
-    """The base type of a key: bool, int, str or Path (Optional stripped)."""
-    annotation = str(_field(key).type)
-    for kind in (bool, int, Path):
-        if kind.__name__ in annotation:
-            return kind
-    return str
+    """The base type of a key: bool, int, str, Path or tuple (a list of strings)."""
+    annotation, _ = _annotation(key)
+    return typing.get_origin(annotation) or annotation
 
 
 def _optional(key: str) -> bool:
-    return "None" in str(_field(key).type)
+    return _annotation(key)[1]
 
 
 def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
@@ -377,9 +436,24 @@ def _coerce(key: str, value: Any, from_text: bool) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")
+    if kind is tuple:
+        return _coerce_list(key, value, from_text)
     if not isinstance(value, str):
         raise ConfigError(f"configuration key '{key}' must be a string, got {value!r}")
     return Path(value) if kind is Path else value
+
+
+def _coerce_list(key: str, value: Any, from_text: bool) -> tuple[str, ...]:
+    """A JSON list of strings; from the environment or a flag, items between commas. Blank
+    items are dropped, so an empty text is an empty list."""
+    if from_text and isinstance(value, str):
+        value = value.split(LIST_SEPARATOR)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(
+            f"configuration key '{key}' must be a list of strings (comma-separated in the "
+            f"environment or a flag), got {value!r}"
+        )
+    return tuple(item.strip() for item in value if item.strip())
 
 
 def read_config_file(path: Path, required: bool) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, ImageError, ImageSearchError
+from .missing import all_missing
 from .scan import display_path
 from .store import NO_FILTERS, Filters, Store, StoredImage
 
@@ -78,7 +79,8 @@ def find_duplicates(
     info = store.info()
     if info is None or info.images == 0:
         raise ImageSearchError(
-            f"no images are indexed in table '{store.table}' yet; run `image-search index` first"
+            all_missing(store.table, info)
+            or f"no images are indexed in table '{store.table}' yet; run `image-search index` first"
         )
     pairs = store.rows.close_pairs(threshold, neighbours, filters, parts=SEARCH_PARTS)
     components = connected_groups((a, b) for a, b, _ in pairs)

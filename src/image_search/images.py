@@ -99,9 +99,12 @@ class Decoded:
 
 def processed_path_for(settings: Settings, file_path: str) -> Path:
     """Where the processed JPEG of a source file lives: under data-directory, never beside
-    the user's originals, named by the hash of the source path."""
+    the user's originals, in a folder of the table's own (two tables over one folder may
+    process it at other sizes), named by the hash of the source path. Rows keep the path
+    they were stored with: those of an earlier version, in processed/ itself, still work."""
     digest = path_hash(file_path)
-    return (settings.processed_directory / digest[:2] / f"{digest}.jpg").resolve()
+    folder = settings.processed_directory / settings.table_name
+    return (folder / digest[:2] / f"{digest}.jpg").resolve()
 
 
 def decoder_versions() -> dict[str, str]:

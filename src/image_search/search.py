@@ -17,6 +17,7 @@ from PIL import Image
 
 from .config import Settings
 from .errors import ConfigError, ImageError, ImageSearchError
+from .missing import all_missing
 from .models import Embedder
 from .models.precision import planned_spec
 from .query import Query, QueryPart, filters_record, weighted_sum
@@ -71,7 +72,8 @@ class Searcher:
         info = self.store.info()
         if info is None or info.images == 0:
             raise ImageSearchError(
-                f"no images are indexed in table '{self.settings.table_name}' yet; "
+                all_missing(self.store.table, info)
+                or f"no images are indexed in table '{self.settings.table_name}' yet; "
                 "run `image-search index` (or press Rescan on the page) first"
             )
         info.spec.refuse_other(planned_spec(self.settings), self.store.table)

@@ -30,6 +30,8 @@ def status_of(
         "backend": spec.backend,
         "precision": spec.precision,
         "images": info.images if info else 0,
+        # Rows of files an index run found missing: kept, but no search sees them.
+        "missing": info.missing if info else 0,
         "last_indexed_at": last.isoformat() if last else None,
         "database_size": database_size(database),
         "configured_model": configured.model_name,
@@ -69,6 +71,12 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if status["table_vectors"] is not None:
         shown["backend"] += f"; the table's: {status['backend']} {status['precision']}"
     lines = [f"{key}: {value}" for key, value in shown.items()]
+    if status["missing"]:
+        lines.insert(
+            list(shown).index("images") + 1,
+            f"missing: {status['missing']} stored images whose files were not found, left out "
+            "of searches until they are back (index --prune removes them)",
+        )
     if not status["settings_match_table"] and status["table_flags"] is not None:
         lines.append(
             f"note: the settings ask for {status['configured_model']} "

@@ -24,7 +24,7 @@ from image_search.config import Settings
 from image_search.errors import DatabaseError
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.models.precision import planned_spec, recorded_spec
+from image_search.models.precision import planned_spec
 from image_search.search import Searcher
 from image_search.store import (
     SCHEMA_VERSION,
@@ -207,7 +207,7 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
     rows = [NewRow(f"/shm/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     caplog.set_level(logging.INFO, logger="image_search")
     with open_store(settings) as store:
-        store.schema.ensure(planned_spec(settings), recorded_spec)
+        store.schema.ensure(planned_spec(settings))
         store.rows.upsert(rows, settings.model_name)
         store.schema.drop_vector_index()
         with store.database.connection() as conn:
@@ -236,7 +236,7 @@ def test_a_search_costs_two_round_trips(
     rows = [NewRow(f"/rt/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     trace = tmp_path / "libpq-trace.txt"
     with open_store(settings) as store:
-        store.schema.ensure(planned_spec(settings), recorded_spec)
+        store.schema.ensure(planned_spec(settings))
         store.rows.upsert(rows, settings.model_name)
         borrow = store.database.connection
 

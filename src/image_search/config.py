@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
+from .batch_sizes import CPU_BATCH_SIZE, GPU_LARGE_BATCH_SIZE, GPU_SMALL_BATCH_SIZE
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config.json")
@@ -104,8 +109,9 @@ class Settings:
     batch_size: int | None = key_field(
         None,
         "images per model batch and per database transaction",
-        # None: ingest.batch_size_for chooses (tests/test_keys.py holds the 16 to it).
-        shown_default="16 on the CPU; by free memory on a GPU (32-128)",
+        # None: the executor chooses from these (executor_local.batch_size_for).
+        shown_default=f"{CPU_BATCH_SIZE} on the CPU; by free memory on a GPU "
+        f"({GPU_SMALL_BATCH_SIZE}-{GPU_LARGE_BATCH_SIZE})",
         positive=True,
     )
     # Above a 200-megapixel phone's 16320x12240; a decompression bomb is still refused.
@@ -226,17 +232,30 @@ def shown_default(key: str) -> str:
     return str(value)
 
 
-def key_kind(key: str) -> type:
-    """The base type of a key: bool, int, str or Path (Optional stripped)."""
-    annotation = str(_field(key).type)
-    for kind in (bool, int, Path):
-        if kind.__name__ in annotation:
-            return kind
-    return str
+@functools.cache
+def _annotations() -> dict[str, Any]:
+    """Settings' field types, evaluated (this module's annotations are strings)."""
+    return typing.get_type_hints(Settings)
+
+
+def value_kind(annotation: Any) -> tuple[Any, bool]:
+    """What an annotation's values are, None apart (bool, int, str, Path, or a parameterised
+    collection such as `tuple[str, ...]`, whose `typing.get_origin` says which), and whether
+    None is one of them: `int | None` gives (int, True)."""
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if is_union else (annotation,)
+    (kind,) = (member for member in members if member is not NoneType)
+    return kind, NoneType in members
+
+
+def key_kind(key: str) -> Any:
+    """The type of a key's values, None apart (see value_kind)."""
+    return value_kind(_annotations()[attribute_of(key)])[0]
 
 
 def _optional(key: str) -> bool:
-    return "None" in str(_field(key).type)
+    """Whether the key may be null (unset)."""
+    return value_kind(_annotations()[attribute_of(key)])[1]
 
 
 def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:

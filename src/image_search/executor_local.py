@@ -11,14 +11,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
+from .batch_sizes import (
+    CPU_BATCH_SIZE,
+    GPU_LARGE_BATCH_SIZE,
+    GPU_MEDIUM_BATCH_SIZE,
+    GPU_SMALL_BATCH_SIZE,
+)
 from .config import Settings
-from .executor import CPU_BATCH_SIZE, BatchStep, Job, Result, RunTally
+from .executor import BatchStep, Job, Result, RunTally
 from .images import ResizeSpec
 from .pipeline import BackgroundWriter, DevicePreparer, WorkItem, prepare_item, prepared_batches
 
 # Batches waiting for the writer thread on a GPU (each holds its images and vectors).
 WRITE_QUEUE = 2
-GPU_SMALL_BATCH_SIZE = 32
 GIB = 1024**3
 
 
@@ -79,8 +84,8 @@ def gpu_batch_size(device: str) -> int:
         return GPU_SMALL_BATCH_SIZE
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     if free >= 16 * GIB:
-        return 128
-    return 64 if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
+        return GPU_LARGE_BATCH_SIZE
+    return GPU_MEDIUM_BATCH_SIZE if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
 
 
 def tensor_device_for(device: str) -> str | None:

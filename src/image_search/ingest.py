@@ -27,7 +27,7 @@ from .executor import Executor, Job, Stored
 from .executor_local import LocalExecutor
 from .images import file_capture_time
 from .models import Embedder
-from .models.precision import planned_spec, recorded_spec
+from .models.precision import planned_spec
 from .pipeline import Failure, Unchanged, WorkItem
 from .scan import IMAGE_EXTENSIONS, ScannedFile, display_path, scan_images, stat_file
 from .store import Database, FailedFile, Store, StoredFile
@@ -414,12 +414,13 @@ def run_index(
             database = stack.enter_context(Database(settings))
         live = Store(database, settings.table_name)
         store = Store(database, shadow_table_name(settings.table_name)) if reindex else live
-        wanted = planned_spec(settings)
+        wanted = planned_spec(settings, embedder.decision)
+        settings = embedder.decision.applied_to(settings)  # what a Ray worker decides from
         # A re-index re-embeds every stored image, those indexed from other folders too.
         others = live.rows.file_paths_outside(root) if reindex and live.info() else []
         if reindex:
             store.schema.drop_if_other_vectors(wanted)
-        store.schema.ensure(wanted, recorded_spec)
+        store.schema.ensure(wanted)
         indexer = Indexer(settings, store, embedder, progress or Progress(), executor)
         report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)
         if reindex:

@@ -38,10 +38,10 @@ ONE_BACKEND_PRECISIONS = {"int8": "onnx", "bf16": "torch"}
 BACKEND_NAMES = {"onnx": "ONNX Runtime", "torch": "torch"}
 # Why a run uses the backend it does, when the settings name it.
 CONFIGURED = "set in the configuration"
-# Signs of a GPU driver, read without importing torch or onnxruntime: NVIDIA's, and AMD's
-# ROCm (whose GPUs torch also calls `cuda`).
+# Signs of a GPU driver, read without importing torch or onnxruntime: NVIDIA's; AMD's ROCm
+# (whose GPUs torch also calls `cuda`); WSL's GPU device (a Windows driver, no /proc entry).
 NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
-ROCM_DEVICE_FILE = Path("/dev/kfd")
+OTHER_GPU_DEVICE_FILES = (Path("/dev/kfd"), Path("/dev/dxg"))
 # An accelerator asked for but absent: the CPU runs the model instead, and says so.
 ONNX_WITHOUT = (
     "device '{0}' was asked for, but the onnx backend has no {1} here (it needs the gpu "
@@ -69,8 +69,10 @@ class Hardware:
 
     @functools.cached_property
     def other_gpu_driver(self) -> bool:
-        """A cheap sign of a GPU that torch may use other than NVIDIA's: ROCm, or a Mac."""
-        return ROCM_DEVICE_FILE.exists() or sys.platform == "darwin"
+        """A cheap sign of a GPU that torch may use, other than NVIDIA's driver: ROCm, WSL's
+        GPU device, or a Mac."""
+        devices = any(device.exists() for device in OTHER_GPU_DEVICE_FILES)
+        return devices or sys.platform == "darwin"
 
     @functools.cached_property
     def apple_silicon(self) -> bool:

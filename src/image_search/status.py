@@ -38,7 +38,7 @@ def status_of(
         "database_size": database_size(database),
         "configured_model": configured.model_name,
         "configured_dimension": configured.dimension,
-        # Precision classes, not names: the settings' `auto` is a float precision, like fp32.
+        # Precision classes, not names: a table filled in bf16 on a GPU takes fp32 vectors.
         "settings_match_table": spec.same_vectors(configured),
         "backend_in_use": decision.backend,
         "precision_in_use": decision.precision,

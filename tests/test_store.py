@@ -481,9 +481,10 @@ def test_store_rows_are_built_for_the_tables_vector_kind(
 def test_a_new_tables_precision_is_resolved_once_outside_the_schema_lock(
     tmp_path: Path, data_directory: Path
 ) -> None:
-    """Resolving precision `auto` may import torch: the store is handed that step
-    (models.precision.recorded_spec) and takes it before its advisory lock, only for a table
-    it is about to make. A spec left `auto` with nothing to resolve it is never recorded."""
+    """A spec whose precision is `auto` is resolved by a step the caller hands the store,
+    taken before its advisory lock, only for a table it is about to make; left `auto` with
+    nothing to resolve it, it is never recorded. (The index run hands it a decided spec:
+    models.precision.decide.)"""
     settings = fake_model_settings(tmp_path, data_directory, "schema_resolve")
     wanted = VectorSpec(settings.model_name, settings.dimension, precision="auto", device="cuda")
     locks_held: list[int] = []

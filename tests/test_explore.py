@@ -24,7 +24,7 @@ from image_search.duplicates import connected_groups, find_duplicates
 from image_search.errors import ConfigError
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.models.precision import planned_spec, recorded_spec
+from image_search.models.precision import planned_spec
 from image_search.query import Query, build_filters, combine, parse_date
 from image_search.search import Searcher
 from image_search.store import SCHEMA_VERSION, Filters, NewRow, index_name, open_store
@@ -338,7 +338,7 @@ def library(settings: Settings) -> tuple[Settings, np.ndarray]:
         for i, vector in enumerate(vectors)
     ]
     with open_store(settings) as store:
-        store.schema.ensure(planned_spec(settings), recorded_spec)
+        store.schema.ensure(planned_spec(settings))
         store.rows.upsert(rows, settings.model_name)
     return settings, vectors
 

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli, write_config
+from fake_hardware import hardware
 from imagegen import write_photo
 from PIL import Image
 from tiny_immich import CONTEXT_LENGTH, EMBED_DIM, build_immich_model
 
 from image_search.config import Settings
 from image_search.errors import ConfigError, ImageSearchError
-from image_search.models import Embedder, precision
+from image_search.models import Embedder
 from image_search.models.immich_layout import in_immich_layout
-from image_search.models.precision import choose_backend
+from image_search.models.precision import decide
 
 EXPORT_LOGGER = "image_search.models.onnx_export"
 
@@ -186,12 +187,12 @@ def test_the_torch_backend_refuses_it_with_one_line(immich_model: Path) -> None:
 
 
 def test_auto_runs_it_in_onnx_even_where_torch_would_take_a_gpu(
-    immich_model: Path, tiny_clip: Path, monkeypatch: pytest.MonkeyPatch
+    immich_model: Path, tiny_clip: Path
 ) -> None:
-    monkeypatch.setattr(precision, "torch_gpu", lambda device: True)
-    chosen = choose_backend("auto", "auto", "auto", model=str(immich_model))
+    gpu = hardware(nvidia_driver=True, torch_cuda=True, onnx_cuda=True, torch_bf16=True)
+    chosen = decide("auto", "auto", "auto", hardware=gpu, model=str(immich_model))
     assert chosen.backend == "onnx" and "Immich" in chosen.reason
-    assert choose_backend("auto", "auto", "auto", model=str(tiny_clip)).backend == "torch"
+    assert decide("auto", "auto", "auto", hardware=gpu, model=str(tiny_clip)).backend == "torch"
 
 
 def test_a_hub_id_is_recognised_without_a_download(

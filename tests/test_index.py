@@ -178,20 +178,6 @@ def test_a_long_run_announces_how_long_it_will_take(
     assert f"embedding {len(photos) - settings.batch_size} images at" in announcements[0]
 
 
-def test_an_absent_gpu_gives_one_warning_and_the_cpu(caplog) -> None:
-    import torch
-
-    from image_search.models import resolve_device
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")  # CI and development machines have none
-    caplog.set_level("WARNING")
-    assert resolve_device("cuda") == "cpu"
-    assert resolve_device("auto") == "cpu"
-    assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "cuda" in caplog.records[0].message
-
-
 def test_halfvec_storage_still_finds_each_image_first(
     make_settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:

@@ -145,44 +145,6 @@ def test_torch_bf16_vectors_agree_with_fp32(
     assert cosines(remote.embed_images(images), fp32.embed_images(images)).min() >= 0.99
 
 
-def test_absent_gpus_fall_back_to_the_cpu_with_one_warning(
-    tiny_clip: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from image_search.models import precision
-
-    monkeypatch.setattr(precision, "onnx_has_cuda", lambda: False)
-    for cached in (precision.resolve_onnx_device, precision.resolve_onnx_precision):
-        cached.cache_clear()
-    with caplog.at_level(logging.WARNING):
-        gpu = onnx_embedder(tiny_clip, Path("unused"), "auto", device="cuda")
-        assert (gpu.resolved_device, gpu.resolved_precision) == ("cpu", "int8")
-        half = onnx_embedder(tiny_clip, Path("unused"), "fp16")
-        assert (half.resolved_device, half.resolved_precision) == ("cpu", "fp32")
-        torch_gpu = Embedder(str(tiny_clip), "cuda", EMBEDDING_DIM)
-        assert (torch_gpu.resolved_device, torch_gpu.resolved_precision) == ("cpu", "fp32")
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert sum("onnx backend has no CUDA" in m for m in messages) == 1
-    assert sum("'fp16'" in m for m in messages) == 1
-    assert sum("no CUDA GPU is available" in m for m in messages) == 1
-    for cached in (precision.resolve_onnx_device, precision.resolve_onnx_precision):
-        cached.cache_clear()
-
-
-def test_auto_picks_half_precision_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rule for GPUs, checked without one: bf16 where CUDA supports it, else fp16."""
-    import torch
-
-    from image_search.models.precision import resolve_onnx_precision, resolve_torch_precision
-
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert resolve_torch_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert resolve_torch_precision("auto", "cuda") == "fp16"
-    assert resolve_torch_precision("auto", "mps") == "fp16"
-    assert resolve_torch_precision("auto", "cpu") == "fp32"
-    assert resolve_onnx_precision("auto", "cuda") == "fp16"
-
-
 # ---------------------------------------------------------------- one vector per photo
 
 # Every way the CPU runs a model: backend, precision, model (exported CLIP or jina's layout).

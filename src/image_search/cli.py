@@ -25,7 +25,7 @@ from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .models import Embedder
 from .models.base import require_torch
 from .models.hub import check_hub_for
-from .models.precision import CONFIGURED, settings_for_backend
+from .models.precision import Decision, decide_for
 from .scan import display_path
 from .store import Database, Store, redact
 
@@ -46,33 +46,36 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "env", None), flags)
 
 
-def make_embedder(settings: Settings) -> Embedder:
-    return Embedder.from_settings(settings)
+def make_embedder(settings: Settings, decision: Decision) -> Embedder:
+    return Embedder.from_settings(settings, decision)
 
 
 @dataclass(frozen=True)
 class Services:
-    """What every command works with, built once in `main`: the settings (backend `auto`
-    resolved), the database (a pool shared by the index run, the searcher and the page), the
-    lazily loaded model, and why that backend was chosen."""
+    """What every command works with, built once in `main`: the settings (naming the backend
+    and precision decided), the database (a pool shared by the index run, the searcher and
+    the page), and the lazily loaded model, which carries the decision of backend, precision
+    and device that every part asks."""
 
     settings: Settings
     database: Database
     embedder: Embedder
-    backend_reason: str = CONFIGURED
+
+    @property
+    def decision(self) -> Decision:
+        return self.embedder.decision
 
 
-def settings_for_table(
-    settings: Settings, database: Database, reindex: bool = False
-) -> tuple[Settings, str]:
-    """Backend `auto` resolved: a table that holds images keeps what filled it (unless it is
-    being re-indexed), so that an upgrade never forces a re-index."""
+def decision_for(settings: Settings, database: Database, reindex: bool = False) -> Decision:
+    """Backend, precision and device, decided once for this command: with backend `auto`, a
+    table that holds images keeps what filled it (unless it is being re-indexed), so that an
+    upgrade never forces a re-index."""
     table = None
     if settings.backend == "auto" and not reindex:
         info = Store(database, settings.table_name).info()
         if info is not None and info.stored:
-            table = (info.spec.backend, info.spec.precision)
-    return settings_for_backend(settings, table)
+            table = info.spec
+    return decide_for(settings, table)
 
 
 def check_before_starting(args: argparse.Namespace, settings: Settings) -> None:
@@ -249,7 +252,7 @@ def command_duplicates(args: argparse.Namespace, services: Services) -> int:
 def command_status(args: argparse.Namespace, services: Services) -> int:
     from .status import status_lines, status_of
 
-    status = status_of(services.settings, services.database, services.backend_reason)
+    status = status_of(services.settings, services.database, services.decision)
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return 0
@@ -356,8 +359,9 @@ def run_command(argv: Sequence[str] | None) -> int:
         check_before_starting(args, settings)
         with Database(settings) as database:
             reindex = getattr(args, "reindex", False)
-            settings, reason = settings_for_table(settings, database, reindex)
-            services = Services(settings, database, make_embedder(settings), reason)
+            decision = decision_for(settings, database, reindex)
+            settings = decision.applied_to(settings)
+            services = Services(settings, database, make_embedder(settings, decision))
             return COMMANDS[args.command](args, services)
     except Terminated:
         return 128 + signal.SIGTERM

@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from .batch_sizes import CPU_BATCH_SIZE
 from .config import LOCAL_RAY, Settings, worker_environment
 from .errors import ConfigError, ImageSearchError, one_line
-from .executor import CPU_BATCH_SIZE, BatchStep, Job, Recorder, RunTally
+from .executor import BatchStep, Job, Recorder, RunTally
 from .images import ResizeSpec
 from .models import Embedder
 from .pipeline import WorkItem, prepare_item

@@ -13,8 +13,10 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
+from .batch_sizes import CPU_BATCH_SIZE, GPU_LARGE_BATCH_SIZE, GPU_SMALL_BATCH_SIZE
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config.json")
@@ -166,8 +168,9 @@ class Settings:
     batch_size: int | None = key_field(
         None,
         "images per model batch and per database transaction",
-        # None: ingest.batch_size_for chooses (tests/test_keys.py holds the 16 to it).
-        shown_default="16 on the CPU; by free memory on a GPU (32-128)",
+        # None: the executor chooses from these (executor_local.batch_size_for).
+        shown_default=f"{CPU_BATCH_SIZE} on the CPU; by free memory on a GPU "
+        f"({GPU_SMALL_BATCH_SIZE}-{GPU_LARGE_BATCH_SIZE})",
         positive=True,
     )
     # Above a 200-megapixel phone's 16320x12240, and with room to spare below 1 GB of memory
@@ -381,25 +384,24 @@ def _annotations() -> dict[str, Any]:
     return typing.get_type_hints(Settings)
 
 
-def _annotation(key: str) -> tuple[Any, bool]:
-    """A key's type without its `| None`, and whether it had one."""
-    annotation = _annotations()[attribute_of(key)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(members) != 1:
-            raise TypeError(f"configuration key '{key}': one type or one type | None")
-        return members[0], True
-    return annotation, False
+def value_kind(annotation: Any) -> tuple[Any, bool]:
+    """What an annotation's values are, None apart (bool, int, str, Path, or a parameterised
+    collection such as `tuple[str, ...]`, whose `typing.get_origin` says which), and whether
+    None is one of them: `int | None` gives (int, True)."""
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if is_union else (annotation,)
+    (kind,) = (member for member in members if member is not NoneType)
+    return kind, NoneType in members
 
 
-def key_kind(key: str) -> type:
-    """The base type of a key: bool, int, str, Path or tuple (a list of strings)."""
-    annotation, _ = _annotation(key)
-    return typing.get_origin(annotation) or annotation
+def key_kind(key: str) -> Any:
+    """The type of a key's values, None apart (see value_kind)."""
+    return value_kind(_annotations()[attribute_of(key)])[0]
 
 
 def _optional(key: str) -> bool:
-    return _annotation(key)[1]
+    """Whether the key may be null (unset)."""
+    return value_kind(_annotations()[attribute_of(key)])[1]
 
 
 def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
@@ -436,7 +438,7 @@ def _coerce(key: str, value: Any, from_text: bool) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")
-    if kind is tuple:
+    if typing.get_origin(kind) is tuple:
         return _coerce_list(key, value, from_text)
     if not isinstance(value, str):
         raise ConfigError(f"configuration key '{key}' must be a string, got {value!r}")

@@ -22,9 +22,6 @@ from .pipeline import Failure, Prepared, Unchanged, WorkItem, row_for
 from .store import Store
 from .words_index import PhotoWords
 
-# Images per batch on the CPU when batch-size is unset (measured best there).
-CPU_BATCH_SIZE = 16
-
 Result = Prepared | Unchanged | Failure
 Write = Callable[[Callable[[], object]], None]
 

@@ -15,8 +15,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
+from .batch_sizes import (
+    CPU_BATCH_SIZE,
+    GPU_LARGE_BATCH_SIZE,
+    GPU_MEDIUM_BATCH_SIZE,
+    GPU_SMALL_BATCH_SIZE,
+)
 from .config import Settings
-from .executor import CPU_BATCH_SIZE, BatchStep, Job, Result, RunTally
+from .executor import BatchStep, Job, Result, RunTally
 from .images import ResizeSpec
 from .pipeline import BackgroundWriter, DevicePreparer, WorkItem, prepare_item, prepared_batches
 from .two_decoders import TwoDecoders, byte_batches
@@ -25,7 +31,6 @@ from .words_index import photo_words
 log = logging.getLogger(__name__)
 # Batches waiting for the writer thread on a GPU (each holds its images and vectors).
 WRITE_QUEUE = 2
-GPU_SMALL_BATCH_SIZE = 32
 GIB = 1024**3
 # A GPU batch's file bytes may take this share of the memory budget.
 DEVICE_BATCH_SHARE_OF_BUDGET = 0.25
@@ -96,8 +101,8 @@ def gpu_batch_size(device: str) -> int:
     if free is None:
         return GPU_SMALL_BATCH_SIZE
     if free >= 16 * GIB:
-        return 128
-    return 64 if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
+        return GPU_LARGE_BATCH_SIZE
+    return GPU_MEDIUM_BATCH_SIZE if free >= 8 * GIB else GPU_SMALL_BATCH_SIZE
 
 
 def free_gpu_memory(device: str) -> int | None:

@@ -31,7 +31,7 @@ from .failure_cause import UNREADABLE, failure_cause
 from .images import file_capture_time
 from .missing import MissingFolder, how_long_kept, missing_folders, missing_note
 from .models import Embedder
-from .models.precision import planned_spec, recorded_spec
+from .models.precision import planned_spec
 from .pipeline import Failure, Unchanged, WorkItem
 from .scan import (
     IMAGE_EXTENSIONS,
@@ -576,12 +576,13 @@ def run_index(
             database = stack.enter_context(Database(settings))
         live = Store(database, settings.table_name)
         store = Store(database, shadow_table_name(settings.table_name)) if reindex else live
-        wanted = planned_spec(settings)
+        wanted = planned_spec(settings, embedder.decision)
+        settings = embedder.decision.applied_to(settings)  # what a Ray worker decides from
         # A re-index re-embeds every stored image, those indexed from other folders too.
         others = live.rows.file_paths_outside(root) if reindex and live.info() else []
         if reindex:
             store.schema.drop_if_other_vectors(wanted)
-        store.schema.ensure(wanted, recorded_spec)
+        store.schema.ensure(wanted)
         indexer = Indexer(settings, store, embedder, progress or Progress(), executor)
         report = indexer.run(
             root,

@@ -76,7 +76,8 @@ class Searcher:
                 or f"no images are indexed in table '{self.settings.table_name}' yet; "
                 "run `image-search index` (or press Rescan on the page) first"
             )
-        info.spec.refuse_other(planned_spec(self.settings), self.store.table)
+        wanted = planned_spec(self.settings, self.embedder.decision)
+        info.spec.refuse_other(wanted, self.store.table)
         return info
 
     def search(

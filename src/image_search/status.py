@@ -5,20 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
-from .models.precision import CONFIGURED, planned_spec
+from .models.precision import Decision, decide_for, planned_spec
 from .store import Database, Store, database_size, describe_location
 
 SIZE_UNITS = ("bytes", "kB", "MB", "GB", "TB")
 
 
 def status_of(
-    settings: Settings, database: Database, backend_reason: str | None = None
+    settings: Settings, database: Database, decision: Decision | None = None
 ) -> dict[str, Any]:
     """The status as JSON-ready values; the contract's keys first. `model`, `dimension`,
     `backend` and `precision` are the table's; `configured_*` what the settings ask for;
-    `backend_in_use` what this run would embed with, and `backend_reason` why."""
+    `backend_in_use`, `precision_in_use` and `device_in_use` the command's `decision` (by
+    default decided here as the command line does), and `backend_reason` why."""
     info = Store(database, settings.table_name).info()
-    configured = planned_spec(settings)
+    if decision is None:
+        filled = info.spec if info is not None and info.stored else None
+        decision = decide_for(settings, filled)
+    configured = planned_spec(settings, decision)
     spec = info.spec if info else configured
     last = info.last_indexed_at if info else None
     return {
@@ -36,11 +40,12 @@ def status_of(
         "database_size": database_size(database),
         "configured_model": configured.model_name,
         "configured_dimension": configured.dimension,
-        # Precision classes, not names: the settings' `auto` is a float precision, like fp32.
+        # Precision classes, not names: a table filled in bf16 on a GPU takes fp32 vectors.
         "settings_match_table": spec.same_vectors(configured),
-        "backend_in_use": configured.backend,
-        "precision_in_use": configured.precision,
-        "backend_reason": backend_reason or CONFIGURED,
+        "backend_in_use": decision.backend,
+        "precision_in_use": decision.precision,
+        "device_in_use": decision.device,
+        "backend_reason": decision.reason,
         "table_vectors": spec.describe() if info else None,
         "table_flags": spec.as_flags() if info else None,  # the flags that search this table
     }

@@ -443,7 +443,9 @@ class WebApp:
 
     def status(self) -> str:
         try:
-            return status_markdown(status_of(self.settings, self.database), self.settings)
+            return status_markdown(
+                status_of(self.settings, self.database, self.embedder.decision), self.settings
+            )
         except ImageSearchError as exc:
             return f"⚠️ {exc}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 TORCH_EXTRA = "torch"
 # What the torch extra brings that the torch backend and the ONNX export import.
@@ -76,26 +73,6 @@ def require_torch(purpose: str, instead: str = "use backend onnx") -> None:
             f"install the {TORCH_EXTRA} extra (pip install 'image-search[{TORCH_EXTRA}]'; "
             f"from a clone: uv sync --extra {TORCH_EXTRA}), or {instead}"
         )
-
-
-def resolve_device(requested: str) -> str:
-    """`auto` picks cuda, then mps, then cpu; an absent accelerator warns once and gives cpu."""
-    if requested == "cpu":  # known without importing torch (seconds) for a model never loaded
-        return "cpu"
-    require_torch("backend torch")
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    if requested == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if requested == "cuda" and not cuda:
-        log.warning("device 'cuda' was asked for but no CUDA GPU is available; using the CPU")
-        return "cpu"
-    if requested == "mps" and not mps:
-        log.warning("device 'mps' was asked for but MPS is not available; using the CPU")
-        return "cpu"
-    return requested
 
 
 def torch_dtype(precision: str) -> Any:

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 from ..config import Settings
 from ..vectors import VectorSpec
-from .connection import Database, describe_location, redact, start_embedded_server
+from .connection import Database, describe_location, redact
+from .embedded import start_embedded_server
 from .filters import NO_FILTERS, Filters
 from .records import FailedFile, Match, NewRow, Removed, StoredFile, StoredImage, as_array
 from .rows import Rows

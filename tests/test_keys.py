@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from image_search.cli_parser import config_help
-from image_search.config import all_keys, key_info, key_kind, load_settings, shown_default
+from image_search.config import (
+    all_keys,
+    key_info,
+    key_kind,
+    load_settings,
+    load_sourced_settings,
+    shown_default,
+)
 from image_search.errors import ConfigError
 from image_search.executor import CPU_BATCH_SIZE
 
@@ -88,6 +95,15 @@ def test_help_config_prints_each_fields_help_default_choices_and_short_flag() ->
 def test_help_config_lines_fit_the_width() -> None:
     lines = config_help().splitlines()
     assert max(map(len, lines)) <= 100
+
+
+def test_help_config_with_values_keeps_every_line_of_the_keys_help(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"top-k": 3}))
+    with_values = config_help(load_sourced_settings(config, environ={})).splitlines()
+    assert max(map(len, with_values)) <= 100
+    assert set(config_help().splitlines()) <= set(with_values)
+    assert sum(line.lstrip().startswith("value: ") for line in with_values) == len(all_keys())
 
 
 def test_shown_defaults_come_from_the_fields() -> None:

@@ -19,6 +19,7 @@ from image_search.config import (
     key_info,
     key_kind,
     load_settings,
+    load_sourced_settings,
     shown_default,
     value_kind,
 )
@@ -98,6 +99,15 @@ def test_help_config_prints_each_fields_help_default_choices_and_short_flag() ->
 def test_help_config_lines_fit_the_width() -> None:
     lines = config_help().splitlines()
     assert max(map(len, lines)) <= 100
+
+
+def test_help_config_with_values_keeps_every_line_of_the_keys_help(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"top-k": 3}))
+    with_values = config_help(load_sourced_settings(config, environ={})).splitlines()
+    assert max(map(len, with_values)) <= 100
+    assert set(config_help().splitlines()) <= set(with_values)
+    assert sum(line.lstrip().startswith("value: ") for line in with_values) == len(all_keys())
 
 
 def test_shown_defaults_come_from_the_fields() -> None:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 
-from .cli_parser import build_parser, show_help
-from .config import Settings, all_keys, attribute_of, load_settings
+from .cli_parser import build_parser, show_config, show_help
+from .config import Settings, SourcedSettings, all_keys, attribute_of, load_sourced_settings
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
 from .models import Embedder
 from .models.base import require_torch
@@ -36,6 +36,11 @@ log = logging.getLogger("image_search")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    return sourced_settings_from(args).settings
+
+
+def sourced_settings_from(args: argparse.Namespace) -> SourcedSettings:
+    """The settings the command line asks for, and where each value came from."""
     flags = {key: getattr(args, attribute_of(key), None) for key in all_keys()}
     if flags["server-auth"]:
         log.warning(
@@ -43,7 +48,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "to every user of this machine: set IMAGE_SEARCH_SERVER_AUTH or server-auth in "
             "the config file instead"
         )
-    return load_settings(getattr(args, "env", None), flags)
+    return load_sourced_settings(getattr(args, "env", None), flags)
 
 
 def make_embedder(settings: Settings, decision: Decision) -> Embedder:
@@ -348,12 +353,14 @@ def run_command(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "help":
-        return show_help(parser, args.topic)
+    if args.command == "help" and args.topic != "config":
+        return show_help(parser, args.topic, args.json)
     debug = getattr(args, "debug", False) or bool(os.environ.get("IMAGE_SEARCH_DEBUG"))
     configure_logging(debug)
     settings: Settings | None = None
     try:
+        if args.command == "help":  # the keys with their values: loaded as any command's
+            return show_config(sourced_settings_from(args), args.json)
         settings = settings_from(args)
         check_request(args, settings)
         check_before_starting(args, settings)

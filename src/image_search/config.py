@@ -474,6 +474,7 @@ def read_config_file(path: Path, required: bool) -> dict[str, Any]:
 
 
 def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str, Any]:
+    """Each value converted to its key's type, under its key name."""
     known = set(all_keys())
     layer: dict[str, Any] = {}
     for key, value in values.items():
@@ -481,7 +482,7 @@ def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str,
             raise ConfigError(
                 f"unknown configuration key '{key}' in {source}{did_you_mean(key, all_keys())}"
             )
-        layer[attribute_of(key)] = _coerce(key, value, from_text)
+        layer[key] = _coerce(key, value, from_text)
     return layer
 
 
@@ -500,23 +501,63 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
+def environment_variable(key: str) -> str:
+    """The variable that sets `key`: IMAGE_SEARCH_TOP_K for top-k."""
+    return ENV_PREFIX + attribute_of(key).upper()
+
+
+# Where a key's value can come from, the weakest first: each replaces those before it.
+SOURCES = ("default", "file", "environment", "flag")
+
+
+@dataclass(frozen=True)
+class SourcedSettings:
+    """The settings, where each key's value came from (key -> one of SOURCES), and the
+    configuration file read (None when there was none)."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    file: Path | None
+
+
+def load_sourced_settings(
+    config_path: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SourcedSettings:
+    """Build the settings (flags > environment > file > defaults) and say where each value
+    came from. Raises ConfigError."""
+    path = config_path if config_path is not None else DEFAULT_CONFIG_FILE
+    file_values = read_config_file(path, required=config_path is not None)
+    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    layers = {  # in the order of SOURCES, after the default
+        "file": _layer(file_values, f"configuration file {path}", from_text=False),
+        "environment": _layer(
+            environment_values(os.environ if environ is None else environ),
+            "the environment (IMAGE_SEARCH_*)",
+            from_text=True,
+        ),
+        "flag": _layer(given_flags, "the command line", from_text=True),
+    }
+    values: dict[str, Any] = {}
+    sources = dict.fromkeys(all_keys(), SOURCES[0])
+    for source in SOURCES[1:]:
+        values.update(layers[source])
+        sources.update(dict.fromkeys(layers[source], source))
+    settings = dataclasses.replace(
+        Settings(), **{attribute_of(key): value for key, value in values.items()}
+    )
+    validate(settings)
+    return SourcedSettings(settings, sources, path if path.exists() else None)
+
+
 def load_settings(
     config_path: Path | None = None,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings: flags > environment > file > defaults. Raises ConfigError."""
-    path = config_path if config_path is not None else DEFAULT_CONFIG_FILE
-    file_values = read_config_file(path, required=config_path is not None)
-    env = environment_values(os.environ if environ is None else environ)
-    merged: dict[str, Any] = {}
-    merged.update(_layer(file_values, f"configuration file {path}", from_text=False))
-    merged.update(_layer(env, "the environment (IMAGE_SEARCH_*)", from_text=True))
-    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    merged.update(_layer(given_flags, "the command line", from_text=True))
-    settings = dataclasses.replace(Settings(), **merged)
-    validate(settings)
-    return settings
+    return load_sourced_settings(config_path, flags, environ).settings
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -501,11 +501,6 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-def environment_variable(key: str) -> str:
-    """The variable that sets `key`: IMAGE_SEARCH_TOP_K for top-k."""
-    return ENV_PREFIX + attribute_of(key).upper()
-
-
 # Where a key's value can come from, the weakest first: each replaces those before it.
 SOURCES = ("default", "file", "environment", "flag")
 

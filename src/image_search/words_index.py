@@ -74,9 +74,10 @@ def photo_words(settings: Settings, store: Store, threads: int | None = None) ->
 def ocr_device(requested: str) -> str:
     """CUDA where ONNX Runtime has it (the gpu extra) and a CUDA GPU may be used, quietly
     (the model's own device settles what is said about absent accelerators); else the CPU."""
-    from .models.precision import nvidia_driver_present, onnx_has_cuda
+    from .models.precision import system_hardware
 
-    cuda = requested in ("auto", "cuda") and nvidia_driver_present() and onnx_has_cuda()
+    hardware = system_hardware()
+    cuda = requested in ("auto", "cuda") and hardware.nvidia_driver and hardware.onnx_cuda
     return "cuda" if cuda else "cpu"
 
 

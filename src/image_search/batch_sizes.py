@@ -4,7 +4,7 @@ numbers the in-process executor chooses from and the key's help states, kept in 
 from __future__ import annotations
 
 CPU_BATCH_SIZE = 16
-"""On the CPU (measured best there: BENCHMARKS.md)."""
+"""On the CPU: enough to keep the cores busy; more would only hold more photos in memory."""
 # On a GPU, by its free memory (executor_local.gpu_batch_size): small, medium, large.
 GPU_SMALL_BATCH_SIZE = 32
 GPU_MEDIUM_BATCH_SIZE = 64

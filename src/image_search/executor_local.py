@@ -85,7 +85,7 @@ class LocalExecutor:
 
 
 def batch_size_for(settings: Settings, device: str) -> int:
-    """The batch-size key, or: 16 on the CPU (measured best there), on a GPU by its memory."""
+    """The batch-size key, or: CPU_BATCH_SIZE on the CPU, on a GPU by its memory."""
     if settings.batch_size:
         return settings.batch_size
     return CPU_BATCH_SIZE if device == "cpu" else gpu_batch_size(device)

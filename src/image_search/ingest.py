@@ -2,9 +2,8 @@
 to an executor (in process or on Ray: executor.py), fill capture dates, mark the rows of files
 gone missing and purge them after their grace period, remember files that failed (and why),
 draw the bars and report. The executor is the caller's choice (executor_choice.executor_for);
-this module never imports the Ray one. One job, the whole of a run that either executor
-serves, hence some 600 lines; how missing files are reported is in missing.py, what made a
-file fail in failure_cause.py."""
+this module never imports the Ray one. How missing files are reported is in missing.py, what
+made a file fail in failure_cause.py."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ HUFFMAN_FRAMES = {0xC0, 0xC1, 0xC2}
 OTHER_FRAMES = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 # nvJPEG decodes at full size: a 108- or 200-megapixel phone photo would take 324-600 MB of GPU
 # memory each, times the batch. Larger JPEGs go to Pillow, whose decoder scales down as it
-# decodes (a 200 MP photo in 160 MB of CPU memory: BENCHMARKS.md, l).
+# decodes (BENCHMARKS.md, l: a fraction of the full-size cost).
 TENSOR_MAX_PIXELS = 50_000_000
 
 

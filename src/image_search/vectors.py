@@ -19,7 +19,7 @@ class VectorSpec:
     Vectors of one model from one backend in float precisions (fp32, bf16, fp16) are the same
     vectors to a cosine of 0.99 or better, so they share a table: a library indexed in bf16
     on a GPU is searched in fp32 on a laptop. int8 is an approximation whose error depends on
-    the model (issue 14 asks only for a mean cosine of 0.98) and, quantised per batch, on the
+    the model (a mean cosine of 0.98 is what int8 promises) and, quantised per batch, on the
     batch; another backend is another implementation of the model: either is other vectors."""
 
     model_name: str

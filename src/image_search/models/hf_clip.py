@@ -40,7 +40,7 @@ class HuggingFaceClip:
 
         dtype = torch_dtype(options.precision)
         model = AutoModel.from_pretrained(name).to(device=device, dtype=dtype).eval()
-        # The fast (torchvision) image processor is about 3x quicker than the PIL one.
+        # The fast (torchvision) image processor: the PIL one is the slow path.
         processor = AutoProcessor.from_pretrained(name, use_fast=True)
         return cls(name, model, processor, device)
 

@@ -16,13 +16,13 @@ from .filters import NO_FILTERS, Filters
 from .records import REAL_PATH, Match, real_path
 
 # pgvector's HNSW search stops after ef_search candidates; keep it above k so k come back.
-# At 1,000,000 rows, 100 found 91% of the true 10 nearest and 200 found 98%, for a search
-# p95 of 12 ms here (BENCHMARKS.md, section i).
+# 200 is where recall of the true nearest stops rising much at a million rows while a search
+# stays quick (BENCHMARKS.md, section i has the figures).
 MIN_EF_SEARCH = 200
 MAX_EF_SEARCH = 1000
-# Candidates per image when looking for near-duplicates. pgvector's default, 40, missed about
-# 1% of the pairs of near-copies among 100,000 vectors (bench/bench_duplicates.py); 100 found
-# all of them, for about 40% more time.
+# Candidates per image when looking for near-duplicates. pgvector's default, 40, misses some
+# pairs of near-copies in a large table; 100 finds them all for a little more time (the
+# figures: bench/bench_duplicates.py, BENCHMARKS.md).
 DUPLICATE_EF_SEARCH = 100
 
 
@@ -75,11 +75,11 @@ class SimilarityQueries:
         if exact:
             conn.execute("SET LOCAL enable_indexscan = off")
         else:
-            # pgvector's cost of an HNSW scan swings with ef_search: at 20,000 rows and
-            # ef_search 100 the planner read the whole table (40-80 ms, against 1-7 ms on the
-            # index). With a filter it also guesses the selectivity; the iterative index scan
-            # is what keeps a filtered search fast at scale. A table without the index
-            # (not built yet) is still read in full.
+            # pgvector's cost of an HNSW scan swings with ef_search: at some sizes the planner
+            # reads the whole table instead, many times slower than the index. With a filter
+            # it also guesses the selectivity; the iterative index scan is what keeps a
+            # filtered search fast at scale. A table without the index (not built yet) is
+            # still read in full.
             conn.execute("SET LOCAL enable_seqscan = off")
 
     def _nearest(

@@ -48,7 +48,7 @@ def library(
 ) -> Settings:
     """Settings of a table of its own over tmp_path/photos, for the fake model, which every
     command run by `image_search` below embeds with."""
-    monkeypatch.setattr(cli, "make_embedder", lambda settings: fake_embedder(model))
+    monkeypatch.setattr(cli, "make_embedder", lambda settings, decision: fake_embedder(model))
     return fake_model_settings(
         tmp_path, data_directory, f"lifecycle_{next(_tables)}", backend="onnx", precision="fp32"
     )

@@ -20,7 +20,7 @@ from image_search.config import Settings
 from image_search.executor_local import batch_size_for
 from image_search.images import ResizeSpec, prepare_file
 from image_search.ingest import run_index
-from image_search.models import Embedder
+from image_search.models import Decision, Embedder
 from image_search.pipeline import BackgroundWriter, DevicePreparer, Failure, Prepared, WorkItem
 from image_search.scan import stat_file
 from image_search.tensor_images import resized, tensor_header, upright
@@ -282,8 +282,8 @@ def test_onnx_on_cuda_without_torch_decodes_with_pillow_and_sizes_batches_withou
     )
     photos = write_palette(settings.source_directory)
     model = FakeColourModel()
-    embedder = Embedder(model.name, "cuda", FAKE_DIMENSION, model.loader, backend="onnx")
-    embedder.resolved_device = "cuda"  # what device resolution says on such a machine
+    on_cuda = Decision("onnx", "fp32", "cuda")  # what deciding says on such a machine
+    embedder = Embedder(model.name, "cuda", FAKE_DIMENSION, model.loader, decision=on_cuda)
 
     assert executor_local.tensor_device_for("cuda") is None
     assert batch_size_for(settings, "cuda") == 64  # 8 to 16 GiB free

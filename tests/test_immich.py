@@ -189,7 +189,9 @@ def test_the_torch_backend_refuses_it_with_one_line(immich_model: Path) -> None:
 def test_auto_runs_it_in_onnx_even_where_torch_would_take_a_gpu(
     immich_model: Path, tiny_clip: Path
 ) -> None:
-    gpu = hardware(nvidia_driver=True, torch_cuda=True, onnx_cuda=True, torch_bf16=True)
+    gpu = hardware(
+        nvidia_driver=True, apple_silicon=False, torch_cuda=True, onnx_cuda=True, torch_bf16=True
+    )
     chosen = decide("auto", "auto", "auto", hardware=gpu, model=str(immich_model))
     assert chosen.backend == "onnx" and "Immich" in chosen.reason
     assert decide("auto", "auto", "auto", hardware=gpu, model=str(tiny_clip)).backend == "torch"

@@ -42,8 +42,9 @@ from image_search.web_launch import launch
 from image_search.web_layout import Page
 
 SECRET = b'{"postgres-password": "not-for-the-page"}\n'
-# /search's inputs after the image, as a raw HTTP call must give them all.
-NO_TEXT_NOR_FILTERS = ["", 3, 0.5, "", "", "", 0, ""]  # text, top-k, weight, filters, but not
+# /search's inputs after the image, as a raw HTTP call must give them all: text, top-k,
+# weight, filters, but not, words.
+NO_TEXT_NOR_FILTERS = ["", 3, 0.5, "", "", "", 0, "", ""]
 
 
 @contextmanager

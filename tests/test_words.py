@@ -277,11 +277,14 @@ def test_words_follow_updates_moves_and_removals(
     assert (report.added, report.removed, reads) == (1, 1, [])
     assert words_search(ocr_settings, shared_embedder, Query(words="bakery")) == ["moved.jpg"]
 
-    # Removed: no longer found, and its words are gone.
+    # Removed: no longer found; its words stay while its row is kept as missing (a share
+    # that comes back needs no reading again), and go with the row when it is purged.
     content = content_of(ocr_settings, moved)
     moved.unlink()
     run_index(ocr_settings, shared_embedder)
     assert words_search(ocr_settings, shared_embedder, Query(words="bakery")) == []
+    assert words_rows_for(ocr_settings, [content]) == 1
+    run_index(ocr_settings, shared_embedder, prune=True)
     assert words_rows_for(ocr_settings, [content]) == 0
 
 

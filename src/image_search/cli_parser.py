@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .config import (
     DEFAULT_CONFIG_FILE,
+    LIST_SEPARATOR,
     REDACTED,
     Settings,
     SourcedSettings,
@@ -335,6 +336,8 @@ def shown_value(key: str, value: Any) -> str:
         return key_info(key).shown_default or "unset"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list | tuple):  # a list key (Settings.to_dict writes it as a list)
+        return LIST_SEPARATOR.join(value) if value else "none"
     return str(value)
 
 

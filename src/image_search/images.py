@@ -20,9 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
 
-import PIL
 import rawpy
-from PIL import ExifTags, Image, ImageFile
+from PIL import ExifTags, Image, ImageFile, features
 
 from .config import DEFAULT_MAX_FILE_MB, Settings
 from .decode_cost import (
@@ -118,7 +117,7 @@ def decoder_versions() -> dict[str, str]:
             versions[package] = "absent"
     versions["libraw"] = ".".join(map(str, rawpy.libraw_version))
     for library in ("avif", "webp", "libjpeg_turbo", "libtiff"):
-        versions[library] = PIL.features.version(library) or "absent"
+        versions[library] = features.version(library) or "absent"
     try:
         from pillow_heif import libheif_version
 

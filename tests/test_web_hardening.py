@@ -36,7 +36,7 @@ from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder, load_model
 from image_search.store import Database
-from image_search.web_files import CACHE_FOLDER, NOT_UPLOADED
+from image_search.web_files import CACHE_FOLDER, GRADIO_FOLDER, NOT_UPLOADED
 from image_search.web_inputs import AFTER_LABEL, TEXT_WEIGHT_LABEL, THRESHOLD_LABEL
 from image_search.web_launch import launch
 from image_search.web_layout import Page
@@ -227,9 +227,9 @@ def test_nothing_private_stays_after_the_page_stops(
     assert len(ours) == 1 and running == ours and modes == {0o700}
     assert counts[0] == counts[1]
     assert not ours[0].exists(), err  # removed on stop
-    # Nothing in the temp folder (uploads and copies went to /tmp/gradio and /tmp/image-search-*
-    # before); Gradio makes an empty folder there when imported, the database a lock file.
-    assert [p for p in temp.rglob("*") if p.is_file() and p.stat().st_size] == []
+    # Nothing of ours in the system temp folder: no upload, copy, Gradio folder or lock file.
+    assert list(temp.rglob("*")) == []
+    assert (settings.data_directory / GRADIO_FOLDER).is_dir()  # where Gradio's own went
     assert "Traceback" not in err
 
 

@@ -277,6 +277,9 @@ def command_run_all(args: argparse.Namespace, services: Services) -> int:
 
 def serve_until_stopped(args: argparse.Namespace, services: Services) -> int:
     """The page until Ctrl-C (130) or SIGTERM, a service's normal end (0)."""
+    from .web_files import gradio_files_in
+
+    gradio_files_in(services.settings.data_directory)
     from .web_launch import serve
 
     with suppress(Terminated):

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD = "50mb"  # Gradio's own limit on an upload
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # ours, on what a search may read from the upload folder
 CACHE_FOLDER = "page-cache"  # under data-directory
+GRADIO_FOLDER = "gradio"  # under data-directory: what Gradio makes for itself when imported
 LOCK_NAME = ".in-use"  # held (flock) by the run that owns a cache folder
 SWEEP_NAME = ".sweep"  # held while leftovers are removed and a new folder is made
 COPY_CHUNK = 1 << 20
@@ -105,6 +106,15 @@ class PageCache:
         shutil.rmtree(self.folder, ignore_errors=True)
         self._lock.close()
         self._lock = None
+
+
+def gradio_files_in(data_directory: Path) -> None:
+    """Call before gradio is imported: Gradio fixes a temp folder of its own when imported
+    and makes folders there that the page never uses; <data-directory>/gradio rather than the
+    system's temp folder (a GRADIO_TEMP_DIR the user set is kept). Uploads go to PageCache."""
+    folder = data_directory.resolve() / GRADIO_FOLDER
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(folder))
 
 
 def remove_leftovers(parent: Path) -> None:

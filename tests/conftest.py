@@ -96,6 +96,17 @@ def running_page(settings: Settings, embedder: Embedder) -> Iterator[str]:
             app.close()
 
 
+@pytest.fixture
+def browser() -> Iterator:
+    """Debian's Chromium, headless, driven by Playwright (browser-marked tests)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -15,7 +14,7 @@ import pytest
 from conftest import EMBEDDING_DIM
 from gradio_client import Client, handle_file
 from imagegen import write_photo
-from test_web import CHROMIUM, running_page
+from test_web import running_page
 
 from image_search.config import Settings
 from image_search.ingest import run_index
@@ -46,16 +45,6 @@ def library(settings: Settings, photos: list[Path]) -> list[Path]:
     copy.parent.mkdir()
     copy.write_bytes(photos[0].read_bytes())
     return [*photos, long, copy]
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 def result_folder(page) -> Path:  # type: ignore[no-untyped-def]

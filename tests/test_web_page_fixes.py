@@ -5,11 +5,10 @@ and long paths in the Duplicates tab."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, running_page
+from conftest import running_page
 from gradio_client import Client
 from imagegen import photo, write_broken_files, write_dng, write_photo
 from test_web_explore import thumbnail
@@ -19,16 +18,6 @@ from image_search.ingest import run_index
 from image_search.models import Embedder
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 def test_new_results_clear_the_selection_they_would_contradict(

@@ -4,27 +4,16 @@ by a word on a sign finds it first, and the selected result shows the text read 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from gradio_client import Client
 from signs import write_plain, write_sign
-from test_web import CHROMIUM, running_page
+from test_web import running_page
 
 from image_search.config import Settings
 from image_search.ingest import run_index
 from image_search.models import Embedder
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

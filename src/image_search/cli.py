@@ -270,7 +270,7 @@ def command_serve(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_run_all(args: argparse.Namespace, services: Services) -> int:
-    """The seed's whole run: index source-directory, then serve the page and wait."""
+    """The whole run: index source-directory, then serve the page and wait."""
     index_and_report(services, as_json=False, show_bars=True)
     return serve_until_stopped(args, services)
 

@@ -1,4 +1,4 @@
-"""The result folder of a search (seed step ⑪): <output>/<yyyymmdd-hhmmss> with the
+"""The result folder of a search: <output>/<yyyymmdd-hhmmss> with the
 settings, the ranked results, the query and a copy of the best match."""
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def write_result_folder(
     write_query: Callable[[Path], Any],
     best: StoredFile | None = None,
 ) -> tuple[Path | None, list[str]]:
-    """The result folder (seed step ⑪) and any warnings; nothing with save-results false,
+    """The result folder and any warnings; nothing with save-results false,
     nor when the output's file system is short of space (a warning says so). `best` is the
     stored row of the best match, whose original is copied. Older result folders go as
     keep-results says."""

@@ -60,7 +60,7 @@ def display_path(path: str) -> str:
 
 
 def path_hash(file_path: str) -> str:
-    """The seed's duplicate key: a hash of the file's path and name (its exact bytes)."""
+    """The duplicate key: a hash of the file's path and name (its exact bytes)."""
     return hashlib.sha256(os.fsencode(file_path)).hexdigest()
 
 

@@ -1,5 +1,5 @@
 """A query: preprocess and embed it like an indexed image (or embed text), rank, write the
-result folder (seed step ⑪). What the user asks is parsed in query.py; the result folder is
+result folder. What the user asks is parsed in query.py; the result folder is
 written by result_folder.py."""
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from ..scan import display_path
 
 class StoredFile(NamedTuple):
     """A stored file as the plan compares it with the folder. A named tuple: a run builds one
-    for every stored row, and it is made three times faster than a frozen dataclass (a no-op
-    re-index of 10,000 files spends most of its time on such per-file steps)."""
+    for every stored row, and a named tuple is quicker to make than a frozen dataclass (a
+    no-op re-index spends most of its time on such per-file steps)."""
 
     id: int
     file_path: str

@@ -22,6 +22,7 @@ import pytest
 from conftest import EMBEDDING_DIM, row_count, run_cli, stored_rows, write_config
 from fake_model import fake_model_settings
 
+from image_search import memory_budget
 from image_search.config import Settings
 from image_search.errors import DatabaseError
 from image_search.ingest import run_index
@@ -39,6 +40,7 @@ from image_search.store import (
     open_store,
 )
 from image_search.store.embedded import (
+    MAX_SHARED_BUFFERS_MB,
     MIN_SHARED_BUFFERS_MB,
     shared_buffers_mb,
 )
@@ -376,13 +378,12 @@ def test_the_embedded_server_gets_a_cache_sized_for_this_computer(tmp_path: Path
 def test_the_cache_follows_a_container_memory_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    limit = tmp_path / "memory.max"
-    monkeypatch.setattr(embedded, "CGROUP_MEMORY_LIMITS", (str(limit),))
-    limit.write_text("max\n")  # no limit: the computer's memory
     physical = psutil.virtual_memory().total // 2**20
-    assert embedded.memory_mb() == physical
-    limit.write_text(f"{2 * 2**30}\n")  # a container limited to 2 GB
-    assert embedded.memory_mb() == min(physical, 2048)
+    monkeypatch.setattr(memory_budget, "cgroup_memory_limits", lambda: [])  # no limit
+    quarter = min(MAX_SHARED_BUFFERS_MB, physical // 4)
+    assert shared_buffers_mb() == max(MIN_SHARED_BUFFERS_MB, quarter)
+    # A container limited to 2 GB (memory_budget's tests read the cgroup files themselves).
+    monkeypatch.setattr(memory_budget, "cgroup_memory_limits", lambda: [2 * 2**30])
     assert shared_buffers_mb() == max(MIN_SHARED_BUFFERS_MB, min(physical, 2048) // 4)
 
 

@@ -61,10 +61,11 @@ RAY_ENVIRONMENT = {
     "RAY_DEDUP_LOGS": "1",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
 }
-# What a prepare task may hold: a batch's decoded images and their JPEGs. (Asked for
-# explicitly, it also keeps Ray Data from fusing these tasks into the model's actors, whose
-# CPUs would then decode instead of embedding.)
-PREPARE_MEMORY = 512 * 2**20
+# What a prepare task may hold: the largest decode the default pixel cap lets in (under 1 GB
+# for every format) beside the batch's small JPEGs. (Asked for explicitly, it also keeps Ray
+# Data from fusing these tasks into the model's actors, whose CPUs would then decode instead
+# of embedding.)
+PREPARE_MEMORY = 1024 * 2**20
 # Threads (torch's or ONNX Runtime's) of an actor on the CPU: it holds one CPU of Ray's and
 # shares a second with the prepare tasks, which leave it idle while it waits for their batches.
 CPU_ACTOR_THREADS = 2

@@ -34,6 +34,7 @@ from filelock import FileLock
 from psycopg import sql
 
 from ..errors import one_line
+from ..memory_budget import machine_memory
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ MIN_SHARED_BUFFERS_MB = 128
 MAX_SHARED_BUFFERS_MB = 4096
 # A shared_buffers line in postgresql.auto.conf.
 SHARED_BUFFERS_SETTING = re.compile(r"^\s*shared_buffers\s*=", re.MULTILINE)
-CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 # The servers this process uses (pgdata -> the wheel's handle and the data directory), and
 # the URIs of the databases already made sure of: one start per process and database.
@@ -208,20 +208,7 @@ def shared_buffers_mb() -> int:
     """The embedded server's cache: a quarter of this computer's memory, as PostgreSQL's
     documentation suggests, between its default 128 MB and 4 GB: a large library's HNSW
     index outgrows the default (BENCHMARKS.md, section i)."""
-    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, memory_mb() // 4))
-
-
-def memory_mb() -> int:
-    """This computer's memory, or the container's limit where that is lower (cgroup v2 or v1)."""
-    total = psutil.virtual_memory().total
-    for limit_file in CGROUP_MEMORY_LIMITS:
-        try:
-            limit = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if limit.isdigit():
-            total = min(total, int(limit))
-    return total // 2**20
+    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, machine_memory() // 2**20 // 4))
 
 
 def shared_buffers_chosen(pgdata: Path) -> bool:

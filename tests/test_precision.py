@@ -243,3 +243,32 @@ def test_the_real_probe_decides_torch_on_this_computer() -> None:
     assert decision.device == ("cuda" if cuda else "cpu")
     assert decision.warnings == (() if cuda else (TORCH_WITHOUT["cuda"],))
     assert decide("torch", "auto", "cpu") == Decision("torch", "fp32", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("table", "configured"),
+    [
+        (VectorSpec("m", 8, backend="onnx", precision="fp32"), "int8"),
+        (VectorSpec("m", 8, backend="onnx", precision="int8"), "fp32"),
+        (VectorSpec("m", 8, backend="torch", precision="fp32"), "auto"),
+    ],
+)
+def test_a_tables_flags_ask_for_its_vectors_whatever_the_file_says(
+    table: VectorSpec, configured: str, tmp_path
+) -> None:
+    """The flags a refusal and `status` name are enough: given on a command line beside a
+    configuration file that asks for other vectors, they decide the table's own."""
+    import json
+    import shlex
+
+    from image_search.config import load_settings
+    from image_search.models.precision import decide_for
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"backend": "auto", "precision": configured}))
+    words = shlex.split(table.as_flags())
+    pairs = zip(words[::2], words[1::2], strict=True)
+    flags = {flag.removeprefix("--"): value for flag, value in pairs}
+    settings = load_settings(config, flags, environ={})
+    decided = planned_spec(settings, decide_for(settings, table))
+    assert decided.same_vectors(table), (table.as_flags(), decided)

@@ -67,4 +67,7 @@ class VectorSpec:
         if self.kind != "vector":
             flags += f" --vector-type {self.kind}"
         flags += f" --backend {self.backend}"
-        return flags + " --precision int8" if self.precision == "int8" else flags
+        if self.precision == "int8":
+            return flags + " --precision int8"
+        # A configured int8 would give onnx other vectors; fp32 shares a float table anywhere.
+        return flags + " --precision fp32" if self.backend == "onnx" else flags

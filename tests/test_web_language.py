@@ -84,6 +84,7 @@ def test_the_page_speaks_the_browsers_language(
         expect(page.locator("#best-original")).to_contain_text(words["download"])
         page.locator("#gallery .thumbnail-item").first.click()
         expect(page.locator("#open-original")).to_have_text(words["open_original"])
+        expect(page.locator("#selected-words textarea")).to_have_value(words["words_not_read"])
         expect(body).to_contain_text(words["find_similar"])
         page.screenshot(path=str(tmp_path / f"page-{locale}.png"), full_page=True)
 

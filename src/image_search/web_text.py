@@ -63,6 +63,14 @@ TEXTS: dict[str, tuple[str, str]] = {
     "find_similar": ("Find similar", "似た画像を探す"),
     "open_original": ("Open original", "元のファイルを開く"),
     "selected_words": (SELECTED_WORDS_LABEL, "この写真から読み取った文字"),
+    "words_not_read": (
+        "(its words have not been read: the ocr key is off, or an index run is due)",
+        "（まだ文字を読み取っていません。設定キー ocr がオフか、index の実行待ちです）",
+    ),
+    "no_words_found": (
+        "(no text found in this photo)",
+        "（この写真には文字が見つかりませんでした）",
+    ),
     "duplicates_intro": (
         "Groups of near-identical images: copies, resized or re-encoded copies, burst "
         "shots. Nothing is ever deleted or moved.",

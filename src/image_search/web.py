@@ -66,6 +66,7 @@ from .web_markup import (
     result_records,
     words_shown,
 )
+from .web_text import ui
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ class WebApp:
         self.files.show(session, "selected", [copy])
         return (
             f'<a id="open-original" href="{html.escape(file_url(str(copy)))}" '
-            'target="_blank" rel="noopener">Open original</a>'
+            f'target="_blank" rel="noopener">{ui("open_original")}</a>'
         )
 
     def _original(self, file_path: str) -> Path:
@@ -399,7 +400,7 @@ class WebApp:
         self.files.show(session, "download", [copy])
         if copy is None:
             return hidden
-        return gr.update(value=str(copy), visible=True, label=f"Download {copy.name}")
+        return gr.update(value=str(copy), visible=True, label=f"{ui('download')} {copy.name}")
 
     def rescan(self) -> Iterator[tuple[str, Any]]:
         """Re-index the folder in a thread, redrawing a progress bar until it is done."""

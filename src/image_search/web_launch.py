@@ -14,6 +14,7 @@ from .store import Database
 from .web import WebApp
 from .web_files import MAX_UPLOAD
 from .web_layout import PAGE_CSS, Page
+from .web_text import PAGE_I18N
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def launch(
             prevent_thread_lock=True,
             quiet=True,  # no share=True hint: this is a private tool
             footer_links=["api"],
+            i18n=PAGE_I18N,  # the page's words in the browser's language (web_text)
         )
     except OSError as exc:  # the port is taken (Gradio names its own variables for that)
         web.close()

@@ -9,22 +9,8 @@ import gradio as gr
 
 from .duplicates import DEFAULT_THRESHOLD
 from .query import DEFAULT_TEXT_WEIGHT
-from .web_inputs import (
-    AFTER_LABEL,
-    BEFORE_LABEL,
-    BUT_NOT_LABEL,
-    DUPLICATE_UNDER_LABEL,
-    MAX_TOP_K,
-    MIN_SCORE_LABEL,
-    PATH_LABEL,
-    SELECTED_WORDS_LABEL,
-    TEXT_LABEL,
-    TEXT_WEIGHT_LABEL,
-    THRESHOLD_LABEL,
-    TOP_K_LABEL,
-    UNDER_LABEL,
-    WORDS_LABEL,
-)
+from .web_inputs import MAX_TOP_K
+from .web_text import ui
 
 if TYPE_CHECKING:
     from .web import WebApp
@@ -71,12 +57,12 @@ class Page(gr.Blocks):
 def page_layout(web: WebApp) -> Page:
     """The page's layout, wired to the handlers of `web`."""
     with Page(web, title="image-search") as app:
-        gr.Markdown("# image-search\nDrop in a photo to find the most similar ones you have.")
+        gr.Markdown(ui("intro"))
         status = gr.Markdown(elem_id="status")
         with gr.Tabs():
-            with gr.Tab("Search", id="search-tab"):
+            with gr.Tab(ui("search_tab"), id="search-tab"):
                 _search_tab(web, status)
-            with gr.Tab("Duplicates", id="duplicates-tab"):
+            with gr.Tab(ui("duplicates_tab"), id="duplicates-tab"):
                 _duplicates_tab(web)
         app.load(web.status, outputs=status, api_visibility="private")
         app.unload(web.page_closed)
@@ -88,7 +74,7 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(
-                    label="Query image",
+                    label=ui("query_image"),
                     type="filepath",
                     image_mode=None,
                     sources=["upload", "clipboard", "webcam"],
@@ -96,26 +82,26 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                 )
                 with gr.Row():
                     text = gr.Textbox(
-                        label=TEXT_LABEL,
+                        label=ui("text"),
                         elem_id="query-text",
-                        placeholder="a red apple on a table",
+                        placeholder=ui("text_placeholder"),
                     )
                     but_not = gr.Textbox(
-                        label=BUT_NOT_LABEL,
+                        label=ui("but_not"),
                         elem_id="query-not",
-                        placeholder="people (or 0.5:people)",
+                        placeholder=ui("but_not_placeholder"),
                     )
                 words = gr.Textbox(
-                    label=WORDS_LABEL,
+                    label=ui("words"),
                     elem_id="query-words",
-                    placeholder="invoice 2023 (text read in the photos)",
+                    placeholder=ui("words_placeholder"),
                 )
                 text_weight = gr.Slider(
                     0,
                     1,
                     value=DEFAULT_TEXT_WEIGHT,
                     step=0.05,
-                    label=TEXT_WEIGHT_LABEL,
+                    label=ui("text_weight"),
                     elem_id="text-weight",
                 )
                 top_k = gr.Slider(
@@ -123,17 +109,17 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                     MAX_TOP_K,
                     value=web.settings.top_k,
                     step=1,
-                    label=TOP_K_LABEL,
+                    label=ui("top_k"),
                     elem_id="top-k",
                 )
                 filters = _filter_controls()
-                search = gr.Button("Search", variant="primary", elem_id="search")
+                search = gr.Button(ui("search"), variant="primary", elem_id="search")
                 with gr.Row():
-                    rescan = gr.Button("Rescan folder", elem_id="rescan")
+                    rescan = gr.Button(ui("rescan"), elem_id="rescan")
                 rescan_note = gr.HTML(elem_id="rescan-note")
             with gr.Column(scale=2):
                 best = gr.Image(
-                    label="Best match",
+                    label=ui("best_match"),
                     interactive=False,
                     elem_id="best-match",
                     height=420,
@@ -141,18 +127,18 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                 )
                 caption = gr.Markdown(elem_id="best-caption")
                 original = gr.DownloadButton(
-                    "Download original", visible=False, size="sm", elem_id="best-original"
+                    ui("download_original"), visible=False, size="sm", elem_id="best-original"
                 )
                 note = gr.Markdown(elem_id="result-note")
                 gallery = gr.Gallery(
-                    label="Ranked results",
+                    label=ui("ranked_results"),
                     columns=5,
                     object_fit="contain",
                     elem_id="gallery",
                     buttons=["download", "fullscreen"],  # no share: a private tool
                 )
                 selection = _selection_panel()
-                with gr.Accordion("Ranked results as JSON", open=False):
+                with gr.Accordion(ui("results_json"), open=False):
                     results = gr.JSON(elem_id="results-json")
         searched = gr.on(
             triggers=[search.click, text.submit, but_not.submit, words.submit],
@@ -180,21 +166,21 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
 
 
 def _filter_controls() -> list[gr.components.Component]:
-    with gr.Accordion("Filters", open=False, elem_id="filters"):
+    with gr.Accordion(ui("filters"), open=False, elem_id="filters"):
         under = gr.Textbox(
-            label=UNDER_LABEL,
+            label=ui("under"),
             lines=2,
             elem_id="filter-under",
         )
         with gr.Row():
             after = gr.Textbox(
-                label=AFTER_LABEL, placeholder="2024-05-31", elem_id="taken-after"
+                label=ui("taken_after"), placeholder="2024-05-31", elem_id="taken-after"
             )
             before = gr.Textbox(
-                label=BEFORE_LABEL, placeholder="2024-06-30", elem_id="taken-before"
+                label=ui("taken_before"), placeholder="2024-06-30", elem_id="taken-before"
             )
         min_score = gr.Slider(
-            0, 1, value=0, step=0.01, label=MIN_SCORE_LABEL, elem_id="min-score"
+            0, 1, value=0, step=0.01, label=ui("min_score"), elem_id="min-score"
         )
     return [under, after, before, min_score]
 
@@ -203,16 +189,16 @@ def _selection_panel() -> dict[str, Any]:
     """Shown when a result is selected: its full path, Find similar, Open original."""
     with gr.Group(visible=False, elem_id="selection") as panel:
         path = gr.Textbox(
-            label=PATH_LABEL,
+            label=ui("selected_path"),
             interactive=False,
             buttons=["copy"],
             elem_id="selected-path",
         )
         with gr.Row():
-            similar = gr.Button("Find similar", elem_id="find-similar", scale=0)
+            similar = gr.Button(ui("find_similar"), elem_id="find-similar", scale=0)
             link = gr.HTML(elem_id="open-original-box", padding=True)
         words = gr.Textbox(
-            label=SELECTED_WORDS_LABEL, interactive=False, lines=2, elem_id="selected-words"
+            label=ui("selected_words"), interactive=False, lines=2, elem_id="selected-words"
         )
     return {"panel": panel, "path": path, "similar": similar, "link": link, "words": words}
 
@@ -250,26 +236,23 @@ def _wire_selection(
 
 
 def _duplicates_tab(web: WebApp) -> None:
-    gr.Markdown(
-        "Groups of near-identical images: copies, resized or re-encoded copies, burst "
-        "shots. Nothing is ever deleted or moved."
-    )
+    gr.Markdown(ui("duplicates_intro"))
     with gr.Row():
         threshold = gr.Slider(
             0.5,
             1,
             value=DEFAULT_THRESHOLD,
             step=0.005,
-            label=THRESHOLD_LABEL,
+            label=ui("threshold"),
             elem_id="duplicate-threshold",
         )
         under = gr.Textbox(
-            label=DUPLICATE_UNDER_LABEL, lines=2, elem_id="duplicate-under"
+            label=ui("duplicate_under"), lines=2, elem_id="duplicate-under"
         )
-    find = gr.Button("Find duplicates", variant="primary", elem_id="find-duplicates")
+    find = gr.Button(ui("find_duplicates"), variant="primary", elem_id="find-duplicates")
     note = gr.Markdown(elem_id="duplicates-note")
     groups = gr.HTML(elem_id="duplicate-groups")
-    with gr.Accordion("Groups as JSON", open=False):
+    with gr.Accordion(ui("groups_json"), open=False):
         as_json = gr.JSON(elem_id="duplicates-json")
     find.click(
         web.duplicates,

@@ -16,6 +16,7 @@ from .duplicates import DuplicateReport
 from .errors import ImageSearchError, one_line
 from .ingest import IndexReport
 from .scan import display_path
+from .web_text import ui
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,6 @@ def failure_line(error: BaseException) -> str:
 def words_shown(lines: list[dict[str, Any]] | None) -> str:
     """The lines of text read in a photo, one per line, for the selected result."""
     if lines is None:
-        return "(its words have not been read: the ocr key is off, or an index run is due)"
+        return str(ui("words_not_read"))
     texts = [str(line.get("text", "")) for line in lines if isinstance(line, dict)]
-    return "\n".join(texts) if texts else "(no text found in this photo)"
+    return "\n".join(texts) if texts else str(ui("no_words_found"))

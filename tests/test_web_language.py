@@ -1,0 +1,94 @@
+"""The page in the browser's language, in real Chromium: a browser asking for Japanese
+(`Accept-Language: ja`, navigator.language ja-JP) gets the page's labels, buttons,
+placeholders and the selected result's link in Japanese; one asking for English gets English.
+The words expected are web_text's, whatever they are."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from conftest import CHROMIUM, running_page
+from fake_model import FakeColourModel, fake_embedder, fake_model_settings, write_palette
+
+from image_search.config import Settings
+from image_search.ingest import run_index
+from image_search.web_text import TEXTS
+
+pytestmark = pytest.mark.browser
+
+_tables = itertools.count(1)
+LANGUAGES = {"ja-JP": 1, "en-US": 0}  # the browser's locale → its column in TEXTS
+# Shown on the page as it opens (the rest is folded away or shown after a search).
+LABELS = (
+    "search_tab",
+    "duplicates_tab",
+    "query_image",
+    "text",
+    "but_not",
+    "words",
+    "text_weight",
+    "top_k",
+    "search",
+    "rescan",
+    "best_match",
+    "ranked_results",
+    "filters",
+    "results_json",
+)
+PLACEHOLDERS = {
+    "#query-text textarea": "text_placeholder",
+    "#query-not textarea": "but_not_placeholder",
+    "#query-words textarea": "words_placeholder",
+}
+
+
+@pytest.fixture
+def colours(tmp_path: Path, data_directory: Path) -> Settings:
+    settings = fake_model_settings(tmp_path, data_directory, f"page_language_{next(_tables)}")
+    write_palette(settings.source_directory)
+    run_index(settings, fake_embedder(FakeColourModel()))
+    return settings
+
+
+@pytest.mark.parametrize("locale", list(LANGUAGES))
+def test_the_page_speaks_the_browsers_language(
+    colours: Settings, locale: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    column = LANGUAGES[locale]
+    other = 1 - column
+    words = {key: texts[column] for key, texts in TEXTS.items()}
+    with running_page(colours, fake_embedder(FakeColourModel())) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 1100})
+        page = context.new_page()
+        asked = page.goto(url).request.header_value("accept-language") or ""
+        assert asked.startswith(locale), asked
+        expect(page.locator("#status")).to_contain_text("images indexed")
+        body = page.locator("body")
+        expect(body).to_contain_text(words["intro"].splitlines()[-1])
+        for key in LABELS:
+            expect(body).to_contain_text(words[key])
+        for selector, key in PLACEHOLDERS.items():
+            expect(page.locator(selector)).to_have_attribute("placeholder", words[key])
+        shown = body.inner_text()
+        assert TEXTS["best_match"][other] not in shown
+        assert TEXTS["query_image"][other] not in shown
+
+        page.locator("#query-text textarea").fill("white")
+        page.locator("#search").click()
+        expect(page.locator("#result-note")).to_contain_text("Searched", timeout=60_000)
+        expect(page.locator("#best-original")).to_contain_text(words["download"])
+        page.locator("#gallery .thumbnail-item").first.click()
+        expect(page.locator("#open-original")).to_have_text(words["open_original"])
+        expect(page.locator("#selected-words textarea")).to_have_value(words["words_not_read"])
+        expect(body).to_contain_text(words["find_similar"])
+        page.screenshot(path=str(tmp_path / f"page-{locale}.png"), full_page=True)
+
+        page.get_by_role("tab", name=words["duplicates_tab"]).click()
+        expect(page.locator("#find-duplicates")).to_have_text(words["find_duplicates"])
+        expect(body).to_contain_text(words["threshold"])
+        browser.close()

@@ -102,8 +102,11 @@ def test_help_config_lines_fit_the_width() -> None:
     assert max(map(len, lines)) <= 100
 
 
-def test_help_config_with_values_keeps_every_line_of_the_keys_help(tmp_path: Path) -> None:
-    config = tmp_path / "config.json"
+def test_help_config_with_values_keeps_every_line_of_the_keys_help(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a short path: a path is one word, wider than any width
+    config = Path("config.json")
     config.write_text(json.dumps({"top-k": 3}))
     with_values = config_help(load_sourced_settings(config, environ={})).splitlines()
     assert max(map(len, with_values)) <= 100

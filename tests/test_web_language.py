@@ -124,4 +124,11 @@ def test_the_page_speaks_the_browsers_language(
         page.get_by_role("tab", name=words["duplicates_tab"]).click()
         expect(page.locator("#find-duplicates")).to_have_text(words["find_duplicates"])
         expect(body).to_contain_text(words["threshold"])
+        page.locator("#find-duplicates").click()
+        note = page.locator("#duplicates-note")
+        either = ("duplicates_none", "duplicates_found")  # as the palette's colours fall
+        longest = [max(fixed_words(key, column), key=len) for key in either]
+        expect(note).to_contain_text(re.compile("|".join(map(re.escape, longest))), timeout=60_000)
+        said = note.inner_text()
+        assert any(all(word in said for word in fixed_words(key, column)) for key in either)
         browser.close()

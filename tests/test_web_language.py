@@ -1,12 +1,17 @@
 """The page in the browser's language, in real Chromium: a browser asking for Japanese
 (`Accept-Language: ja`, navigator.language ja-JP) gets the page's labels, buttons,
-placeholders and the selected result's link in Japanese; one asking for English gets English.
-The words expected are web_text's, whatever they are."""
+placeholders and the selected result's link in Japanese, and the messages built on the server
+too (the status line, the search's note, a wrong filter's message next to its field, the
+Rescan's summary); one asking for English gets English. The words expected are web_text's,
+whatever they are."""
 
 from __future__ import annotations
 
 import itertools
+import re
+import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CHROMIUM, running_page
@@ -14,7 +19,7 @@ from fake_model import FakeColourModel, fake_embedder, fake_model_settings, writ
 
 from image_search.config import Settings
 from image_search.ingest import run_index
-from image_search.web_text import TEXTS
+from image_search.web_text import MESSAGES, TEXTS
 
 pytestmark = pytest.mark.browser
 
@@ -44,6 +49,19 @@ PLACEHOLDERS = {
 }
 
 
+def fixed_words(key: str, column: int) -> list[str]:
+    """The words of a message that stay whatever its values are, as the page shows them
+    (Markdown's marks gone)."""
+    pieces = [text for text, *_ in string.Formatter().parse(MESSAGES[key][column])]
+    words = [re.sub(r"[*`]", "", piece).strip() for piece in pieces]
+    return [word for word in words if word]
+
+
+def expect_message(expect: Any, locator: Any, key: str, column: int) -> None:
+    for words in fixed_words(key, column):
+        expect(locator).to_contain_text(words, timeout=60_000)
+
+
 @pytest.fixture
 def colours(tmp_path: Path, data_directory: Path) -> Settings:
     settings = fake_model_settings(tmp_path, data_directory, f"page_language_{next(_tables)}")
@@ -67,7 +85,9 @@ def test_the_page_speaks_the_browsers_language(
         page = context.new_page()
         asked = page.goto(url).request.header_value("accept-language") or ""
         assert asked.startswith(locale), asked
-        expect(page.locator("#status")).to_contain_text("images indexed")
+        status = page.locator("#status")
+        expect_message(expect, status, "status", column)
+        assert max(fixed_words("status", other), key=len) not in status.inner_text()
         body = page.locator("body")
         expect(body).to_contain_text(words["intro"].splitlines()[-1])
         for key in LABELS:
@@ -80,15 +100,35 @@ def test_the_page_speaks_the_browsers_language(
 
         page.locator("#query-text textarea").fill("white")
         page.locator("#search").click()
-        expect(page.locator("#result-note")).to_contain_text("Searched", timeout=60_000)
+        note = page.locator("#result-note")
+        expect_message(expect, note, "searched", column)
+        assert max(fixed_words("searched", other), key=len) not in note.inner_text()
         expect(page.locator("#best-original")).to_contain_text(words["download"])
         page.locator("#gallery .thumbnail-item").first.click()
         expect(page.locator("#open-original")).to_have_text(words["open_original"])
         expect(page.locator("#selected-words textarea")).to_have_value(words["words_not_read"])
         expect(body).to_contain_text(words["find_similar"])
+
+        page.locator("#filters").click()
+        page.locator("#taken-after textarea").fill("2024-13-45")
+        page.locator("#search").click()
+        field = page.locator("#taken-after")
+        expect(field).to_contain_text(f"{words['taken_after']}", timeout=30_000)
+        expect_message(expect, field, "expected_date", column)
         page.screenshot(path=str(tmp_path / f"page-{locale}.png"), full_page=True)
+        page.locator("#taken-after textarea").fill("")
+
+        page.locator("#rescan").click()
+        expect_message(expect, page.locator("#rescan-note"), "rescan_finished", column)
 
         page.get_by_role("tab", name=words["duplicates_tab"]).click()
         expect(page.locator("#find-duplicates")).to_have_text(words["find_duplicates"])
         expect(body).to_contain_text(words["threshold"])
+        page.locator("#find-duplicates").click()
+        note = page.locator("#duplicates-note")
+        either = ("duplicates_none", "duplicates_found")  # as the palette's colours fall
+        longest = [max(fixed_words(key, column), key=len) for key in either]
+        expect(note).to_contain_text(re.compile("|".join(map(re.escape, longest))), timeout=60_000)
+        said = note.inner_text()
+        assert any(all(word in said for word in fixed_words(key, column)) for key in either)
         browser.close()

@@ -1,6 +1,8 @@
 """The page's words (web_text): English and Japanese complete, every key the page asks for in
 the table and every entry of the table used, and no component left with words of its own that
-Gradio's i18n would not translate. The page itself in each language is in test_web_language."""
+Gradio's i18n would not translate; the messages built at run time the same, in the language a
+request's Accept-Language asks for first, and English, word for word, for a client that asks
+for none. The page itself in each language is in test_web_language."""
 
 from __future__ import annotations
 
@@ -8,12 +10,29 @@ import re
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import pytest
 from gradio.i18n import I18nData
+from starlette.requests import Request
 
 from image_search.config import Settings
-from image_search.web import WebApp
-from image_search.web_text import ENGLISH, JAPANESE, PAGE_I18N, TEXTS, ui
+from image_search.status import status_markdown
+from image_search.web import REFUSED_MESSAGES, WebApp
+from image_search.web_files import ORIGINAL_REFUSED
+from image_search.web_inputs import AFTER_LABEL, Inputs
+from image_search.web_text import (
+    ENGLISH,
+    JAPANESE,
+    MESSAGES,
+    PAGE_I18N,
+    TEXTS,
+    fields,
+    first_language,
+    label,
+    language_of,
+    message,
+    ui,
+)
 
 pytestmark = pytest.mark.fast
 
@@ -25,6 +44,8 @@ JAPANESE_SCRIPT = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 # What a component may show without a translation: no words, only a sample date.
 NO_WORDS = re.compile(r"^[\d\s:./-]*$")
 SHOWN_WORDS = ("label", "placeholder", "info", "value")
+# A message key as the code names it: a quoted key of MESSAGES.
+QUOTED = re.compile(r"""["']([a-z_]+)["']""")
 
 
 def built_page(tmp_path: Path) -> Any:
@@ -83,3 +104,89 @@ def test_every_word_on_the_built_page_goes_through_the_table(tmp_path: Path) -> 
     # The rest of the table is drawn by handlers (the selected result's link and words, the
     # download's label), which the test of the keys the code asks for covers.
     assert keys == set(UI_CALL.findall((SOURCES / "web_layout.py").read_text()))
+
+
+def test_every_message_has_english_and_japanese_with_the_same_fields() -> None:
+    for key, (english, japanese) in MESSAGES.items():
+        assert english.strip() and japanese.strip(), key
+        assert JAPANESE_SCRIPT.search(japanese), f"{key}: not Japanese: {japanese!r}"
+        assert not JAPANESE_SCRIPT.search(english), f"{key}: not English: {english!r}"
+        assert fields(english) == fields(japanese), key
+        values = {name: f"<{name}>" for name in fields(english)}
+        for language in ("en", "ja"):  # every field filled, nothing else asked for
+            said = message(key, language, **values)
+            assert all(value in said for value in values.values()), (key, language)
+
+
+def test_every_message_is_used_and_every_one_used_exists() -> None:
+    quoted = {key for path in SOURCES.rglob("*.py") for key in QUOTED.findall(path.read_text())}
+    assert set(MESSAGES) - quoted == set(), "entries of web_text.MESSAGES that nothing says"
+    asked = re.compile(r"""\b(?:message|say)\(\s*["']([a-z_]+)["']""")
+    said = {key for path in SOURCES.rglob("*.py") for key in asked.findall(path.read_text())}
+    assert said - set(MESSAGES) == set(), "messages asked for with no entry in MESSAGES"
+    assert set(REFUSED_MESSAGES.values()) <= set(MESSAGES)
+
+
+@pytest.mark.parametrize(
+    ("accept_language", "language"),
+    [
+        ("ja-JP,ja;q=0.9,en-US;q=0.8,en;q=0.7", "ja"),  # Chromium in Japanese
+        ("ja", "ja"),
+        ("JA-jp", "ja"),
+        ("en-US,en;q=0.9,ja;q=0.8", "en"),  # Japanese, but not first
+        ("en;q=0.5, ja;q=0.8", "ja"),  # first by its weight, not by its place
+        ("ja;q=0, en", "en"),  # q=0: not acceptable
+        ("fr-FR,fr;q=0.9", "en"),  # a language the page does not speak: English
+        ("jv", "en"),  # Javanese, not Japanese
+        ("*", "en"),
+        ("", "en"),
+    ],
+)
+def test_the_first_language_a_browser_accepts_picks_the_messages(
+    accept_language: str, language: str
+) -> None:
+    assert first_language(accept_language) == language
+
+
+def request_with(headers: dict[str, str]) -> gr.Request:
+    """A request as Gradio hands it to a handler, with these headers (ASGI lowercases names)."""
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    return gr.Request(request=Request({"type": "http", "headers": raw}))
+
+
+def test_a_request_without_accept_language_gets_english() -> None:
+    assert language_of(None) == "en"
+    assert language_of(request_with({})) == "en"
+    assert language_of(request_with({"user-agent": "python-httpx/0.28"})) == "en"
+    assert language_of(request_with({"Accept-Language": "ja-JP,ja;q=0.9"})) == "ja"
+
+
+def test_the_english_messages_are_what_the_api_said_before() -> None:
+    """English is what clients and the tests of other modules were told before the table:
+    the status line as status.status_markdown words it, the refusals of web_files."""
+    settings = Settings(data_directory=Path("/data"), source_directory=Path("/photos"))
+    status = {"images": 9, "model": "m", "dimension": 512, "table": "t"}
+    assert message(
+        "status", "en", folder=settings.source_directory, **status
+    ) == status_markdown(status, settings)
+    empty = status_markdown({**status, "images": 0}, settings)
+    assert message("status_empty", "en", table="t", folder=settings.source_directory) == empty
+    for reason, key in REFUSED_MESSAGES.items():
+        assert message(key, "en") == ORIGINAL_REFUSED[reason]
+
+
+def test_a_field_is_named_by_its_label_in_the_language_of_the_message() -> None:
+    for language, column in (("en", 0), ("ja", 1)):
+        inputs = Inputs(language)
+        inputs.filters(None, "2024-13-45", None, None)
+        said = inputs.problems["taken_after"]
+        assert said.startswith(TEXTS["taken_after"][column]), said
+        assert said.startswith(label("taken_after", language))
+        assert "'2024-13-45'" in said  # the value as it was typed
+    assert Inputs().problems == {} and Inputs("en").language == "en"
+    english = Inputs()
+    english.filters(None, "2024-13-45", None, None)
+    assert english.problems["taken_after"].startswith(f"{AFTER_LABEL}: expected a date")
+    japanese = Inputs("ja")
+    japanese.filters(None, None, None, 7)
+    assert JAPANESE_SCRIPT.search(japanese.problems["min_score"])

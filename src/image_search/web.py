@@ -20,7 +20,7 @@ import gradio as gr
 from starlette.exceptions import StarletteDeprecationWarning
 
 from .config import Settings
-from .duplicates import DEFAULT_THRESHOLD, counted, find_duplicates
+from .duplicates import DEFAULT_THRESHOLD, find_duplicates
 from .errors import ConfigError, ImageError, ImageSearchError
 from .executor_choice import executor_for
 from .images import ResizeSpec, prepare_file, save_jpeg
@@ -36,23 +36,20 @@ from .query import (
 )
 from .scan import display_path
 from .search import Searcher, SearchResult, find_stored
-from .status import status_markdown, status_of
+from .status import status_of
 from .store import Database, Filters, Store, StoredFile
 from .store.words import TableWords
-from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused, unusable_path
-from .web_inputs import (
-    BUT_NOT_CANCELS,
-    BUT_NOT_LABEL,
-    DUPLICATE_UNDER_LABEL,
-    PATH_LABEL,
-    TEXT_LABEL,
-    TEXT_WEIGHT_LABEL,
-    THRESHOLD_LABEL,
-    WORDS_LABEL,
-    Inputs,
-    SearchInputs,
-    read_search_inputs,
+from .web_files import (
+    CHANGED,
+    GONE,
+    NOT_REGULAR,
+    OUTSIDE,
+    FileGate,
+    PageCache,
+    Refused,
+    unusable_path,
 )
+from .web_inputs import Inputs, SearchInputs, read_search_inputs
 from .web_layout import Page, page_layout
 from .web_markup import (
     MAX_GROUPS_SHOWN,
@@ -66,11 +63,10 @@ from .web_markup import (
     result_records,
     words_shown,
 )
-from .web_text import ui
+from .web_text import ENGLISH_LANGUAGE, label, language_of, message, ui
 
 log = logging.getLogger(__name__)
 
-EMPTY_QUERY = "Drop an image or type a few words, then press **Search**."
 # What Chromium, Firefox and Safari draw themselves; other query images get a preview.
 BROWSER_FORMATS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "avif"})
 # How often the Rescan bar is redrawn, in seconds.
@@ -80,6 +76,14 @@ RESCAN_REDRAW_S = 0.25
 RESCAN_STOP_S = 5.0
 # ...and for its page handler to say so (one whose page was closed is never driven again).
 RESCAN_ANSWER_S = 1.0
+# Why an original is not served (web_files.Refused) → what the page says (web_text.MESSAGES);
+# in English, web_files.ORIGINAL_REFUSED.
+REFUSED_MESSAGES = {
+    GONE: "original_gone",
+    OUTSIDE: "original_outside",
+    NOT_REGULAR: "original_not_regular",
+    CHANGED: "original_changed",
+}
 # Seconds an error toast stays; a successful search also closes any that are left.
 TOAST_SECONDS = 8
 # Gradio itself uses a status-code name that Starlette deprecated; nothing a user can act on.
@@ -91,12 +95,17 @@ warnings.filterwarnings(
 
 
 def page_query(
-    image: Path | None, text: str, weight: float, avoid: str, in_photos: str = ""
+    image: Path | None,
+    text: str,
+    weight: float,
+    avoid: str,
+    in_photos: str = "",
+    language: str = ENGLISH_LANGUAGE,
 ) -> Query:
     """The page's query: an image, a text or both, less the words `avoid` ([W:]TEXT), and the
     words `in_photos` (OCR); checked as the command line checks it (a ConfigError,
     CancelledQuery for parts that cancel)."""
-    less = (text_part(avoid, -1, f"'{BUT_NOT_LABEL}'"),) if avoid else ()
+    less = (text_part(avoid, -1, f"'{label('but_not', language)}'"),) if avoid else ()
     query = Query(
         image=image, text=text or None, text_weight=weight, more=less, words=in_photos or None
     )
@@ -163,22 +172,21 @@ class WebApp:
         ([W:]TEXT), and the `words` in the photos (ranked with the rest); filtered. The
         event runs with preprocess=False: the image is the client's payload, read only if it
         was uploaded to this page (web_files), and an unreadable one gets our own message."""
-        inputs = Inputs()
-        text_query = inputs.text("text", TEXT_LABEL, text).strip()
-        weight = inputs.number(
-            "text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, DEFAULT_TEXT_WEIGHT
-        )
+        language = language_of(request)
+        inputs = Inputs(language)
+        text_query = inputs.text("text", "text", text).strip()
+        weight = inputs.number("text_weight", "text_weight", text_weight, 0, 1, DEFAULT_TEXT_WEIGHT)
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
-        avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
-        in_photos = inputs.text("words", WORDS_LABEL, words).strip()
+        avoid = inputs.text("but_not", "but_not", but_not).strip()
+        in_photos = inputs.text("words", "words", words).strip()
         try:
             path, shown = self.files.query_image(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if path is None and not text_query and not in_photos:  # a hint: nothing turns red
-            return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
+            return gr.skip(), gr.skip(), message("empty_query", language), gr.skip()
         try:
-            query = page_query(path, text_query, weight, avoid, in_photos)
+            query = page_query(path, text_query, weight, avoid, in_photos, language)
         except ConfigError as exc:
             raise page_error(str(exc)) from None
         self.files.show(session_of(request), "query", [path, shown])
@@ -197,29 +205,46 @@ class WebApp:
         try:
             picture = prepare_file(upload, ResizeSpec.of(self.settings))
         except ImageError as exc:
-            raise page_error(f"That file cannot be used as a query image: {exc}.") from None
+            wrong = message("not_a_query_image", language_of(request), error=exc)
+            raise page_error(wrong) from None
         preview = self.files.preview_folder(upload) / f"{Path(upload.name).stem}.jpg"
         save_jpeg(picture, preview)
         self.files.show(session_of(request), "query", [upload, preview])
         return str(self.files.previewed(preview, upload))
 
-    def check_search(self, *values: Any) -> list[dict]:
+    def check_search(
+        self,
+        image: Any,
+        text: Any,
+        top_k: Any,
+        text_weight: Any,
+        under: Any,
+        taken_after: Any,
+        taken_before: Any,
+        min_score: Any,
+        but_not: Any,
+        words: Any,
+        request: gr.Request | None = None,
+    ) -> list[dict]:
         """The search's validator: a message next to each field that is wrong, and next to
-        "…but not" when it takes away the whole query."""
-        inputs = Inputs()
-        image, text, top_k, text_weight, *filters, but_not, words = values
-        text_query = inputs.text("text", TEXT_LABEL, text).strip()
-        avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
-        in_photos = inputs.text("words", WORDS_LABEL, words).strip()
-        weight = inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
+        "…but not" when it takes away the whole query. It takes the search's inputs by name
+        (Gradio hands a gr.Request only to a parameter it can see)."""
+        language = language_of(request)
+        inputs = Inputs(language)
+        text_query = inputs.text("text", "text", text).strip()
+        avoid = inputs.text("but_not", "but_not", but_not).strip()
+        in_photos = inputs.text("words", "words", words).strip()
+        weight = inputs.number("text_weight", "text_weight", text_weight, 0, 1, 0)
+        filters = (under, taken_after, taken_before, min_score)
         read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
         if avoid and not inputs.problems and (image or text_query):
-            try:  # any image stands for the upload: only whether there is one counts here
-                page_query(Path("upload") if image else None, text_query, weight, avoid, in_photos)
+            image_given = Path("upload") if image else None  # only whether there is one counts
+            try:
+                page_query(image_given, text_query, weight, avoid, in_photos, language)
             except CancelledQuery:
-                inputs.add("but_not", BUT_NOT_CANCELS)
+                inputs.add("but_not", inputs.say("but_not_cancels", label=inputs.label("but_not")))
             except ConfigError as exc:
-                inputs.add("but_not", f"{BUT_NOT_LABEL}: {exc}")
+                inputs.add("but_not", f"{inputs.label('but_not')}: {exc}")
         return inputs.validations(self.search)
 
     def find_similar(
@@ -233,21 +258,31 @@ class WebApp:
         request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """Images like an indexed file, by its stored vector (the model is not needed)."""
-        inputs = Inputs()
-        path = inputs.path("file_path", PATH_LABEL, file_path)
+        language = language_of(request)
+        inputs = Inputs(language)
+        path = inputs.path("file_path", "selected_path", file_path)
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
         if not path:
-            raise page_error("Select a result first, then press Find similar.")
+            raise page_error(message("select_first", language))
         stored = self._stored(path)
         if stored is None:
-            raise page_error(f"{path} is not indexed; Find similar works on results.")
+            raise page_error(message("similar_not_indexed", language, path=path))
         return self._answer(Query(like=stored.file_path), shared, request)
 
-    def check_similar(self, *values: Any) -> list[dict]:
+    def check_similar(
+        self,
+        file_path: Any,
+        top_k: Any,
+        under: Any,
+        taken_after: Any,
+        taken_before: Any,
+        min_score: Any,
+        request: gr.Request | None = None,
+    ) -> list[dict]:
         """Find similar's validator."""
-        inputs = Inputs()
-        file_path, top_k, *filters = values
-        inputs.path("file_path", PATH_LABEL, file_path)
+        inputs = Inputs(language_of(request))
+        inputs.path("file_path", "selected_path", file_path)
+        filters = (under, taken_after, taken_before, min_score)
         read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
         return inputs.validations(self.find_similar)
 
@@ -263,12 +298,13 @@ class WebApp:
     def _answer(
         self, query: Query, shared: SearchInputs, request: gr.Request | None
     ) -> tuple[Any, ...]:
+        language = language_of(request)
         store = Store(self.database, self.settings.table_name)
         searcher = Searcher(self.settings, store, self.embedder)
         try:
             result = searcher.search(query, shared.top_k, shared.filters)
         except ImageError as exc:
-            raise page_error(f"That file cannot be used as a query image: {exc}.") from None
+            raise page_error(message("not_a_query_image", language, error=exc)) from None
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         best = self.files.thumbnail(result.results[0].processed_path) if result.results else None
@@ -280,7 +316,7 @@ class WebApp:
         # New results close the gallery's preview: it would show another picture at the
         # index selected before, while the panel still names the old one.
         shown = gr.Gallery(value=gallery, selected_index=None)
-        return best, shown, self._note(result, shared.filters), result.to_json()
+        return best, shown, self._note(result, shared.filters, language), result.to_json()
 
     @staticmethod
     def clear_selection() -> tuple[Any, ...]:
@@ -288,14 +324,18 @@ class WebApp:
         return gr.update(visible=False), "", ""
 
     @staticmethod
-    def _note(result: SearchResult, filters: Filters) -> str:
+    def _note(result: SearchResult, filters: Filters, language: str = ENGLISH_LANGUAGE) -> str:
         """What was searched, how, and where the result folder is."""
-        note = f"Searched **{result.searched}** images for **{markdown_text(result.description)}**"
+        searched = {"count": result.searched, "description": markdown_text(result.description)}
         if described := describe_filters(filters).replace("`", "'"):
-            note += f" (`{described}`): {len(result.results)} found"
-        note += "."
+            found = len(result.results)
+            note = message(
+                "searched_filtered", language, filters=described, found=found, **searched
+            )
+        else:
+            note = message("searched", language, **searched)
         if result.output_dir:
-            note += f" Result folder: `{result.output_dir}`"
+            note += message("result_folder", language, folder=result.output_dir)
         for warning in result.warnings:
             note += f"\n\n⚠️ {warning}"
         return note
@@ -323,7 +363,7 @@ class WebApp:
         if not isinstance(event.index, int) or not 0 <= event.index < len(records):
             return gr.update(visible=False), "", "", ""
         path = records[event.index]["file_path"]
-        link = self.original_link(path, session_of(request))
+        link = self.original_link(path, session_of(request), language_of(request))
         return gr.update(visible=True), path, link, self.words_in(path)
 
     def words_in(self, file_path: str) -> str:
@@ -334,34 +374,37 @@ class WebApp:
         lines = TableWords(self.database, self.settings.table_name).lines_of(stored.file_path)
         return words_shown(lines)
 
-    def original_link(self, file_path: str, session: str | None = None) -> str:
+    def original_link(
+        self, file_path: str, session: str | None = None, language: str = ENGLISH_LANGUAGE
+    ) -> str:
         """A link to the original file, for indexed files only, checked now (web_files).
         Gradio serves the copy through its own file route, which sits behind the page's
         login when there is one; nothing else of the photo folder is ever served."""
         try:
-            copy = self._original(file_path)
+            copy = self._original(file_path, language)
         except Refused as refused:
             self.files.show(session, "selected", [])
-            return ORIGINAL_REFUSED[refused.reason]
+            return message(REFUSED_MESSAGES[refused.reason], language)
         self.files.show(session, "selected", [copy])
         return (
             f'<a id="open-original" href="{html.escape(file_url(str(copy)))}" '
             f'target="_blank" rel="noopener">{ui("open_original")}</a>'
         )
 
-    def _original(self, file_path: str) -> Path:
+    def _original(self, file_path: str, language: str = ENGLISH_LANGUAGE) -> Path:
         stored = self._stored(file_path)
         if stored is None:
-            raise page_error(f"{file_path} is not indexed; only indexed files are served.")
+            raise page_error(message("served_not_indexed", language, path=file_path))
         return self.files.original(stored)
 
     def duplicates(
         self, threshold: Any, under: Any, request: gr.Request | None = None
     ) -> tuple[str, str, dict]:
         """Groups of near-identical images, as thumbnails and as JSON; nothing is deleted."""
-        inputs = Inputs()
-        alike = inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
-        folders = inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
+        language = language_of(request)
+        inputs = Inputs(language)
+        alike = inputs.number("threshold", "threshold", threshold, 0.5, 1, DEFAULT_THRESHOLD)
+        folders = inputs.folders("under", "duplicate_under", under)
         if inputs.problems:
             raise page_error(inputs.message())
         store = Store(self.database, self.settings.table_name)
@@ -370,22 +413,23 @@ class WebApp:
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if not report.groups:
-            return f"No near-identical images at threshold {alike:g}.", "", report.to_json()
+            none = message("duplicates_none", language, threshold=f"{alike:g}")
+            return none, "", report.to_json()
+        count = len(report.groups)
+        groups_found = message("one_group" if count == 1 else "groups", language, count=count)
         files = sum(len(group.members) for group in report.groups)
-        note = (
-            f"**{counted(len(report.groups), 'group')}**, {files} files (threshold "
-            f"{alike:g}). The first of each group is the one to keep (most pixels, then "
-            "oldest); image-search never deletes or moves anything."
+        note = message(
+            "duplicates_found", language, groups=groups_found, files=files, threshold=f"{alike:g}"
         )
         if len(report.groups) > MAX_GROUPS_SHOWN:
-            note += f" Showing the first {MAX_GROUPS_SHOWN}; all are in the JSON below."
+            note += message("duplicates_more", language, shown=MAX_GROUPS_SHOWN)
         thumbnails: list[Path] = []
 
         def thumbnail(processed_path: str) -> Path:
             thumbnails.append(self.files.thumbnail(processed_path))
             return thumbnails[-1]
 
-        groups = duplicates_html(report, thumbnail)
+        groups = duplicates_html(report, thumbnail, language)
         self.files.show(session_of(request), "duplicates", thumbnails)
         return note, groups, report.to_json()
 
@@ -402,8 +446,9 @@ class WebApp:
             return hidden
         return gr.update(value=str(copy), visible=True, label=f"{ui('download')} {copy.name}")
 
-    def rescan(self) -> Iterator[tuple[str, Any]]:
+    def rescan(self, request: gr.Request | None = None) -> Iterator[tuple[str, Any]]:
         """Re-index the folder in a thread, redrawing a progress bar until it is done."""
+        language = language_of(request)
         counts = {"done": 0, "total": 0}
         finished: dict[str, Any] = {}
 
@@ -431,35 +476,52 @@ class WebApp:
         try:
             while worker.is_alive() and not self.stopping.is_set():
                 elapsed = time.monotonic() - started
-                yield rescan_bar(counts["done"], counts["total"], elapsed), gr.skip()
+                yield rescan_bar(counts["done"], counts["total"], elapsed, language), gr.skip()
                 worker.join(RESCAN_REDRAW_S)
             if self.stopping.is_set():  # stop_rescans waits for the thread, not this handler
-                yield "Rescan stopped: the server is shutting down.", gr.skip()
+                yield message("rescan_stopped", language), gr.skip()
                 return
             if "error" in finished:
-                raise page_error(f"Rescan failed: {failure_line(finished['error'])}")
-            yield rescan_finished(finished["report"]), self.status()
+                error = failure_line(finished["error"])
+                raise page_error(message("rescan_failed", language, error=error))
+            yield rescan_finished(finished["report"], language), self.status(request)
         finally:
             answered.set()
 
-    def status(self) -> str:
+    def status(self, request: gr.Request | None = None) -> str:
+        """The line at the top of the page: what is indexed, from where, with which model
+        (as `status.status_markdown` says it in English)."""
+        language = language_of(request)
         try:
-            return status_markdown(
-                status_of(self.settings, self.database, self.embedder.decision), self.settings
-            )
+            status = status_of(self.settings, self.database, self.embedder.decision)
         except ImageSearchError as exc:
-            return f"⚠️ {exc}"
+            return message("status_failed", language, error=exc)
+        folder, table = self.settings.source_directory, status["table"]
+        if not status["images"]:
+            return message("status_empty", language, table=table, folder=folder)
+        return message(
+            "status",
+            language,
+            images=status["images"],
+            folder=folder,
+            model=status["model"],
+            dimension=status["dimension"],
+            table=table,
+        )
 
-    def check_duplicates(self, threshold: Any, under: Any) -> list[dict]:
+    def check_duplicates(
+        self, threshold: Any, under: Any, request: gr.Request | None = None
+    ) -> list[dict]:
         """The Duplicates tab's validator."""
-        inputs = Inputs()
-        inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
-        inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
+        inputs = Inputs(language_of(request))
+        inputs.number("threshold", "threshold", threshold, 0.5, 1, DEFAULT_THRESHOLD)
+        inputs.folders("under", "duplicate_under", under)
         return inputs.validations(self.duplicates)
 
     def best_shown(self, result: Any, request: gr.Request | None = None) -> tuple[str, Any]:
         """After a search or Find similar: the best match's caption and download button."""
-        return best_caption(result), self.best_original(result, session_of(request))
+        caption = best_caption(result, language_of(request))
+        return caption, self.best_original(result, session_of(request))
 
     def page_closed(self, request: gr.Request) -> None:
         """A browser closed the page: the files it showed may leave the cache."""

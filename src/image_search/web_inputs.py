@@ -1,6 +1,7 @@
 """What the page and its API accept. Every input is read here before anything runs; a wrong
 one gets a message that names the field by its label on the page ("Taken on or after: ..."),
-shown next to that field (Gradio's event validator) or, from the API, as the error."""
+in the language of the request (web_text), shown next to that field (Gradio's event
+validator) or, from the API, as the error."""
 
 from __future__ import annotations
 
@@ -19,84 +20,96 @@ from .errors import ConfigError
 from .query import build_filters, parse_date
 from .store import Filters
 from .web_files import unusable_path
+from .web_text import ENGLISH, ENGLISH_LANGUAGE, label, message
 
 MAX_TOP_K = 100
-TOP_K_LABEL = "How many results (top-k)"
-TEXT_LABEL = "…or describe it in words"
-BUT_NOT_LABEL = "…but not"
-WORDS_LABEL = "Words in the photo"
-SELECTED_WORDS_LABEL = "Text found in this photo"
-TEXT_WEIGHT_LABEL = "Weight of the words when an image is given too"
-UNDER_LABEL = "Only files under these folders (one per line)"
-AFTER_LABEL = "Taken on or after"
-BEFORE_LABEL = "Taken before"
-MIN_SCORE_LABEL = "Lowest score (0: any)"
-PATH_LABEL = "Selected result: full path"
-THRESHOLD_LABEL = "How alike (cosine similarity)"
-DUPLICATE_UNDER_LABEL = "Only under these folders (one per line)"
-BUT_NOT_CANCELS = (
-    f"{BUT_NOT_LABEL}: takes away all that the query asks for (the same words as the text, "
-    "with the same weight): change the words, or give them a smaller weight (0.5:…)"
-)
-UNUSABLE_PATH = "{label}: not a usable path ({why})"
-NO_SUCH_FOLDER = "{label}: no such folder: {folder}"
+# Fields' labels in English, as an API client is told of them (web_text has them all).
+BUT_NOT_LABEL = ENGLISH["but_not"]
+TEXT_WEIGHT_LABEL = ENGLISH["text_weight"]
+UNDER_LABEL = ENGLISH["under"]
+AFTER_LABEL = ENGLISH["taken_after"]
+PATH_LABEL = ENGLISH["selected_path"]
+THRESHOLD_LABEL = ENGLISH["threshold"]
+BUT_NOT_CANCELS = message("but_not_cancels", ENGLISH_LANGUAGE, label=BUT_NOT_LABEL)
 
 
 class Inputs:
-    """Reads inputs one by one, keeping the first problem of each (by parameter name)."""
+    """Reads inputs one by one, keeping the first problem of each (by parameter name). Each
+    reader is given the field's key in web_text.TEXTS (`field`), and its messages name the
+    field by its label in `language`."""
 
-    def __init__(self) -> None:
+    def __init__(self, language: str = ENGLISH_LANGUAGE) -> None:
+        self.language = language
         self.problems: dict[str, str] = {}
 
-    def text(self, name: str, label: str, value: Any) -> str:
+    def label(self, field: str) -> str:
+        """The field's label on the page, in the language of the messages."""
+        return label(field, self.language)
+
+    def say(self, key: str, **values: Any) -> str:
+        """A message of web_text.MESSAGES in the language of the messages."""
+        return message(key, self.language, **values)
+
+    def text(self, name: str, field: str, value: Any) -> str:
         if value is None:
             return ""
         if not isinstance(value, str):
-            return self._problem(name, f"{label}: expected text, got {_shown(value)}", "")
+            wrong = self.say("expected_text", label=self.label(field), value=_shown(value))
+            return self._problem(name, wrong, "")
         return value
 
     def number(
-        self, name: str, label: str, value: Any, low: float, high: float, default: float
+        self, name: str, field: str, value: Any, low: float, high: float, default: float
     ) -> float:
         """A number in [low, high]; None gives `default`."""
         if value is None:
             return default
-        wrong = f"{label}: expected a number from {low:g} to {high:g}, got {_shown(value)}"
+        wrong = self.say(
+            "expected_number",
+            label=self.label(field),
+            low=f"{low:g}",
+            high=f"{high:g}",
+            value=_shown(value),
+        )
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             return self._problem(name, wrong, default)
         if not low <= value <= high:
             return self._problem(name, wrong, default)
         return float(value)
 
-    def path(self, name: str, label: str, value: Any) -> str:
+    def path(self, name: str, field: str, value: Any) -> str:
         """A path typed or sent by a client: text that can name a file here (no NUL byte,
         nothing that cannot be written as a file name, not over PATH_MAX)."""
-        text = self.text(name, label, value).strip()
+        text = self.text(name, field, value).strip()
         if why := unusable_path(text):
-            return self._problem(name, UNUSABLE_PATH.format(label=label, why=why), "")
+            wrong = self.say("unusable_path", label=self.label(field), why=why)
+            return self._problem(name, wrong, "")
         return text
 
-    def folders(self, name: str, label: str, value: Any) -> list[str]:
+    def folders(self, name: str, field: str, value: Any) -> list[str]:
         """Folders typed one per line; each a usable path of a folder that exists."""
-        folders = folders_of(self.text(name, label, value))
+        folders = folders_of(self.text(name, field, value))
         for folder in folders:
             if why := unusable_path(folder):
-                return self._problem(name, UNUSABLE_PATH.format(label=label, why=why), [])
+                wrong = self.say("unusable_path", label=self.label(field), why=why)
+                return self._problem(name, wrong, [])
             if not os.path.isdir(os.path.expanduser(folder)):
-                return self._problem(name, NO_SUCH_FOLDER.format(label=label, folder=folder), [])
+                wrong = self.say("no_such_folder", label=self.label(field), folder=folder)
+                return self._problem(name, wrong, [])
         return folders
 
-    def date(self, name: str, label: str, value: Any) -> datetime | None:
-        text = self.text(name, label, value).strip()
+    def date(self, name: str, field: str, value: Any) -> datetime | None:
+        text = self.text(name, field, value).strip()
         if not text:
             return None
         try:
-            return parse_date(label, text)
-        except ConfigError as exc:
-            return self._problem(name, str(exc), None)
+            return parse_date(self.label(field), text)
+        except ConfigError:
+            wrong = self.say("expected_date", label=self.label(field), value=repr(text))
+            return self._problem(name, wrong, None)
         except ValueError:  # a form parse_date lets through but is no date ("2024-13")
-            message = f"{label}: expected a date like 2024-05-31, got {text!r}"
-            return self._problem(name, message, None)
+            wrong = self.say("no_such_date", label=self.label(field), value=repr(text))
+            return self._problem(name, wrong, None)
 
     def filters(
         self, under: Any, after: Any, before: Any, min_score: Any, roots: Sequence[Path] = ()
@@ -104,17 +117,18 @@ class Inputs:
         """The filter controls (named under, taken_after, taken_before, min_score); `roots`
         as for query.build_filters (the folders any spelling of an `under` folder is
         matched in)."""
-        folders = self.folders("under", UNDER_LABEL, under)
-        start = self.date("taken_after", AFTER_LABEL, after)
-        end = self.date("taken_before", BEFORE_LABEL, before)
+        folders = self.folders("under", "under", under)
+        start = self.date("taken_after", "taken_after", after)
+        end = self.date("taken_before", "taken_before", before)
         if start is not None and end is not None and start >= end:
-            self._problem(
-                "taken_before",
-                f"{BEFORE_LABEL}: must be later than {AFTER_LABEL} ({start:%Y-%m-%d %H:%M}); "
-                "no photo can match both",
-                None,
+            wrong = self.say(
+                "before_not_after",
+                before=self.label("taken_before"),
+                after=self.label("taken_after"),
+                start=f"{start:%Y-%m-%d %H:%M}",
             )
-        score = self.number("min_score", MIN_SCORE_LABEL, min_score, -1, 1, 0)
+            self._problem("taken_before", wrong, None)
+        score = self.number("min_score", "min_score", min_score, -1, 1, 0)
         if self.problems:
             return Filters()
         return build_filters(  # a lowest score of 0: none
@@ -158,7 +172,7 @@ def read_search_inputs(
     roots: Sequence[Path] = (),
 ) -> SearchInputs:
     """The inputs that a search and Find similar share."""
-    k = inputs.number("top_k", TOP_K_LABEL, top_k, 1, MAX_TOP_K, default_k)
+    k = inputs.number("top_k", "top_k", top_k, 1, MAX_TOP_K, default_k)
     filters = inputs.filters(under, taken_after, taken_before, min_score, roots)
     return SearchInputs(int(k), filters)
 

@@ -16,7 +16,7 @@ from .duplicates import DuplicateReport
 from .errors import ImageSearchError, one_line
 from .ingest import IndexReport
 from .scan import display_path
-from .web_text import ui
+from .web_text import ENGLISH_LANGUAGE, message, ui
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 MAX_GROUPS_SHOWN = 200
 # Skipped files a finished Rescan names at most; the rest are counted.
 MAX_SKIPPED_SHOWN = 50
-RESCAN_FINISHED = "Rescan finished: {summary}."
-SKIPPED_MORE = "… and {count} more (image-search index --json lists them all)"
 
 
 def markdown_text(text: str) -> str:
@@ -38,13 +36,18 @@ def file_url(path: str) -> str:
     return "gradio_api/file=" + quote(path)
 
 
-def duplicates_html(report: DuplicateReport, thumbnail: Callable[[str], Path]) -> str:
+def duplicates_html(
+    report: DuplicateReport,
+    thumbnail: Callable[[str], Path],
+    language: str = ENGLISH_LANGUAGE,
+) -> str:
     """Each group as a row of thumbnails (the processed JPEGs) with score and full path."""
     parts = []
+    keep = html.escape(message("keep", language))
     for number, group in enumerate(report.groups[:MAX_GROUPS_SHOWN], start=1):
         figures = []
         for position, member in enumerate(group.members):
-            label = "keep" if position == 0 else f"{member.score:.3f}"
+            label = keep if position == 0 else f"{member.score:.3f}"
             path = breakable_path(member.image.file_path)
             image = file_url(str(thumbnail(member.image.processed_path)))
             alt = html.escape(display_path(member.image.file_path))
@@ -52,9 +55,8 @@ def duplicates_html(report: DuplicateReport, thumbnail: Callable[[str], Path]) -
                 f'<figure><img src="{html.escape(image)}" alt="{alt}" loading="lazy">'
                 f"<figcaption><b>{label}</b> {path}</figcaption></figure>"
             )
-        parts.append(
-            f'<h4>Group {number}</h4><div class="group">{"".join(figures)}</div>'
-        )
+        heading = html.escape(message("group", language, number=number))
+        parts.append(f'<h4>{heading}</h4><div class="group">{"".join(figures)}</div>')
     return "".join(parts)
 
 
@@ -66,10 +68,10 @@ def breakable_path(path: str) -> str:
     return "".join(f'<span class="path-part">{html.escape(p)}</span>' for p in parts if p)
 
 
-def rescan_finished(report: IndexReport) -> str:
+def rescan_finished(report: IndexReport, language: str = ENGLISH_LANGUAGE) -> str:
     """A finished Rescan's summary as HTML, naming each file it skipped and why (the first
     MAX_SKIPPED_SHOWN of them)."""
-    text = html.escape(RESCAN_FINISHED.format(summary=report.summary()))
+    text = html.escape(message("rescan_finished", language, summary=report.summary()))
     if not report.failed:
         return text
     items = [
@@ -77,7 +79,7 @@ def rescan_finished(report: IndexReport) -> str:
         for failure in report.failed[:MAX_SKIPPED_SHOWN]
     ]
     if len(report.failed) > MAX_SKIPPED_SHOWN:
-        more = SKIPPED_MORE.format(count=len(report.failed) - MAX_SKIPPED_SHOWN)
+        more = message("skipped_more", language, count=len(report.failed) - MAX_SKIPPED_SHOWN)
         items.append(f"<li>{html.escape(more)}</li>")
     return f'{text}<ul id="rescan-skipped">{"".join(items)}</ul>'
 
@@ -91,28 +93,32 @@ def result_records(result: Any) -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("file_path"), str)]
 
 
-def best_caption(result: Any) -> str:
+def best_caption(result: Any, language: str = ENGLISH_LANGUAGE) -> str:
     """File name, score and full path of the best match, from the search's JSON."""
     records = result_records(result)
     if not records:
         return ""
     best = records[0]
     score = best.get("score")
-    shown = f" · score {score:.3f}" if isinstance(score, int | float) else ""
+    shown = ""
+    if isinstance(score, int | float):
+        shown = message("score", language, score=f"{score:.3f}")
     name = best.get("file_name") or Path(best["file_path"]).name
     return f"**{name}**{shown}  \n`{best['file_path']}`"
 
 
-def rescan_bar(done: int, total: int, seconds: float) -> str:
+def rescan_bar(done: int, total: int, seconds: float, language: str = ENGLISH_LANGUAGE) -> str:
     """A progress bar with the count and the time left, as HTML for the page."""
     if not total:  # an indeterminate bar until the folder has been scanned
-        return '<progress id="rescan-progress"></progress> Scanning the folder…'
+        scanning = html.escape(message("rescan_scanning", language))
+        return f'<progress id="rescan-progress"></progress> {scanning}'
     left = ""
     if done:
         remaining = (total - done) * seconds / done
-        left = f" · about {round(remaining / 60)} min left" if remaining >= 90 else (
-            f" · about {max(1, round(remaining))} s left"
-        )
+        if remaining >= 90:
+            left = message("minutes_left", language, minutes=round(remaining / 60))
+        else:
+            left = message("seconds_left", language, seconds=max(1, round(remaining)))
     return (
         f'<progress id="rescan-progress" value="{done}" max="{total}"></progress> '
         f"{done} / {total}{left}"

@@ -35,7 +35,8 @@ PREPARE = f"""
 import sys, time
 from PIL import Image
 from image_search.config import Settings
-from image_search.images import ResizeSpec, prepare_file, resize, to_rgb
+from image_search.image_pixels import to_rgb
+from image_search.images import ResizeSpec, prepare_file, resize
 spec = ResizeSpec.of(Settings())
 started = time.perf_counter()
 if sys.argv[2] == "draft":

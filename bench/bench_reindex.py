@@ -36,6 +36,11 @@ def bare_walk(root: Path) -> int:
     return count
 
 
+def flag_value(value: object) -> object:
+    """A key's value as its flag takes it: a list's items between commas."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
@@ -80,7 +85,7 @@ def main() -> None:
                 "image_search",
                 "index",
                 "--json",
-                *[f"--{k}={v}" for k, v in settings.to_dict().items() if v is not None],
+                *[f"--{k}={flag_value(v)}" for k, v in settings.to_dict().items() if v is not None],
             ],
             check=True,
             capture_output=True,

@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from image_search.cli import main
@@ -27,6 +29,7 @@ from image_search.store import Database, as_array, open_store, start_embedded_se
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from gate import wait_until_held  # noqa: E402
 from imagegen import write_photo  # noqa: E402
 from tiny_models import (  # noqa: E402
     EMBEDDING_DIM,
@@ -243,6 +246,37 @@ def stored_rows(settings: Settings) -> list[dict]:
     return rows
 
 
+def distinct_ranking(scores: dict[str, float], gap: float) -> list[str]:
+    """The keys of `scores` from the highest score to the lowest. The test data must hold no
+    two closer than `gap`: they could rank either way, and a test pass or fail by chance."""
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+    gaps = [scores[a] - scores[b] for a, b in itertools.pairwise(ranked)]
+    assert min(gaps, default=math.inf) > gap, f"near-tie in {scores}"
+    return ranked
+
+
+def ranking_by_vectors(
+    settings: Settings, query: np.ndarray, gap: float = 1e-3
+) -> list[tuple[str, float]]:
+    """Every stored file with its cosine similarity to `query`, the most similar first, from
+    the vectors in the table: the ranking a search by that vector must give."""
+    query = np.asarray(query, dtype=np.float64)
+    scores = {}
+    for row in stored_rows(settings):
+        vector = row["embedding"].astype(np.float64)
+        scores[row["file_path"]] = float(
+            vector @ query / np.linalg.norm(vector) / np.linalg.norm(query)
+        )
+    return [(path, scores[path]) for path in distinct_ranking(scores, gap)]
+
+
+def assert_ranked_as(got: list[tuple[str, float]], expected: list[tuple[str, float]]) -> None:
+    """Search results (path, score) are `expected`, in order; scores as float32 vectors in
+    the table allow."""
+    assert [path for path, _ in got] == [path for path, _ in expected]
+    assert [score for _, score in got] == pytest.approx([s for _, s in expected], abs=1e-4)
+
+
 def write_config(path: Path, settings: Settings, **extra: object) -> Path:
     values = {k: v for k, v in settings.to_dict().items() if v is not None}
     values.update(extra)
@@ -414,6 +448,31 @@ def wait_until_serving(process: subprocess.Popen, url: str) -> None:
 def start_index(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     index = ["-m", "image_search", "index", "--env", str(config), "--json"]
     return start_python(*index, *extra, env=env)
+
+
+HELD_MODEL = Path(__file__).parent / "held_model.py"
+
+
+def start_held(gate: Path, hold_at: int, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`image-search ARGS` in a process of its own whose model holds its `hold_at`th image
+    batch, and every one after, at `gate` (held_model.py) until the gate is opened."""
+    gate.mkdir(exist_ok=True)
+    return start_python(str(HELD_MODEL), str(gate), str(hold_at), *args, env=env)
+
+
+def killed_while_held(
+    config: Path, rows_of: Settings, gate: Path, *extra: str, hold_at: int = 3
+) -> int:
+    """`index --env CONFIG EXTRA` killed (SIGKILL) while its model holds its `hold_at`th batch:
+    the rows it left in the table of `rows_of`, which are the batches before, whole."""
+    index = start_held(gate, hold_at, "index", "--env", str(config), "--json", *extra)
+    wait_until_held(gate, index)
+    stored = row_count(rows_of)
+    index.kill()
+    index.communicate()
+    assert stored == (hold_at - 1) * rows_of.batch_size
+    assert row_count(rows_of) == stored  # nothing more once killed
+    return stored
 
 
 def wait_for_rows(settings: Settings, process: subprocess.Popen, timeout: float = 120) -> int:

@@ -135,6 +135,19 @@ def write_palette(folder: Path, palette: dict[str, Colour] = PALETTE) -> dict[st
     return {name: solid_photo(folder / f"{name}.png", rgb) for name, rgb in palette.items()}
 
 
+def index_palette(
+    settings: Settings, model: FakeColourModel, palette: dict[str, Colour] = PALETTE
+) -> dict[str, Path]:
+    """The palette as solid-colour photos in the settings' source folder, indexed with
+    `model`, whose record of batches is then cleared for the test's own calls."""
+    from image_search.ingest import run_index
+
+    photos = write_palette(settings.source_directory, palette)
+    run_index(settings, fake_embedder(model))
+    model.image_batches.clear()
+    return photos
+
+
 def solid_photo(path: Path, rgb: Colour, size: tuple[int, int] = (48, 32)) -> Path:
     """A photo of one colour, in the format its extension names (PNG keeps it exact)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,18 @@
-"""`image-search` (cli.main, unchanged) whose real model waits at a gate from its Nth image
-batch on: a test in another process can then catch a Rescan mid-run, on any machine.
+"""`image-search` (cli.main, unchanged) whose real model waits at a gate (gate.py) from its Nth
+image batch on: a test in another process can then catch a run mid-batch, on any machine.
 
-    python tests/held_model.py GATE_FOLDER N serve --env config.json ...
+    python tests/held_model.py GATE_FOLDER N index --env config.json ...
 
-At the gate the model touches GATE_FOLDER/held and waits until GATE_FOLDER/open exists."""
+It also touches GATE_FOLDER/stopping once the page has been asked to stop its Rescans
+(SIGTERM or Ctrl-C reached the server), so that a test can wait for that rather than sleep."""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from gate import hold
 
 from image_search import cli
 from image_search.models import Embedder
@@ -26,13 +28,27 @@ class HeldEmbedder(Embedder):
     def embed_images(self, images: Any) -> Any:
         HeldEmbedder.calls += 1
         if HeldEmbedder.calls >= self.hold_from:
-            (self.gate / "held").touch()
-            while not (self.gate / "open").exists():
-                time.sleep(0.02)
+            hold(self.gate)
         return super().embed_images(images)
+
+
+def say_when_stopping() -> None:
+    """The page's stop_rescans, first touching GATE_FOLDER/stopping."""
+    from image_search.web import WebApp  # the page's code only for a page's run
+
+    stop_rescans = WebApp.stop_rescans
+
+    def said(web: WebApp) -> None:
+        web.stopping.set()  # what stop_rescans does first: a Rescan now ends at its boundary
+        (HeldEmbedder.gate / "stopping").touch()
+        stop_rescans(web)
+
+    WebApp.stop_rescans = said  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
     HeldEmbedder.gate, HeldEmbedder.hold_from = Path(sys.argv[1]), int(sys.argv[2])
     cli.make_embedder = HeldEmbedder.from_settings
+    if sys.argv[3] == "serve":
+        say_when_stopping()
     sys.exit(cli.main(sys.argv[3:]))

@@ -13,6 +13,7 @@ from conftest import assert_one_row_per_file, many_photos, stored_rows
 
 from image_search.config import Settings
 from image_search.executor_choice import executor_for
+from image_search.images import processed_path_for
 from image_search.ingest import IndexReport, Progress, run_index
 from image_search.models import Embedder
 
@@ -59,7 +60,10 @@ def assert_same_as_in_process(settings: Settings, ray_address: str) -> None:
     assert_one_row_per_file(on_ray, files)
     assert [r["file_path"] for r in rows] == [r["file_path"] for r in expected]
     for got, want in zip(rows, expected, strict=True):
-        for column in ("file_name", "path_hash", "content_hash", "processed_path"):
+        for column in ("file_name", "path_hash", "content_hash"):
             assert got[column] == want[column]
+        # Each table keeps its processed JPEGs in a folder of its own, under the same names.
+        assert got["processed_path"] == str(processed_path_for(on_ray, got["file_path"]))
+        assert Path(got["processed_path"]).name == Path(want["processed_path"]).name
         np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5)
     assert processed_digests(rows) == expected_jpegs  # the JPEGs rewritten, byte for byte

@@ -27,7 +27,8 @@ def test_index_status_and_reindex_through_the_cli(
     config = write_config(tmp_path / "config.json", settings)
 
     first = index_json(config)
-    assert set(first) == {"scanned", "added", "updated", "unchanged", "removed", "failed"}
+    # The contract's keys; more may follow (missing files, what was left out).
+    assert {"scanned", "added", "updated", "unchanged", "removed", "failed"} <= set(first)
     assert first["added"] == len(photos)
     assert sorted(f["path"] for f in first["failed"]) == sorted(str(p) for p in broken)
     assert all(f["error"] for f in first["failed"])

@@ -59,6 +59,32 @@ def test_status_with_default_precision_matches_a_table_filled_in_fp32(
     assert (status["precision"], status["settings_match_table"]) == ("fp32", True)
 
 
+def test_status_names_the_tables_backend_beside_the_configured_one_and_the_exact_flags(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
+) -> None:
+    """A table filled by torch fp32, settings asking for onnx: both shown, and the advice
+    gives every flag that searches the table, --backend included."""
+    run_index(settings, shared_embedder)
+    config = write_config(tmp_path / "config.json", settings)
+
+    code, out, err = run_main("status", "--env", str(config), "--backend", "onnx",
+                              "--precision", "int8")
+    same_code, same, _ = run_main("status", "--env", str(config))
+
+    assert code == 0 and same_code == 0, err
+    assert "backend: onnx int8 (set in the configuration); the table's: torch fp32" in out
+    note = next(line for line in out.splitlines() if line.startswith("note:"))
+    flags = f"--model-name {settings.model_name} --dimension {settings.dimension} --backend torch"
+    assert f"ask for {settings.model_name} ({settings.dimension}-d) made by onnx int8, but " in note
+    assert note.endswith("made by torch fp32: to use this table, give " + flags
+                         + " (or put them in config.json)")
+    assert "backend: torch fp32 (set in the configuration); the table's: torch fp32" in same
+    assert "note:" not in same
+    searched = run_main("search", "--env", str(config), "--like", str(photos[0]),
+                        *flags.split()[4:])
+    assert searched[0] == 0, searched[2]  # the flags given work
+
+
 # ---------------------------------------------------------------- 8: bad dates, early
 
 
@@ -153,24 +179,22 @@ def test_a_database_from_before_the_failures_table_still_drops_a_stale_table(
 # ---------------------------------------------------------------- 10: messages
 
 
-def test_under_a_missing_folder_warns_and_the_searched_line_says_the_filters(
-    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path,
-    caplog,
+def test_the_searched_line_says_the_filters(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
 ) -> None:
     run_index(settings, shared_embedder)
     config = write_config(tmp_path / "config.json", settings)
-    missing = tmp_path / "no-such-folder"
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
 
-    with caplog.at_level(logging.WARNING, logger="image_search"):
-        code, out, err = run_main(
-            "search", "--env", str(config), "--like", str(photos[0]),
-            "--under", str(missing), "--taken-after", "2001",
-        )
+    code, out, err = run_main(
+        "search", "--env", str(config), "--like", str(photos[0]),
+        "--under", str(empty), "--taken-after", "2001",
+    )
 
     assert code == 0, err
-    assert f"--under {missing}: no such folder" in caplog.text
     searched = next(line for line in out.splitlines() if line.startswith("Searched"))
-    assert f"under {missing}" in searched and "taken from 2001-01-01" in searched
+    assert f"under {empty}" in searched and "taken from 2001-01-01" in searched
     assert "No stored image passes these filters." in out
 
 

@@ -4,17 +4,21 @@ vectors and processed JPEGs of an in-process run; the key's checks and one-line 
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import ray  # a dev dependency: without it this tier fails here, loudly, never skips
 from conftest import many_photos, run_cli, run_cli_process, write_config
 from ray_runs import assert_same_as_in_process
 
+from image_search import cluster
+from image_search.cluster import DriverJob, DriverProcess
 from image_search.config import Settings, load_settings
-from image_search.errors import ConfigError
-
-ray = pytest.importorskip("ray")
+from image_search.errors import ConfigError, ImageSearchError
+from image_search.ingest import Progress, RunStopped
 
 pytestmark = pytest.mark.cluster
 
@@ -77,7 +81,7 @@ def test_without_ray_one_line_names_the_extra(make_settings, tmp_path) -> None:
 
 
 def test_gpu_clusters_get_one_embedding_actor_per_gpu() -> None:
-    from image_search.cluster import embedding_resources
+    from image_search.cluster import embedding_actors
 
     class Resources:
         def __init__(self, **resources: float) -> None:
@@ -86,9 +90,9 @@ def test_gpu_clusters_get_one_embedding_actor_per_gpu() -> None:
         def cluster_resources(self) -> dict[str, float]:
             return self.resources
 
-    assert embedding_resources(Resources(CPU=32, GPU=4)) == {"num_gpus": 1, "concurrency": 4}
-    assert embedding_resources(Resources(CPU=8)) == {"num_cpus": 1, "concurrency": 4}
-    assert embedding_resources(Resources(CPU=1)) == {"num_cpus": 1, "concurrency": 1}
+    assert embedding_actors(Resources(CPU=32, GPU=4)) == ({"num_gpus": 1}, 4)
+    assert embedding_actors(Resources(CPU=8)) == ({"num_cpus": 1}, 4)
+    assert embedding_actors(Resources(CPU=1)) == ({"num_cpus": 1}, 1)
 
 
 def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) -> None:
@@ -103,3 +107,42 @@ def test_a_model_the_workers_cannot_load_is_one_line(make_settings, tmp_path) ->
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "no-such-model" in result.stderr
     assert "(raylet)" not in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- the driver's process
+
+
+def test_a_driver_that_ends_without_a_word_is_one_line(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last line of output is the reason given (all of it is in the debug log)."""
+    crash = "import sys; print('Fatal Python error: Segmentation fault'); sys.exit(3)"
+    monkeypatch.setattr(cluster, "DRIVER_PROGRAM", crash)
+    order = DriverJob(settings, settings.table_name, [], debug=False)
+    with pytest.raises(ImageSearchError) as raised, DriverProcess(order) as driver:
+        driver.wait_until_connected(lambda: None)
+    assert str(raised.value) == (
+        "the Ray driver ended unexpectedly (exit code 3): Fatal Python error: Segmentation "
+        "fault (run with --debug for its output)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("program", "ends_by"),
+    [
+        ("import sys; sys.stdin.buffer.read()", 0),  # stops when asked: its stdin closed
+        ("import time; time.sleep(600)", -signal.SIGKILL),  # does not: killed
+    ],
+    ids=["asked", "killed"],
+)
+def test_a_stop_request_ends_the_driver_while_the_run_waits_for_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, program: str, ends_by: int
+) -> None:
+    monkeypatch.setattr(cluster, "DRIVER_PROGRAM", program)
+    monkeypatch.setattr(cluster, "DRIVER_STOP_S", 0.5)
+    stop = threading.Event()
+    stop.set()  # the page is closing
+    order = DriverJob(settings, settings.table_name, [], debug=False)
+    with pytest.raises(RunStopped), DriverProcess(order) as driver:
+        driver.wait_until_connected(Progress(stop=stop).check_stop)
+    assert driver.process.returncode == ends_by

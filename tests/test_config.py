@@ -11,7 +11,7 @@ from conftest import run_cli
 
 from image_search.cli import settings_from
 from image_search.cli_parser import build_parser
-from image_search.config import Settings, load_settings
+from image_search.config import Settings, load_settings, load_sourced_settings
 from image_search.errors import ConfigError
 
 KEY = "trust-remote-code"
@@ -113,3 +113,22 @@ def test_the_switches_of_debug_and_the_real_model_test_are_not_keys(tmp_path: Pa
     assert load_settings(config_file(tmp_path, {}), environ=environ) == Settings()
     with pytest.raises(ConfigError, match="unknown configuration key 'other-thing'"):
         load_settings(config_file(tmp_path, {}), environ={"IMAGE_SEARCH_OTHER_THING": "1"})
+
+
+def test_each_value_is_traced_to_the_layer_that_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {KEY: False, "top-k": 3, "table-name": "holiday"}
+    config = config_file(tmp_path, values).rename(tmp_path / "my.json")
+    flags, environ = {KEY: "yes", "top-k": None}, {ENV: "no", "IMAGE_SEARCH_TOP_K": "4"}
+    sourced = load_sourced_settings(config, flags, environ)
+    assert sourced.settings == load_settings(config, flags, environ)
+    assert (sourced.settings.trust_remote_code, sourced.settings.top_k) == (True, 4)
+    assert (sourced.sources[KEY], sourced.sources["top-k"]) == ("flag", "environment")
+    assert (sourced.sources["table-name"], sourced.sources["dimension"]) == ("file", "default")
+    assert sourced.file == config
+    monkeypatch.chdir(tmp_path)  # no --env: config.json here, if there is one
+    assert load_sourced_settings(environ={}).file is None
+    config.rename(tmp_path / "config.json")
+    assert load_sourced_settings(environ={}).file == Path("config.json")
+    assert load_sourced_settings(environ={}).sources["table-name"] == "file"

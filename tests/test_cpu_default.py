@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import write_config
 from imagegen import write_photo
 from tiny_models import build_tiny_clip
@@ -17,43 +16,9 @@ from tiny_models import build_tiny_clip
 from image_search.cli import main
 from image_search.config import Settings
 from image_search.ingest import run_index
-from image_search.models import Embedder, base, precision
-from image_search.models.precision import choose_backend
+from image_search.models import Embedder, base
 
 TORCH_EXTRA_PACKAGES = ("torch", "torchvision", "transformers", "timm", "einops")
-
-
-@pytest.mark.fast
-def test_auto_runs_onnx_on_a_cpu_and_follows_the_precision() -> None:
-    assert choose_backend("auto", "auto", "cpu").backend == "onnx"
-    assert choose_backend("auto", "int8", "auto").backend == "onnx"
-    assert choose_backend("auto", "bf16", "cpu").backend == "torch"
-    assert choose_backend("torch", "auto", "cpu").backend == "torch"
-    assert choose_backend("onnx", "auto", "cpu").reason == "set in the configuration"
-
-
-@pytest.mark.fast
-def test_auto_on_a_computer_without_a_gpu_never_imports_torch(monkeypatch) -> None:
-    monkeypatch.setattr(precision, "nvidia_driver_present", lambda: False)
-    monkeypatch.setattr(precision, "apple_silicon", lambda: False)
-    monkeypatch.setattr(precision, "resolve_torch_device", pytest.fail)  # would import torch
-    assert choose_backend("auto", "auto", "auto").backend == "onnx"
-
-
-@pytest.mark.fast
-def test_auto_keeps_what_filled_the_table(monkeypatch) -> None:
-    """An upgrade never forces a re-index while the table's backend is installed."""
-    torch_table = choose_backend("auto", "auto", "cpu", table=("torch", "fp32"))
-    assert (torch_table.backend, torch_table.precision) == ("torch", "auto")
-    assert "filled with torch fp32" in torch_table.reason
-    int8_table = choose_backend("auto", "auto", "cpu", table=("onnx", "int8"))
-    assert (int8_table.backend, int8_table.precision) == ("onnx", "int8")
-    float_table = choose_backend("auto", "auto", "cpu", table=("onnx", "fp32"))
-    assert (float_table.backend, float_table.precision) == ("onnx", "fp32")
-
-    monkeypatch.setattr(precision, "torch_installed", lambda: False)
-    without_torch = choose_backend("auto", "auto", "cpu", table=("torch", "fp32"))
-    assert without_torch.backend == "onnx"  # then refused with the table's flags, see below
 
 
 def test_the_default_install_has_no_torch_and_the_extra_brings_it() -> None:

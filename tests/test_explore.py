@@ -24,10 +24,10 @@ from image_search.duplicates import connected_groups, find_duplicates
 from image_search.errors import ConfigError
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.models.precision import planned_spec, recorded_spec
+from image_search.models.precision import planned_spec
 from image_search.query import Query, build_filters, combine, parse_date
 from image_search.search import Searcher
-from image_search.store import Filters, NewRow, index_name, open_store
+from image_search.store import SCHEMA_VERSION, Filters, NewRow, index_name, open_store
 from image_search.store.rows import Rows
 
 THUMBNAIL_DIM = 48  # 4 x 4 pixels x 3 colours
@@ -191,7 +191,7 @@ def test_a_combined_query_is_the_normalised_sum_and_differs_from_both_parts(
         assert max(differences) > 1e-3
     assert {p.name for p in both.output_dir.iterdir()} >= {"query.jpg", "query.txt"}
     assert (both.output_dir / "query.txt").read_text(encoding="utf-8") == text + "\n"
-    assert both.description == f"image + text '{text}'"
+    assert both.description == f"0.5 × image + 0.5 × text '{text}'"
 
 
 def test_the_text_weight_moves_the_query_from_the_image_to_the_text(
@@ -338,7 +338,7 @@ def library(settings: Settings) -> tuple[Settings, np.ndarray]:
         for i, vector in enumerate(vectors)
     ]
     with open_store(settings) as store:
-        store.schema.ensure(planned_spec(settings), recorded_spec)
+        store.schema.ensure(planned_spec(settings))
         store.rows.upsert(rows, settings.model_name)
     return settings, vectors
 
@@ -443,7 +443,7 @@ def test_a_database_of_schema_2_keeps_its_rows_and_gains_dates_on_the_next_index
     for path, row in after.items():
         np.testing.assert_array_equal(row["embedding"], before[path]["embedding"])
     with open_store(settings) as store:
-        assert store.info().schema_version == 3
+        assert store.info().schema_version == SCHEMA_VERSION
         matches = store.rows.nearest(after[str(plain)]["embedding"], 2)
     assert {m.file_path: m.taken_at for m in matches} == {
         str(with_exif): datetime(2018, 2, 3, 4, 5, 6),

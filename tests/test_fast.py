@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import distinct_ranking
 from fake_model import (
     FAKE_DIMENSION,
     PALETTE,
@@ -30,6 +30,7 @@ from fake_model import (
     colour_vector,
     fake_embedder,
     fake_model_settings,
+    index_palette,
     solid_photo,
     text_vector,
     write_palette,
@@ -156,12 +157,23 @@ def test_no_work_gives_no_batches(overlap: bool) -> None:
 
 
 def test_batches_keep_order_when_later_items_finish_first() -> None:
-    def slow_first(item: int) -> int:
-        time.sleep(0.002 * (10 - item))
+    """Within each batch the items finish last to first: each waits until the one after it
+    (in its batch) has finished. A pool of one thread per item of a batch runs them all."""
+    work, size = list(range(10)), 4
+    finished: dict[int, threading.Event] = {item: threading.Event() for item in work}
+    order: list[int] = []
+
+    def last_first(item: int) -> int:
+        after = item + 1
+        if after in finished and after // size == item // size:
+            assert finished[after].wait(timeout=60), f"{after} never finished"
+        order.append(item)
+        finished[item].set()
         return item
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        batches = list(prepared_batches(pool, slow_first, list(range(10)), 4, overlap=True))
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        batches = list(prepared_batches(pool, last_first, work, size, overlap=True))
+    assert order == [3, 2, 1, 0, 7, 6, 5, 4, 9, 8]  # the inversion happened
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
@@ -277,22 +289,14 @@ def embedder(model: FakeColourModel) -> Embedder:
 
 
 @pytest.fixture
-def library(
-    colour_settings: Settings, embedder: Embedder, model: FakeColourModel
-) -> dict[str, Path]:
+def library(colour_settings: Settings, model: FakeColourModel) -> dict[str, Path]:
     """The palette as solid-colour photos, indexed."""
-    photos = write_palette(colour_settings.source_directory)
-    run_index(colour_settings, embedder)
-    model.image_batches.clear()
-    return photos
+    return index_palette(colour_settings, model)
 
 
 def distinct_order(scores: dict[str, float]) -> list[str]:
     """Names from the most to the least similar; the test data must not hold ties."""
-    ranked = sorted(scores, key=scores.__getitem__, reverse=True)
-    gaps = [scores[a] - scores[b] for a, b in itertools.pairwise(ranked)]
-    assert min(gaps, default=1.0) > 100 * SCORE_TOLERANCE, f"near-tie in {scores}"
-    return ranked
+    return distinct_ranking(scores, 100 * SCORE_TOLERANCE)
 
 
 def expected_scores(query: np.ndarray, palette: dict[str, Colour] = PALETTE) -> dict[str, float]:

@@ -24,6 +24,7 @@ from image_search.models import Embedder
 from image_search.pipeline import BackgroundWriter, DevicePreparer, Failure, Prepared, WorkItem
 from image_search.scan import stat_file
 from image_search.tensor_images import resized, tensor_header, upright
+from image_search.two_decoders import TwoDecoders
 
 SPEC = ResizeSpec(width=96, height=64, mode="fit", max_pixels=10**8)
 
@@ -93,9 +94,10 @@ def test_the_device_path_routes_what_it_cannot_take_to_pillow(
     broken = write_broken_files(folder / "broken")[0]  # a JPEG cut short
     paths = [plain, turned, cmyk, png, broken]
 
+    spec = ResizeSpec.of(settings)
     with ThreadPoolExecutor(2) as pool:
-        preparer = DevicePreparer(settings, ResizeSpec.of(settings), "cpu", pool)
-        preparer.cpu_share = 0.0  # every JPEG the decoder takes goes to it
+        preparer = TwoDecoders(DevicePreparer(settings, spec, "cpu", pool), pool, spec.budget())
+        preparer.share = 0.0  # every JPEG the decoder takes goes to it
         results = preparer.prepare(work_items(paths))
 
     assert [type(r) for r in results] == [Prepared] * 4 + [Failure]
@@ -258,3 +260,34 @@ def test_a_remote_model_whose_code_refuses_pixels_falls_back_to_pillow(
     by_tensor = embedder.embed_images([tensor])
     assert "using Pillow" in caplog.text
     np.testing.assert_allclose(by_tensor, embedder.embed_images([image]), atol=1e-5)
+
+
+def test_onnx_on_cuda_without_torch_decodes_with_pillow_and_sizes_batches_without_it(
+    tmp_path: Path, data_directory: Path, monkeypatch
+) -> None:
+    """onnxruntime-gpu without torch (models/precision.py's set-up): the run decodes with
+    Pillow and sizes its batches from the driver, never an ImportError. Only the device
+    query is faked: a CUDA device with 10 GiB free."""
+    import dataclasses
+    import sys
+
+    from fake_model import FAKE_DIMENSION, FakeColourModel, fake_model_settings, write_palette
+
+    for module in executor_local.TENSOR_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)  # importing it fails, as uninstalled
+    monkeypatch.setattr(executor_local, "_nvidia_smi_free_memory", lambda device: 10 * 2**30)
+    settings = dataclasses.replace(
+        fake_model_settings(tmp_path, data_directory, "cuda_without_torch", backend="onnx"),
+        device="cuda",
+    )
+    photos = write_palette(settings.source_directory)
+    model = FakeColourModel()
+    embedder = Embedder(model.name, "cuda", FAKE_DIMENSION, model.loader, backend="onnx")
+    embedder.resolved_device = "cuda"  # what device resolution says on such a machine
+
+    assert executor_local.tensor_device_for("cuda") is None
+    assert batch_size_for(settings, "cuda") == 64  # 8 to 16 GiB free
+    report = run_index(settings, embedder)
+
+    assert report.added == len(photos) and not report.failed
+    assert model.image_batches == [len(photos)]  # one GPU-sized batch

@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import Path
 
 import pytest
 
+from image_search.batch_sizes import CPU_BATCH_SIZE, GPU_LARGE_BATCH_SIZE, GPU_SMALL_BATCH_SIZE
 from image_search.cli_parser import config_help
-from image_search.config import all_keys, key_info, key_kind, load_settings, shown_default
+from image_search.config import (
+    Settings,
+    all_keys,
+    attribute_of,
+    key_info,
+    key_kind,
+    load_settings,
+    load_sourced_settings,
+    shown_default,
+    value_kind,
+)
 from image_search.errors import ConfigError
-from image_search.executor import CPU_BATCH_SIZE
+from image_search.executor_local import batch_size_for
 
 pytestmark = pytest.mark.fast
 
@@ -90,11 +102,54 @@ def test_help_config_lines_fit_the_width() -> None:
     assert max(map(len, lines)) <= 100
 
 
+def test_help_config_with_values_keeps_every_line_of_the_keys_help(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"top-k": 3}))
+    with_values = config_help(load_sourced_settings(config, environ={})).splitlines()
+    assert max(map(len, with_values)) <= 100
+    assert set(config_help().splitlines()) <= set(with_values)
+    assert sum(line.lstrip().startswith("value: ") for line in with_values) == len(all_keys())
+
+
 def test_shown_defaults_come_from_the_fields() -> None:
     defaults = printed_defaults()
     assert defaults["top-k"] == "10" and defaults["data-directory"] == ".image-search"
     assert defaults["postgres-host"] == "unset" and defaults["save-results"] == "true"
-    assert defaults["batch-size"].startswith(f"{CPU_BATCH_SIZE} on the CPU")
+
+
+def test_the_batch_size_help_states_the_sizes_the_executor_chooses_from() -> None:
+    help_text = printed_defaults()["batch-size"]
+    assert help_text == (
+        f"{CPU_BATCH_SIZE} on the CPU; by free memory on a GPU "
+        f"({GPU_SMALL_BATCH_SIZE}-{GPU_LARGE_BATCH_SIZE})"
+    )
+    assert batch_size_for(Settings(), "cpu") == CPU_BATCH_SIZE
+
+
+@pytest.mark.parametrize(
+    ("annotation", "kind", "optional"),
+    [
+        (bool, bool, False),
+        (int | None, int, True),
+        (Path, Path, False),
+        (str | None, str, True),
+        # A list-typed key (glob patterns, say): the collection, not a type named inside it.
+        (tuple[str, ...], tuple[str, ...], False),
+        (list[Path] | None, list[Path], True),
+    ],
+)
+def test_a_keys_type_is_read_from_its_annotation(
+    annotation: object, kind: object, optional: bool
+) -> None:
+    assert value_kind(annotation) == (kind, optional)
+
+
+def test_every_keys_kind_is_the_type_of_its_default() -> None:
+    for key in all_keys():
+        default = getattr(Settings(), attribute_of(key))
+        if default is not None:
+            kind = typing.get_origin(key_kind(key)) or key_kind(key)  # tuple[str, ...]: tuple
+            assert isinstance(default, kind), key
 
 
 def settings_with(tmp_path: Path, key: str, value: object) -> object:

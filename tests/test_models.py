@@ -13,10 +13,11 @@ from PIL import Image
 from tiny_models import EMBEDDING_DIM, build_remote_code_model
 
 from image_search.cli import make_embedder
-from image_search.config import load_settings
+from image_search.config import Settings, load_settings
 from image_search.errors import ConfigError, ImageSearchError
 from image_search.models import Embedder, adapter_for, load_model, read_model_config
 from image_search.models.hf_clip import HuggingFaceClip
+from image_search.models.precision import Decision, decide
 from image_search.models.remote_code import RemoteCodeModel
 
 # Imported by transformers only if something runs the model's own configuration code.
@@ -110,6 +111,10 @@ def test_remote_code_is_refused_when_trust_remote_code_is_false(remote_code_mode
     assert not embedder.loaded
 
 
+def decided(settings: Settings) -> Decision:
+    return decide(settings.backend, settings.precision, settings.device)
+
+
 def test_the_key_reaches_the_embedder_the_cli_builds(
     tmp_path: Path, remote_code_model: Path, tiny_clip: Path
 ) -> None:
@@ -120,12 +125,12 @@ def test_the_key_reaches_the_embedder_the_cli_builds(
         config, {"model-name": str(remote_code_model), "trust-remote-code": "false"}, environ={}
     )
     with pytest.raises(ConfigError, match="trust-remote-code"):
-        make_embedder(refusing).embed_texts(["a cat"])
+        make_embedder(refusing, decided(refusing)).embed_texts(["a cat"])
     # The key is about code a model brings: a standard CLIP loads without it.
     standard = load_settings(
         config, {"model-name": str(tiny_clip), "trust-remote-code": "false"}, environ={}
     )
-    embedder = make_embedder(standard)
+    embedder = make_embedder(standard, decided(standard))
     assert embedder.embed_texts(["a cat"]).shape == (1, EMBEDDING_DIM)
     assert type(embedder.model()) is HuggingFaceClip
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stored_rows
+from conftest import assert_ranked_as, ranking_by_vectors, stored_rows
 from imagegen import write_photo
 from PIL import Image
 from tiny_models import EMBEDDING_DIM, IMAGE_SIZE, OPENAI_MEAN, OPENAI_STD, build_tiny_clip
@@ -143,44 +143,6 @@ def test_torch_bf16_vectors_agree_with_fp32(
     fp32 = Embedder(str(remote_code_model), "cpu", EMBEDDING_DIM, precision="fp32")
     remote = Embedder(str(remote_code_model), "cpu", EMBEDDING_DIM, precision="bf16")
     assert cosines(remote.embed_images(images), fp32.embed_images(images)).min() >= 0.99
-
-
-def test_absent_gpus_fall_back_to_the_cpu_with_one_warning(
-    tiny_clip: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from image_search.models import precision
-
-    monkeypatch.setattr(precision, "onnx_has_cuda", lambda: False)
-    for cached in (precision.resolve_onnx_device, precision.resolve_onnx_precision):
-        cached.cache_clear()
-    with caplog.at_level(logging.WARNING):
-        gpu = onnx_embedder(tiny_clip, Path("unused"), "auto", device="cuda")
-        assert (gpu.resolved_device, gpu.resolved_precision) == ("cpu", "int8")
-        half = onnx_embedder(tiny_clip, Path("unused"), "fp16")
-        assert (half.resolved_device, half.resolved_precision) == ("cpu", "fp32")
-        torch_gpu = Embedder(str(tiny_clip), "cuda", EMBEDDING_DIM)
-        assert (torch_gpu.resolved_device, torch_gpu.resolved_precision) == ("cpu", "fp32")
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert sum("onnx backend has no CUDA" in m for m in messages) == 1
-    assert sum("'fp16'" in m for m in messages) == 1
-    assert sum("no CUDA GPU is available" in m for m in messages) == 1
-    for cached in (precision.resolve_onnx_device, precision.resolve_onnx_precision):
-        cached.cache_clear()
-
-
-def test_auto_picks_half_precision_on_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rule for GPUs, checked without one: bf16 where CUDA supports it, else fp16."""
-    import torch
-
-    from image_search.models.precision import resolve_onnx_precision, resolve_torch_precision
-
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert resolve_torch_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert resolve_torch_precision("auto", "cuda") == "fp16"
-    assert resolve_torch_precision("auto", "mps") == "fp16"
-    assert resolve_torch_precision("auto", "cpu") == "fp32"
-    assert resolve_onnx_precision("auto", "cuda") == "fp16"
 
 
 # ---------------------------------------------------------------- one vector per photo
@@ -441,10 +403,13 @@ def test_the_jina_layout_indexes_and_searches_by_text_without_its_code(
     )
     embedder = onnx_embedder(jina_layout_model, model_cache, "int8", trust_remote_code=False)
     assert run_index(settings, embedder).added == len(photos)
+    text = "赤いりんご"
     with open_store(settings) as store:
-        result = Searcher(settings, store, embedder).by_text("赤いりんご")
-    assert len(result.results) == settings.top_k
+        result = Searcher(settings, store, embedder).by_text(text)
     assert result.searched == len(photos)
+    # The model's own vectors (the stored images', the text's) rank the photos so:
+    expected = ranking_by_vectors(settings, embedder.embed_texts([text])[0])[: settings.top_k]
+    assert_ranked_as([(match.file_path, match.score) for match in result.results], expected)
 
 
 def test_the_cli_indexes_searches_and_reports_with_the_onnx_backend(
@@ -507,3 +472,52 @@ def test_a_thread_count_given_reaches_every_session(
         loaded = embedder.model()
         for tower in (loaded._image, loaded._text):
             assert tower.session().get_session_options().intra_op_num_threads == 1
+
+
+# ---------------------------------------------------------------- opening a session quickly
+
+
+def test_a_graph_is_opened_from_its_optimised_copy_made_once(tmp_path: Path) -> None:
+    """The optimised copy keeps the graph's results, holds its weights in a file of their own
+    (mapped, not parsed, when opened), and is made once per graph file."""
+    import onnxruntime
+    from tiny_immich import build_immich_model
+
+    from image_search.models.onnx_runtime import OPTIMISED_WEIGHTS, Tower
+
+    model = build_immich_model(tmp_path / "model", batch=None)
+    graph, cache = model / "textual" / "model.onnx", tmp_path / "cache"
+    ids = np.random.default_rng(0).integers(0, 200, (3, 77)).astype(np.int32)
+    expected = onnxruntime.InferenceSession(str(graph)).run(None, {"text": ids})[0]
+    first = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert (entry / OPTIMISED_WEIGHTS).stat().st_size > 0
+    made = (entry / "model.onnx").stat().st_mtime_ns
+    again = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
+    assert (entry / "model.onnx").stat().st_mtime_ns == made
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(again, first)
+
+    build_immich_model(model, batch=None, seed=8)  # the same file name, other weights
+    changed = Tower(graph, None, "cpu", optimised_cache=cache).run({"text": ids})
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    assert not np.allclose(changed, first)
+
+
+def test_a_graph_runs_even_where_no_optimised_copy_can_be_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tiny_immich import build_immich_model
+
+    from image_search.models.onnx_runtime import Tower
+
+    model = build_immich_model(tmp_path / "model", batch=None)
+    graph = model / "textual" / "model.onnx"
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache would go")
+    ids = np.ones((1, 77), dtype=np.int32)
+    with caplog.at_level(logging.WARNING):
+        vectors = Tower(graph, None, "cpu", optimised_cache=blocked).run({"text": ids})
+    expected = Tower(graph, None, "cpu").run({"text": ids})
+    np.testing.assert_array_equal(vectors, expected)
+    assert any("optimised copy" in r.getMessage() for r in caplog.records)

@@ -10,21 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, stored_rows, write_config
+from conftest import ranking_by_vectors, run_cli, stored_rows, write_config
 from fake_model import (
     PALETTE,
     FakeColourModel,
     colour_vector,
     fake_embedder,
     fake_model_settings,
+    index_palette,
     solid_photo,
     text_vector,
-    write_palette,
 )
 
 from image_search.config import Settings
 from image_search.errors import ConfigError
-from image_search.ingest import run_index
 from image_search.models import Embedder
 from image_search.query import Query, QueryPart, build_filters, parse_part
 from image_search.result_folder import QUERY_RECORD_FILE
@@ -48,9 +47,7 @@ def library(tmp_path: Path, data_directory: Path, model: FakeColourModel) -> Set
     settings = fake_model_settings(
         tmp_path, data_directory, f"parts_{next(_tables)}", top_k=len(LIBRARY)
     )
-    write_palette(settings.source_directory, LIBRARY)
-    run_index(settings, fake_embedder(model))
-    model.image_batches.clear()
+    index_palette(settings, model, LIBRARY)
     return settings
 
 
@@ -65,12 +62,8 @@ def expected_ranking(
     """The ranking the normalised weighted sum of `parts` ((signed weight, vector)) implies
     for the stored vectors; the test data must hold no near-ties."""
     query = sum(weight * vector.astype(np.float64) for weight, vector in parts)
-    query /= np.linalg.norm(query)
-    scores = {name: float(vector @ query) for name, vector in stored(settings).items()}
-    ranked = sorted(scores, key=scores.__getitem__, reverse=True)
-    gaps = [scores[a] - scores[b] for a, b in itertools.pairwise(ranked)]
-    assert min(gaps) > 10 * TOLERANCE, f"near-tie in {scores}"
-    return ranked, [scores[name] for name in ranked]
+    ranked = ranking_by_vectors(settings, query, gap=10 * TOLERANCE)
+    return [Path(path).stem for path, _ in ranked], [score for _, score in ranked]
 
 
 def search(settings: Settings, embedder: Embedder, query: Query, filters=None) -> SearchResult:
@@ -125,7 +118,7 @@ def test_image_text_and_a_subtracted_file_in_one_query(
     assert ranked(result) == names
     assert [m.score for m in result.results] == pytest.approx(scores, abs=TOLERANCE)
     assert model.image_batches == [1] and model.texts == ["yellow"]
-    assert result.description == "image + text 'yellow' - like orange.png"
+    assert result.description == "0.7 × image + 0.3 × text 'yellow' - 0.6 × like orange.png"
 
 
 def test_the_result_folder_records_every_part_and_the_filters(

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 from pathlib import Path
 
 import pytest
 from conftest import (
     assert_one_row_per_file,
+    killed_while_held,
     many_photos,
-    row_count,
     run_cli,
+    start_held,
     start_index,
     stored_rows,
-    wait_for_rows,
     write_config,
 )
+from gate import open_gate, wait_until_held
 from imagegen import (
     write_bomb,
     write_broken_files,
@@ -80,17 +80,14 @@ def test_a_killed_run_is_finished_by_the_next_without_duplicates(
     make_settings, tmp_path: Path, process_backend: dict[str, str]
 ) -> None:
     settings = make_settings(batch_size=2)
-    files = many_photos(settings.source_directory, 120)
+    files = many_photos(settings.source_directory, 8)
     config = write_config(tmp_path / "config.json", settings, **process_backend)
 
-    process = start_index(config)
-    wait_for_rows(settings, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert row_count(settings) < len(files), "the run finished before it could be killed"
+    stored = killed_while_held(config, settings, tmp_path / "gate")
 
     done = run_cli("index", "--env", str(config), "--json")
     assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"] == len(files) - stored
     assert_one_row_per_file(settings, files)
 
 
@@ -115,14 +112,16 @@ def test_a_database_restart_mid_run_is_survived(
 ) -> None:
     server = password_server
     settings = make_server_settings(batch_size=2)
-    files = many_photos(settings.source_directory, 120)
+    files = many_photos(settings.source_directory, 8)
     config = write_config(tmp_path / "config.json", settings, **process_backend)
     env = {"IMAGE_SEARCH_POSTGRES_PASSWORD": server["password"]}
     with_password = dataclasses.replace(settings, postgres_password=server["password"])
 
-    process = start_index(config, env=env)
-    wait_for_rows(with_password, process)
+    gate = tmp_path / "gate"
+    process = start_held(gate, 3, "index", "--env", str(config), "--json", env=env)
+    wait_until_held(gate, process)  # two batches stored, the third about to be written
     server["restart"]()
+    open_gate(gate)
     out, err = process.communicate(timeout=300)
 
     assert process.returncode == 0, err

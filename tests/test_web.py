@@ -8,7 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, free_port, run_cli, running_page, write_config
+from conftest import (
+    CHROMIUM,
+    assert_ranked_as,
+    free_port,
+    ranking_by_vectors,
+    run_cli,
+    running_page,
+    write_config,
+)
 from gradio_client import Client, handle_file
 
 from image_search.config import Settings
@@ -79,10 +87,15 @@ def test_a_corrupt_upload_gets_a_message_and_the_server_keeps_serving(
     assert results["results"][0]["file_path"] == str(photos[1])
 
 
-def test_text_query_through_the_api(page_url: str) -> None:
+def test_text_query_through_the_api(
+    page_url: str, settings: Settings, shared_embedder: Embedder
+) -> None:
+    """The two stored photos most like the text's vector, as the model's vectors rank them."""
+    text = "a photo of an apple"
     client = Client(page_url, verbose=False)
-    *_, results = client.predict(None, "a photo of an apple", 2, api_name="/search")
-    assert len(results["results"]) == 2
+    *_, results = client.predict(None, text, 2, api_name="/search")
+    expected = ranking_by_vectors(settings, shared_embedder.embed_texts([text])[0])[:2]
+    assert_ranked_as([(r["file_path"], r["score"]) for r in results["results"]], expected)
 
 
 def test_an_empty_index_says_how_to_fill_it(

@@ -127,7 +127,7 @@ def test_image_and_text_together_and_filters_in_the_browser(
         page.locator("#query-text textarea").fill("at night")
         page.locator("#search").click()
         note = page.locator("#result-note")
-        expect(note).to_contain_text("image + text 'at night'", timeout=60_000)
+        expect(note).to_contain_text("0.5 × image + 0.5 × text 'at night'", timeout=60_000)
         combined = result_folder(page)
 
         page.locator("#filters").click()

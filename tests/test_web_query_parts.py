@@ -48,7 +48,7 @@ def test_but_not_through_the_api(colours: Settings) -> None:
         )
     assert [Path(r["file_path"]).stem for r in results["results"]] == names
     assert [r["score"] for r in results["results"]] == pytest.approx(scores, abs=1e-4)
-    assert "text 'white' - text 'red'" in note
+    assert "1 × text 'white' - 0.5 × text 'red'" in note
     folder = Path(results["output_dir"])
     record = json.loads((folder / QUERY_RECORD_FILE).read_text(encoding="utf-8"))
     assert [(p["sign"], p["weight"], p["value"]) for p in record["parts"]] == [
@@ -70,7 +70,7 @@ def test_but_not_in_the_page(colours: Settings, tmp_path: Path) -> None:
         page.locator("#top-k input[type=number]").fill(str(len(LIBRARY)))
         page.locator("#search").click()
         expect(page.locator("#result-note")).to_contain_text(
-            "text 'white' - text 'red'", timeout=60_000
+            "1 × text 'white' - 1 × text 'red'", timeout=60_000
         )
         captions = page.locator("#gallery .thumbnail-item .caption-label").all_inner_texts()
         page.screenshot(path=str(tmp_path / "but-not.png"), full_page=True)

@@ -277,8 +277,15 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 if __name__ == "__main__":
+    import importlib.util
     import sys
 
     if len(sys.argv) != 2:
         sys.exit("usage: python tests/tiny_models.py FOLDER  (writes a tiny random CLIP there)")
+    if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        sys.exit(
+            "tests/tiny_models.py writes a Hugging Face CLIP folder, which needs torch and "
+            "transformers (uv sync --extra torch). Without them, try examples/tiny-immich, or "
+            "write a tiny model in Immich's layout: python tests/tiny_immich.py FOLDER"
+        )
     print(build_tiny_clip(Path(sys.argv[1])))

@@ -15,26 +15,32 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 
-from .cli_parser import build_parser, show_help
-from .config import Settings, all_keys, attribute_of, load_settings
+from .cli_parser import build_parser, show_config, show_help
+from .config import Settings, SourcedSettings, all_keys, attribute_of, load_sourced_settings
 from .errors import ConfigError, ImageError, ImageSearchError, one_line
-from .executor_choice import executor_for
-from .ingest import IndexReport, Progress, run_index, source_folder
 from .models import Embedder
 from .models.base import require_torch
 from .models.hub import check_hub_for
-from .models.precision import CONFIGURED, settings_for_backend
+from .models.precision import Decision, decide_for
 from .scan import display_path
 from .store import Database, Store, redact
+
+if TYPE_CHECKING:
+    from .ingest import IndexReport
 
 log = logging.getLogger("image_search")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    return sourced_settings_from(args).settings
+
+
+def sourced_settings_from(args: argparse.Namespace) -> SourcedSettings:
+    """The settings the command line asks for, and where each value came from."""
     flags = {key: getattr(args, attribute_of(key), None) for key in all_keys()}
     if flags["server-auth"]:
         log.warning(
@@ -42,36 +48,39 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "to every user of this machine: set IMAGE_SEARCH_SERVER_AUTH or server-auth in "
             "the config file instead"
         )
-    return load_settings(getattr(args, "env", None), flags)
+    return load_sourced_settings(getattr(args, "env", None), flags)
 
 
-def make_embedder(settings: Settings) -> Embedder:
-    return Embedder.from_settings(settings)
+def make_embedder(settings: Settings, decision: Decision) -> Embedder:
+    return Embedder.from_settings(settings, decision)
 
 
 @dataclass(frozen=True)
 class Services:
-    """What every command works with, built once in `main`: the settings (backend `auto`
-    resolved), the database (a pool shared by the index run, the searcher and the page), the
-    lazily loaded model, and why that backend was chosen."""
+    """What every command works with, built once in `main`: the settings (naming the backend
+    and precision decided), the database (a pool shared by the index run, the searcher and
+    the page), and the lazily loaded model, which carries the decision of backend, precision
+    and device that every part asks."""
 
     settings: Settings
     database: Database
     embedder: Embedder
-    backend_reason: str = CONFIGURED
+
+    @property
+    def decision(self) -> Decision:
+        return self.embedder.decision
 
 
-def settings_for_table(
-    settings: Settings, database: Database, reindex: bool = False
-) -> tuple[Settings, str]:
-    """Backend `auto` resolved: a table that holds images keeps what filled it (unless it is
-    being re-indexed), so that an upgrade never forces a re-index."""
+def decision_for(settings: Settings, database: Database, reindex: bool = False) -> Decision:
+    """Backend, precision and device, decided once for this command: with backend `auto`, a
+    table that holds images keeps what filled it (unless it is being re-indexed), so that an
+    upgrade never forces a re-index."""
     table = None
     if settings.backend == "auto" and not reindex:
         info = Store(database, settings.table_name).info()
-        if info is not None and info.images:
-            table = (info.spec.backend, info.spec.precision)
-    return settings_for_backend(settings, table)
+        if info is not None and info.stored:
+            table = info.spec
+    return decide_for(settings, table)
 
 
 def check_before_starting(args: argparse.Namespace, settings: Settings) -> None:
@@ -102,47 +111,80 @@ def check_port_free(host: str, port: int) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def print_index_report(report: IndexReport, as_json: bool) -> None:
+def print_index_report(report: IndexReport, as_json: bool, stopped: bool = False) -> None:
+    """The summary; of a run that was stopped, what it stored before (`"stopped": true`)."""
     if as_json:
-        print(json.dumps(report.to_json(), ensure_ascii=False))
+        told = report.to_json() | ({"stopped": True} if stopped else {})
+        print(json.dumps(told, ensure_ascii=False))
         return
     # Each skipped file was logged as a warning when the run met it: not listed again here.
-    print(f"Indexed: {report.summary()}")
+    if stopped:
+        print(f"Stopped: {report.summary()}; the next run does the rest.")
+    else:
+        print(f"Indexed: {report.summary()}")
 
 
-def command_index(args: argparse.Namespace, services: Services) -> int:
-    source = getattr(args, "source", None)
-    show_bars = not args.json and not args.watch
+def index_and_report(services: Services, as_json: bool, show_bars: bool, **options: Any) -> None:
+    """One index run (`options` as run_index takes them) and its summary, printed also
+    when Ctrl-C or SIGTERM stops it (then raised on)."""
+    from .executor_choice import executor_for  # the index run's stack, for index runs only
+    from .ingest import IndexReport, Progress, run_index
 
-    def index_once(reindex: bool = False) -> None:
+    progress = Progress(show_bars=show_bars)
+    try:
         report = run_index(
             services.settings,
             services.embedder,
             services.database,
+            progress=progress,
+            executor=executor_for(services.settings),
+            **options,
+        )
+    except KeyboardInterrupt:
+        print_index_report(progress.report or IndexReport(), as_json, stopped=True)
+        raise
+    print_index_report(report, as_json)
+
+
+def command_index(args: argparse.Namespace, services: Services) -> int:
+    from .ingest import source_folder
+
+    source = getattr(args, "source", None)
+    show_bars = not args.json and not args.watch
+
+    def index_once(first: bool = True) -> None:
+        """One pass; what the flags ask to be done once (--reindex, --prune, --retry-failed)
+        is done by the first pass of --watch only."""
+        index_and_report(
+            services,
+            args.json,
+            show_bars,
             source=source,
             keep_missing=args.keep_missing,
-            reindex=reindex,
-            progress=Progress(show_bars=show_bars),
-            executor=executor_for(services.settings),
+            reindex=first and args.reindex,
+            prune=first and args.prune,
+            retry_failed=first and args.retry_failed,
         )
-        print_index_report(report, args.json)
 
     if not args.watch:
-        index_once(args.reindex)
+        index_once()
         return 0
+    from .scan import Exclusions
     from .watch import FolderWatcher
 
     folder = Path(source_folder(services.settings, source))
-    with FolderWatcher(folder) as watcher:
-        index_once(args.reindex)
+    with FolderWatcher(folder, Exclusions.of(services.settings)) as watcher:
+        index_once()
         print(f"Watching {folder} for changes (Ctrl-C to stop)", file=sys.stderr)
         try:
             while watcher.wait_for_changes():
-                index_once()
-        except KeyboardInterrupt:
-            pass
-    print("Stopped watching.", file=sys.stderr)
+                index_once(first=False)
+        finally:  # Ctrl-C or SIGTERM: exit 130 or 143, as any command stopped so
+            print("Stopped watching.", file=sys.stderr)
     return 0
+
+
+NO_SUCH_FOLDER = "--under {folder}: no such folder (check the path, or mount the drive first)"
 
 
 def check_request(args: argparse.Namespace, settings: Settings) -> None:
@@ -160,18 +202,17 @@ def check_request(args: argparse.Namespace, settings: Settings) -> None:
     else:
         more = [parse_part(given, 1, "--and") for given in args.add]
         more += [parse_part(given, -1, "--not") for given in args.subtract]
-        args.query = Query(args.image, args.text, args.like, args.text_weight, tuple(more))
+        args.query = Query(
+            args.image, args.text, args.like, args.text_weight, tuple(more), args.words
+        )
         args.query.check()
         if args.image is not None and not args.image.is_file():
             raise ConfigError(f"--image {args.image}: no such file")
         args.filters = build_filters(
             args.under, args.taken_after, args.taken_before, args.min_score, roots=roots
         )
-    for folder in missing_folders(args.filters):
-        log.warning(
-            "--under %s: no such folder (only images indexed from it earlier can match)",
-            display_path(folder),
-        )
+    if missing := missing_folders(args.filters):
+        raise ConfigError(NO_SUCH_FOLDER.format(folder=display_path(missing[0])))
 
 
 def command_search(args: argparse.Namespace, services: Services) -> int:
@@ -185,6 +226,8 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
     except ImageError as exc:
         flag, path = ("--like", args.like) if args.like is not None else ("--image", args.image)
         raise ConfigError(f"cannot use {flag} {path}: {exc}") from exc
+    for warning in result.warnings:  # on stderr, so that --json's output stays one object
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return 0
@@ -196,8 +239,6 @@ def command_search(args: argparse.Namespace, services: Services) -> int:
         print(f"{match.rank:>3}  {match.score:.4f}  {display_path(match.file_path)}")
     if not result.results:
         print("No stored image passes these filters.")
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -216,7 +257,7 @@ def command_duplicates(args: argparse.Namespace, services: Services) -> int:
 def command_status(args: argparse.Namespace, services: Services) -> int:
     from .status import status_lines, status_of
 
-    status = status_of(services.settings, services.database, services.backend_reason)
+    status = status_of(services.settings, services.database, services.decision)
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return 0
@@ -225,25 +266,21 @@ def command_status(args: argparse.Namespace, services: Services) -> int:
 
 
 def command_serve(args: argparse.Namespace, services: Services) -> int:
-    from .web_launch import serve
-
-    serve(services.settings, services.embedder, services.database, args.host, args.port)
-    return 0
+    return serve_until_stopped(args, services)
 
 
 def command_run_all(args: argparse.Namespace, services: Services) -> int:
     """The seed's whole run: index source-directory, then serve the page and wait."""
+    index_and_report(services, as_json=False, show_bars=True)
+    return serve_until_stopped(args, services)
+
+
+def serve_until_stopped(args: argparse.Namespace, services: Services) -> int:
+    """The page until Ctrl-C (130) or SIGTERM, a service's normal end (0)."""
     from .web_launch import serve
 
-    report = run_index(
-        services.settings,
-        services.embedder,
-        services.database,
-        progress=Progress(show_bars=True),
-        executor=executor_for(services.settings),
-    )
-    print_index_report(report, as_json=False)
-    serve(services.settings, services.embedder, services.database, args.host, args.port)
+    with suppress(Terminated):
+        serve(services.settings, services.embedder, services.database, args.host, args.port)
     return 0
 
 
@@ -289,7 +326,8 @@ def configure_logging(debug: bool) -> None:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (systemd, docker stop, kill): unwind like Ctrl-C, so that everything is
-    closed and the embedded PostgreSQL stopped, then exit 0."""
+    closed and the embedded PostgreSQL stopped, then exit 143 (0 for the page: serving
+    ends that way)."""
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -304,8 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a reader gone is met here rather than at the interpreter's exit
         return code
     except BrokenPipeError:
-        with suppress(OSError, ValueError):  # nothing more is written to the closed pipe
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # Closed (its unwritten rest dropped with the failed flush), so that the interpreter's
+        # exit does not try to write it again.
+        with suppress(OSError, ValueError):
+            sys.stdout.close()
         return 128 + signal.SIGPIPE
 
 
@@ -313,24 +353,27 @@ def run_command(argv: Sequence[str] | None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "help":
-        return show_help(parser, args.topic)
+    if args.command == "help" and args.topic != "config":
+        return show_help(parser, args.topic, args.json)
     debug = getattr(args, "debug", False) or bool(os.environ.get("IMAGE_SEARCH_DEBUG"))
     configure_logging(debug)
     settings: Settings | None = None
     try:
+        if args.command == "help":  # the keys with their values: loaded as any command's
+            return show_config(sourced_settings_from(args), args.json)
         settings = settings_from(args)
         check_request(args, settings)
         check_before_starting(args, settings)
         with Database(settings) as database:
             reindex = getattr(args, "reindex", False)
-            settings, reason = settings_for_table(settings, database, reindex)
-            services = Services(settings, database, make_embedder(settings), reason)
+            decision = decision_for(settings, database, reindex)
+            settings = decision.applied_to(settings)
+            services = Services(settings, database, make_embedder(settings, decision))
             return COMMANDS[args.command](args, services)
     except Terminated:
-        return 0
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
     except BrokenPipeError:  # main's to handle: not a failure of the run
         raise
     except ImageSearchError as exc:

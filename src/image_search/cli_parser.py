@@ -5,15 +5,28 @@ name, and `image-search help config`."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import textwrap
 from collections.abc import Collection
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
-from .config import all_keys, attribute_of, did_you_mean, key_info, key_kind, shown_default
+from .config import (
+    DEFAULT_CONFIG_FILE,
+    REDACTED,
+    Settings,
+    SourcedSettings,
+    all_keys,
+    attribute_of,
+    did_you_mean,
+    environment_variable,
+    key_info,
+    key_kind,
+    shown_default,
+)
 from .duplicates import DEFAULT_THRESHOLD
 from .query import DEFAULT_TEXT_WEIGHT
 
@@ -106,10 +119,22 @@ def build_parser() -> Parser:
     index.add_argument(
         "--source", type=Path, metavar="DIR", help="index this folder instead of source-directory"
     )
-    index.add_argument(
+    missing = index.add_mutually_exclusive_group()
+    missing.add_argument(
         "--keep-missing",
         action="store_true",
-        help="keep rows of files that have disappeared from the folder",
+        help="keep the rows of missing files however long they stay missing (searches leave "
+        "them out until they are back); by default they go after missing-grace-days",
+    )
+    missing.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove the rows of missing files now, without waiting for missing-grace-days",
+    )
+    index.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again every file that failed before, even unchanged and for the same cause",
     )
     index.add_argument(
         "--reindex",
@@ -146,9 +171,24 @@ def build_parser() -> Parser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     helper = commands.add_parser(
-        "help", help="help on a command, or on the configuration keys ('help config')"
+        "help",
+        parents=[common],
+        help="help on a command, or on the configuration keys and their values here "
+        "('help config')",
+        epilog="'help config' shows each key's value as a command run here would use it, "
+        "and where that value comes from: give it the command's --env and key flags.",
     )
-    helper.add_argument("topic", nargs="?", metavar="config|COMMAND")
+    helper.add_argument(
+        "topic",
+        nargs="?",
+        metavar="config|COMMAND",
+        help="'config': the configuration keys and their values; a command: its options",
+    )
+    helper.add_argument(
+        "--json",
+        action="store_true",
+        help="with 'config': print {key: {value, source, default}} as JSON",
+    )
     _add_serve_options(parser)
     parser.command_parsers = dict(commands.choices)  # for `image-search help COMMAND`
     return parser
@@ -156,7 +196,8 @@ def build_parser() -> Parser:
 
 def _add_query_options(search: argparse.ArgumentParser) -> None:
     query = search.add_argument_group(
-        "query (--image, --text, both, or --like; plus any --and and --not parts)"
+        "query (--image, --text, both, or --like; plus any --and and --not parts; --words "
+        "alone or with any of them)"
     )
     query.add_argument("--image", type=Path, metavar="FILE", help="query image")
     query.add_argument("--text", metavar="QUERY", help="query text")
@@ -165,6 +206,13 @@ def _add_query_options(search: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="images like this file: an indexed file is searched by its stored vector "
         "(no model needed); any other file is embedded as with --image",
+    )
+    query.add_argument(
+        "--words",
+        metavar="WORDS",
+        help="photos whose text holds these words (read by OCR when indexing): case, accents "
+        "and spaces aside, a character misread forgiven in longer words; alone, or ranked "
+        "together with the other parts",
     )
     query.add_argument(
         "--text-weight",
@@ -242,8 +290,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
 
 
-def config_help() -> str:
-    """`image-search help config`: every key, where it can be set, what it means."""
+def config_help(sourced: SourcedSettings | None = None) -> str:
+    """`image-search help config`: every key, where it can be set, what it means; with
+    `sourced`, each key's value and where it came from, secrets as ***."""
     lines = [
         "Configuration keys. Set each in the JSON file (--env, default config.json) as",
         '"key": value, as an environment variable IMAGE_SEARCH_<KEY> (upper case, - as _), or',
@@ -251,24 +300,72 @@ def config_help() -> str:
         "file, which beats the default.",
         "",
     ]
-    width = max(map(len, all_keys()))
     columns = min(max(shutil.get_terminal_size().columns, 60), 100)
-    for key in all_keys():
+    if sourced is not None:
+        read = sourced.file or f"none ({DEFAULT_CONFIG_FILE} is not here)"
         lines += textwrap.wrap(
-            key_help(key),
+            "Under each key: its value in a command run here with the same --env and flags, "
+            f"and where that value comes from. Configuration file: {read}. Secrets show as "
+            f"{REDACTED}.",
             columns,
-            initial_indent=f"  {key:<{width}}  ",
-            subsequent_indent=" " * (width + 4),
-            break_long_words=False,
-            break_on_hyphens=False,
         )
+        lines.append("")
+    width = max(map(len, all_keys()))
+    values = sourced.settings.redacted() if sourced is not None else {}
+    for key in all_keys():
+        entry = [key_help(key)]
+        if sourced is not None:
+            entry.append(f"value: {shown_value(key, values[key])} ({origin(key, sourced)})")
+        for number, text in enumerate(entry):
+            lines += textwrap.wrap(
+                text,
+                columns,
+                initial_indent=f"  {key:<{width}}  " if number == 0 else " " * (width + 4),
+                subsequent_indent=" " * (width + 4),
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
     return "\n".join(lines)
 
 
-def show_help(parser: Parser, topic: str | None) -> int:
-    if topic == "config":
-        print(config_help())
-        return 0
+def shown_value(key: str, value: Any) -> str:
+    """A value as the help writes a default: unset (or what unset means), true/false, or
+    the value itself."""
+    if value is None:
+        return key_info(key).shown_default or "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def origin(key: str, sourced: SourcedSettings) -> str:
+    """Where a key's value came from, named: the default, the file, the variable, the flag."""
+    source = sourced.sources[key]
+    if source == "file":
+        return f"from {sourced.file}"
+    if source == "environment":
+        return f"from {environment_variable(key)}"
+    if source == "flag":
+        return f"from --{key}"
+    return "default"
+
+
+def config_json(sourced: SourcedSettings) -> str:
+    """`help config --json`: {key: {value, source, default}}, secrets as ***."""
+    values, defaults = sourced.settings.redacted(), Settings().redacted()
+    return json.dumps(
+        {
+            key: {"value": values[key], "source": sourced.sources[key], "default": defaults[key]}
+            for key in all_keys()
+        },
+        ensure_ascii=False,
+    )
+
+
+def show_help(parser: Parser, topic: str | None, as_json: bool = False) -> int:
+    """`image-search help [COMMAND]`; `help config` is shown by `show_config`."""
+    if as_json:
+        parser.error("--json goes with 'help config' only")
     if topic is None:
         parser.print_help()
         return 0
@@ -276,4 +373,9 @@ def show_help(parser: Parser, topic: str | None) -> int:
     if topic not in commands:
         parser.error(f"no help on '{topic}': try 'help config' or one of {', '.join(commands)}")
     commands[topic].print_help()
+    return 0
+
+
+def show_config(sourced: SourcedSettings, as_json: bool) -> int:
+    print(config_json(sourced) if as_json else config_help(sourced))
     return 0

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
+from .batch_sizes import CPU_BATCH_SIZE, GPU_LARGE_BATCH_SIZE, GPU_SMALL_BATCH_SIZE
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config.json")
@@ -26,11 +31,70 @@ LOCAL_RAY = "local"
 # How a boolean key may be written in the environment or on the command line.
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
+# Folders that NAS and operating systems write inside shared folders, beside the photos: thumbnails
+# (every photo again, several times), recycle bins, snapshots, salvage. Left out of every scan
+# unless exclude-system-folders is false; names compare without case, as on an SMB share.
+SYSTEM_FOLDERS = (
+    "@eaDir",  # Synology: thumbnails and metadata of each file
+    "#recycle",  # Synology: recycle bin
+    "#snapshot",  # Synology: snapshots made visible
+    "@Recycle",  # QNAP: network recycle bin
+    "@Recently-Snapshot",  # QNAP: snapshots
+    ".@__thumb",  # QNAP, Asustor: thumbnails (hidden anyway)
+    "~snapshot",  # NetApp and others: snapshots as Windows clients see them
+    "$RECYCLE.BIN",  # Windows: recycle bin of a drive
+    "RECYCLER",  # Windows XP: the same
+    "System Volume Information",  # Windows: restore points, indexing
+    "lost+found",  # ext file systems: what fsck salvaged
+    "__MACOSX",  # a zip made on a Mac, unpacked: resource forks
+)
+# How a list key is written in the environment or on the command line: items between commas.
+LIST_SEPARATOR = ","
 # Lower-case identifiers only: a table name is an SQL identifier, never free text.
 TABLE_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # The names of image-search's own tables (the meta table, failed files, the shadow tables of
 # re-index runs) start with this; no table-name may.
 RESERVED_TABLE_PREFIX = "image_search_"
+# max-file-mb: a 200-megapixel RAW file (16-bit sensor data) is about 400 MB.
+DEFAULT_MAX_FILE_MB = 1024
+
+
+class Secret(str):
+    """A secret key's value (postgres-password, server-auth): the text itself wherever the
+    code uses it, "***" in a repr (so never in a log line or an error that shows settings),
+    and pickled without it: what unpickles it (a Ray worker) reads it from its own
+    environment, IMAGE_SEARCH_<KEY>, where the driver puts it for the run
+    (worker_environment) or an operator does."""
+
+    variable: str
+
+    def __new__(cls, value: str, variable: str) -> Secret:
+        secret = super().__new__(cls, value)
+        secret.variable = variable
+        return secret
+
+    def __repr__(self) -> str:
+        return repr(REDACTED)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (secret_from_environment, (self.variable,))
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret:
+        return self
+
+
+def secret_from_environment(variable: str) -> Secret | None:
+    """A secret as a process that unpickled settings finds it: in its environment, or None."""
+    value = os.environ.get(variable)
+    return Secret(value, variable) if value else None
+
+
+def environment_variable(key: str) -> str:
+    """IMAGE_SEARCH_<KEY>: the environment variable of a key."""
+    return ENV_PREFIX + attribute_of(key).upper()
 
 
 @dataclass(frozen=True)
@@ -104,16 +168,34 @@ class Settings:
     batch_size: int | None = key_field(
         None,
         "images per model batch and per database transaction",
-        # None: ingest.batch_size_for chooses (tests/test_keys.py holds the 16 to it).
-        shown_default="16 on the CPU; by free memory on a GPU (32-128)",
+        # None: the executor chooses from these (executor_local.batch_size_for).
+        shown_default=f"{CPU_BATCH_SIZE} on the CPU; by free memory on a GPU "
+        f"({GPU_SMALL_BATCH_SIZE}-{GPU_LARGE_BATCH_SIZE})",
         positive=True,
     )
-    # Above a 200-megapixel phone's 16320x12240; a decompression bomb is still refused.
+    # Above a 200-megapixel phone's 16320x12240, and with room to spare below 1 GB of memory
+    # for the largest image of any format it lets in (BENCHMARKS.md, u).
     max_image_pixels: int = key_field(
-        250_000_000,
-        "larger images are refused as decompression bombs; the default takes a "
-        "200-megapixel phone photo",
+        210_000_000,
+        "larger images are refused before decoding (decompression bombs); counted in 8-bit "
+        "RGB pixels: an image whose decoding takes more memory a pixel (AVIF, JPEG XL, HEIC, "
+        "a RAW file's sensor data) counts for more; the default takes a 200-megapixel phone "
+        "photo",
         positive=True,
+    )
+    max_file_mb: int = key_field(
+        DEFAULT_MAX_FILE_MB,
+        "larger files are skipped unread; the default takes a 200-megapixel camera RAW",
+        positive=True,
+        metavar="MB",
+    )
+    memory_budget_mb: int | None = key_field(
+        None,
+        "memory that decoding images may take at once: the index run's threads and the "
+        "page's queries together (an image larger than all of it is decoded alone)",
+        shown_default="a quarter of this computer's memory, or of its container's limit",
+        positive=True,
+        metavar="MB",
     )
     # A RAW file and a JPEG (or HEIC) of the same name in one folder: index the JPEG only (one
     # row per shot, the camera's own rendering; rclip does the same), the RAW only, or both.
@@ -125,6 +207,39 @@ class Settings:
             "skip-jpeg": "index the RAW",
             "both": "",
         },
+    )
+    # Measured: BENCHMARKS.md, section t (what it adds to an index run of 12-MP photos).
+    ocr: bool = key_field(
+        False,
+        "read the words in each photo when indexing (OCR), for search --words; it adds about "
+        "a fifth to an index run with the default model on the CPU; photos indexed before get "
+        "theirs at the next index run",
+    )
+    ocr_recogniser: Path | None = key_field(
+        None,
+        "an ONNX text recogniser to read words with instead of the bundled Chinese + English "
+        "one (PaddleOCR's Japanese or Korean, say; its alphabet in the graph or in a .txt of "
+        "the same name beside it)",
+        metavar="FILE",
+    )
+    exclude: tuple[str, ...] = key_field(
+        (),
+        "more to leave out of the scan: glob patterns of folder or file names (Private, "
+        "*-edited.jpg) or, with a /, of paths under source-directory (2019/raw/*); a list in "
+        "the file, comma-separated in the environment or a flag",
+        metavar="PATTERNS",
+    )
+    exclude_system_folders: bool = key_field(
+        True,
+        "leave out the folders NAS and operating systems write beside photos ("
+        + ", ".join(SYSTEM_FOLDERS)
+        + "); false indexes them unless exclude names them",
+    )
+    missing_grace_days: int = key_field(
+        30,
+        "days a stored file may stay missing (a share not mounted) before index removes its "
+        "row; searches leave it out at once, and index --prune removes it now",
+        positive=True,
     )
     vector_type: str = key_field(
         "vector",
@@ -142,6 +257,24 @@ class Settings:
         True, "may a model that brings its own code run it; the default model needs it"
     )
     save_results: bool = key_field(True, "write a result folder for each search")
+    keep_results: int | None = key_field(
+        None,
+        "how many result folders to keep, the newest: after each search older ones that "
+        "image-search wrote in output-directory are deleted; unset: keep all",
+        positive=True,
+    )
+    min_free_mb: int = key_field(
+        500,
+        "megabytes to leave free on output-directory's file system: with less, a search "
+        "answers but writes no result folder (and says so)",
+        positive=True,
+    )
+    page_cache_mb: int = key_field(
+        1000,
+        "megabytes the page's cache of uploads and served copies may take; the oldest go "
+        "first, never a file a page still shows",
+        positive=True,
+    )
     backend: str = key_field(
         "auto",
         "which library runs the model",
@@ -169,6 +302,13 @@ class Settings:
         "ray://HOST:10001; unset: in this process; needs image-search[cluster]",
     )
 
+    def __post_init__(self) -> None:
+        for key in SECRET_KEYS:  # however the settings were made: a file, a test, replace()
+            value = getattr(self, attribute_of(key))
+            if value is not None and not isinstance(value, Secret):
+                secret = Secret(value, environment_variable(key))
+                object.__setattr__(self, attribute_of(key), secret)
+
     @property
     def embedded_database(self) -> bool:
         return not self.postgres_host
@@ -190,6 +330,14 @@ class Settings:
         return values
 
 
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment a Ray worker needs for the secrets its pickled settings leave out:
+    the database password (the page's login is no worker's business). Never a command line
+    (`ps` shows those to every user), nor Ray's runtime_env, which ends up in one."""
+    password = settings.postgres_password
+    return {environment_variable("postgres-password"): str(password)} if password else {}
+
+
 def key_of(attribute: str) -> str:
     return attribute.replace("_", "-")
 
@@ -203,6 +351,8 @@ def all_keys() -> list[str]:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
     return str(value) if isinstance(value, Path) else value
 
 
@@ -223,20 +373,35 @@ def shown_default(key: str) -> str:
         return "unset"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, tuple):
+        return LIST_SEPARATOR.join(value) if value else "none"
     return str(value)
 
 
-def key_kind(key: str) -> type:
-    """The base type of a key: bool, int, str or Path (Optional stripped)."""
-    annotation = str(_field(key).type)
-    for kind in (bool, int, Path):
-        if kind.__name__ in annotation:
-            return kind
-    return str
+@functools.cache
+def _annotations() -> dict[str, Any]:
+    """Settings' field types, evaluated (this module's annotations are strings)."""
+    return typing.get_type_hints(Settings)
+
+
+def value_kind(annotation: Any) -> tuple[Any, bool]:
+    """What an annotation's values are, None apart (bool, int, str, Path, or a parameterised
+    collection such as `tuple[str, ...]`, whose `typing.get_origin` says which), and whether
+    None is one of them: `int | None` gives (int, True)."""
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if is_union else (annotation,)
+    (kind,) = (member for member in members if member is not NoneType)
+    return kind, NoneType in members
+
+
+def key_kind(key: str) -> Any:
+    """The type of a key's values, None apart (see value_kind)."""
+    return value_kind(_annotations()[attribute_of(key)])[0]
 
 
 def _optional(key: str) -> bool:
-    return "None" in str(_field(key).type)
+    """Whether the key may be null (unset)."""
+    return value_kind(_annotations()[attribute_of(key)])[1]
 
 
 def _coerce_bool(key: str, value: Any, from_text: bool) -> bool:
@@ -273,9 +438,24 @@ def _coerce(key: str, value: Any, from_text: bool) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"configuration key '{key}' must be an integer, got {value!r}")
+    if typing.get_origin(kind) is tuple:
+        return _coerce_list(key, value, from_text)
     if not isinstance(value, str):
         raise ConfigError(f"configuration key '{key}' must be a string, got {value!r}")
     return Path(value) if kind is Path else value
+
+
+def _coerce_list(key: str, value: Any, from_text: bool) -> tuple[str, ...]:
+    """A JSON list of strings; from the environment or a flag, items between commas. Blank
+    items are dropped, so an empty text is an empty list."""
+    if from_text and isinstance(value, str):
+        value = value.split(LIST_SEPARATOR)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(
+            f"configuration key '{key}' must be a list of strings (comma-separated in the "
+            f"environment or a flag), got {value!r}"
+        )
+    return tuple(item.strip() for item in value if item.strip())
 
 
 def read_config_file(path: Path, required: bool) -> dict[str, Any]:
@@ -294,6 +474,7 @@ def read_config_file(path: Path, required: bool) -> dict[str, Any]:
 
 
 def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str, Any]:
+    """Each value converted to its key's type, under its key name."""
     known = set(all_keys())
     layer: dict[str, Any] = {}
     for key, value in values.items():
@@ -301,7 +482,7 @@ def _layer(values: Mapping[str, Any], source: str, from_text: bool) -> dict[str,
             raise ConfigError(
                 f"unknown configuration key '{key}' in {source}{did_you_mean(key, all_keys())}"
             )
-        layer[attribute_of(key)] = _coerce(key, value, from_text)
+        layer[key] = _coerce(key, value, from_text)
     return layer
 
 
@@ -320,23 +501,58 @@ def environment_values(environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
+# Where a key's value can come from, the weakest first: each replaces those before it.
+SOURCES = ("default", "file", "environment", "flag")
+
+
+@dataclass(frozen=True)
+class SourcedSettings:
+    """The settings, where each key's value came from (key -> one of SOURCES), and the
+    configuration file read (None when there was none)."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    file: Path | None
+
+
+def load_sourced_settings(
+    config_path: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SourcedSettings:
+    """Build the settings (flags > environment > file > defaults) and say where each value
+    came from. Raises ConfigError."""
+    path = config_path if config_path is not None else DEFAULT_CONFIG_FILE
+    file_values = read_config_file(path, required=config_path is not None)
+    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    layers = {  # in the order of SOURCES, after the default
+        "file": _layer(file_values, f"configuration file {path}", from_text=False),
+        "environment": _layer(
+            environment_values(os.environ if environ is None else environ),
+            "the environment (IMAGE_SEARCH_*)",
+            from_text=True,
+        ),
+        "flag": _layer(given_flags, "the command line", from_text=True),
+    }
+    values: dict[str, Any] = {}
+    sources = dict.fromkeys(all_keys(), SOURCES[0])
+    for source in SOURCES[1:]:
+        values.update(layers[source])
+        sources.update(dict.fromkeys(layers[source], source))
+    settings = dataclasses.replace(
+        Settings(), **{attribute_of(key): value for key, value in values.items()}
+    )
+    validate(settings)
+    return SourcedSettings(settings, sources, path if path.exists() else None)
+
+
 def load_settings(
     config_path: Path | None = None,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings: flags > environment > file > defaults. Raises ConfigError."""
-    path = config_path if config_path is not None else DEFAULT_CONFIG_FILE
-    file_values = read_config_file(path, required=config_path is not None)
-    env = environment_values(os.environ if environ is None else environ)
-    merged: dict[str, Any] = {}
-    merged.update(_layer(file_values, f"configuration file {path}", from_text=False))
-    merged.update(_layer(env, "the environment (IMAGE_SEARCH_*)", from_text=True))
-    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    merged.update(_layer(given_flags, "the command line", from_text=True))
-    settings = dataclasses.replace(Settings(), **merged)
-    validate(settings)
-    return settings
+    return load_sourced_settings(config_path, flags, environ).settings
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ImageSearchError
-from .images import open_any_size
-from .raw import raw_size
-from .scan import display_path, is_raw_name
+from .errors import ConfigError, ImageError, ImageSearchError
+from .missing import all_missing
+from .scan import display_path
 from .store import NO_FILTERS, Filters, Store, StoredImage
 
 DEFAULT_THRESHOLD = 0.95
@@ -80,7 +79,8 @@ def find_duplicates(
     info = store.info()
     if info is None or info.images == 0:
         raise ImageSearchError(
-            f"no images are indexed in table '{store.table}' yet; run `image-search index` first"
+            all_missing(store.table, info)
+            or f"no images are indexed in table '{store.table}' yet; run `image-search index` first"
         )
     pairs = store.rows.close_pairs(threshold, neighbours, filters, parts=SEARCH_PARTS)
     components = connected_groups((a, b) for a, b, _ in pairs)
@@ -166,13 +166,11 @@ def keep_order(image: StoredImage, pixels: int) -> tuple:
 def pixel_count(path: str) -> int:
     """Width x height from the file's header (no decode; a RAW file's from LibRaw, a
     200-megapixel photo's past Pillow's own limit); 0 if it cannot be read."""
+    from .images import image_size  # the decoders, for this command only
+
     try:
-        if is_raw_name(path):
-            width, height = raw_size(path)
-        else:
-            with open(path, "rb") as handle, open_any_size(handle) as image:
-                width, height = image.size
-    except Exception:  # a file gone or unreadable since it was indexed ranks last
+        width, height = image_size(path)
+    except ImageError:  # a file gone or unreadable since it was indexed ranks last
         return 0
     return width * height
 

@@ -20,9 +20,7 @@ from .errors import ImageSearchError
 from .models import Embedder
 from .pipeline import Failure, Prepared, Unchanged, WorkItem, row_for
 from .store import Store
-
-# Images per batch on the CPU when batch-size is unset (measured best there).
-CPU_BATCH_SIZE = 16
+from .words_index import PhotoWords
 
 Result = Prepared | Unchanged | Failure
 Write = Callable[[Callable[[], object]], None]
@@ -83,10 +81,17 @@ class Executor(Protocol):
 class BatchStep:
     """The batch step of both executors: a prepared batch embedded and written."""
 
-    def __init__(self, store: Store, embedder: Embedder, model_name: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        model_name: str,
+        words: PhotoWords | None = None,
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.model_name = model_name
+        self.words = words  # reads the words in new contents (the ocr key), if set
 
     def run(self, results: Sequence[Result], tally: Tally, write: Write | None = None) -> None:
         """One prepared batch: files that need no model are passed on, the others embedded
@@ -119,9 +124,13 @@ class BatchStep:
 
     def write(self, batch: list[Prepared], vectors: dict[str, Any], tally: Tally) -> None:
         """The batch's rows in one transaction, idempotently: a batch written twice (a
-        retried Ray task) leaves one row per file."""
+        retried Ray task) leaves one row per file. Then the words in them are read and
+        stored (on a GPU in the writer's thread, while the next batch is embedded; a run
+        stopped between the two reads them at its next start)."""
         rows = [row_for(p, vectors[p.image.content_hash]) for p in batch]
         self.store.rows.upsert(rows, self.model_name)
+        if self.words:
+            self.words.write(self.words.read(batch))
         added = sum(1 for prepared in batch if prepared.item.stored is None)
         tally.stored(Stored(added, len(batch) - added))
 

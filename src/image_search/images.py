@@ -1,53 +1,69 @@
-"""Opening untrusted image files safely and turning them into the resized RGB JPEG we embed."""
+"""Opening untrusted image files and turning them into the resized RGB JPEG we embed.
+
+A file is opened only if it is a regular file within max-file-mb (source_files.py); its
+decode is weighed from the header before a pixel is decoded (decode_cost.py: max-image-pixels
+counts memory, not pixels alone), admitted by the process's memory budget (memory_budget.py),
+and reduced before it is converted or turned upright (image_pixels.py). Whatever a decoder
+raises for one file is that file's ImageError, never anyone else's."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import os
-import struct
 import uuid
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-import pillow_jxl  # noqa: F401  (registers Pillow's JPEG XL plugin; AVIF is Pillow's own)
-from PIL import ExifTags, Image, ImageFile, ImageOps
+import PIL
+import rawpy
+from PIL import ExifTags, Image, ImageFile
 
-from .config import Settings
-from .errors import ImageError
-from .raw import decode_raw, raw_capture_time
-from .scan import is_raw_name, path_hash
-
-try:  # HEIC/HEIF support is optional at run time; the dependency is declared.
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-except ImportError:  # pragma: no cover
-    pass
+from .config import DEFAULT_MAX_FILE_MB, Settings
+from .decode_cost import (
+    check_cost,
+    check_pixels,
+    pillow_cost,
+    raw_demosaic_cost,
+    raw_unpack_cost,
+    working_bytes,
+)
+from .errors import ImageError, one_line
+from .image_pixels import resized, upright_rgb
+from .jxl_header import is_jxl, jxl_exif, jxl_size
+from .memory_budget import MemoryBudget, budget_bytes, shared_budget
+from .pillow_open import open_image
+from .raw import open_raw
+from .scan import path_hash
+from .source_files import MB, SourceFile, open_source
 
 JPEG_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 EXIF_DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS) stays on for the whole
-# process, Gradio's image handling included. Ours, max-image-pixels, is applied per file before
-# any pixel is decoded; its warning would only repeat what that check already decided.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's own errors for a file it cannot decode: their text says what is wrong.
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
+# The packages whose versions decide whether a file decodes (decoder_versions).
+DECODER_PACKAGES = ("pillow", "pillow-heif", "pillow-jxl-plugin", "rawpy")
 
 
 @dataclass(frozen=True)
 class ResizeSpec:
+    """How a file is made ready: the processed JPEG's size and resize mode, and the bounds
+    of one decode (max-image-pixels, max-file-mb, memory-budget-mb)."""
+
     width: int
     height: int
     mode: str  # "fit" or "stretch"
     max_pixels: int
+    max_file_bytes: int = DEFAULT_MAX_FILE_MB * MB
+    memory_budget_mb: int | None = None  # None: derived from the machine's memory
 
     @classmethod
     def of(cls, settings: Settings) -> ResizeSpec:
@@ -56,7 +72,13 @@ class ResizeSpec:
             height=settings.resize_height,
             mode=settings.resize_mode,
             max_pixels=settings.max_image_pixels,
+            max_file_bytes=settings.max_file_mb * MB,
+            memory_budget_mb=settings.memory_budget_mb,
         )
+
+    def budget(self) -> MemoryBudget:
+        """The process's memory budget for decoding, shared by all with these settings."""
+        return shared_budget(budget_bytes(self.memory_budget_mb))
 
 
 @dataclass
@@ -67,137 +89,182 @@ class PreparedImage:
     content_hash: str
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A file decoded: the image made ready, and the capture date its header holds."""
+
+    image: Image.Image
+    taken: datetime | None  # EXIF DateTimeOriginal (a RAW file's own date); None: none
+
+
 def processed_path_for(settings: Settings, file_path: str) -> Path:
     """Where the processed JPEG of a source file lives: under data-directory, never beside
-    the user's originals, named by the hash of the source path."""
+    the user's originals, in a folder of the table's own (two tables over one folder may
+    process it at other sizes), named by the hash of the source path. Rows keep the path
+    they were stored with: those of an earlier version, in processed/ itself, still work."""
     digest = path_hash(file_path)
-    return (settings.processed_directory / digest[:2] / f"{digest}.jpg").resolve()
+    folder = settings.processed_directory / settings.table_name
+    return (folder / digest[:2] / f"{digest}.jpg").resolve()
 
 
-def content_hash_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_file(path: str | Path) -> bytes:
+def decoder_versions() -> dict[str, str]:
+    """The versions of what decodes a file (the packages and the libraries they bring): a
+    file that failed to decode may decode once one of them changes."""
+    versions = {}
+    for package in DECODER_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    versions["libraw"] = ".".join(map(str, rawpy.libraw_version))
+    for library in ("avif", "webp", "libjpeg_turbo", "libtiff"):
+        versions[library] = PIL.features.version(library) or "absent"
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+        from pillow_heif import libheif_version
+
+        versions["libheif"] = libheif_version()
+    except ImportError:  # pragma: no cover
+        versions["libheif"] = "absent"
+    return versions
 
 
 def prepare_file(path: str | Path, spec: ResizeSpec) -> Image.Image:
     """Read, decode and resize one file. Raises ImageError with a readable reason."""
-    return prepare_bytes(read_file(path), spec, raw=is_raw_name(os.fspath(path)))
+    with open_source(path, spec.max_file_bytes) as source:
+        return decode(source, spec).image
 
 
 def prepare_bytes(data: bytes, spec: ResizeSpec, raw: bool = False) -> Image.Image:
     """Decode image bytes (`raw`: of a camera RAW file) into an upright RGB image resized
     per `spec`."""
-    if not data:
+    return decode(SourceFile.of_bytes(data, raw=raw), spec).image
+
+
+def decode(source: SourceFile, spec: ResizeSpec) -> Decoded:
+    """A source decoded, upright, in RGB, resized per `spec`, within the memory budget.
+    Raises ImageError, whatever the decoder raised."""
+    if source.size == 0:
         raise ImageError("empty file (0 bytes)")
-    if raw:
-        target = functools.partial(target_size, spec=spec)
-        check = functools.partial(check_pixels, max_pixels=spec.max_pixels)
-        return resize(decode_raw(data, target, check), spec)
+    with decoder_errors():
+        if source.raw:
+            return _decode_raw(source, spec)
+        return _decode_with_pillow(source, spec)
+
+
+@contextmanager
+def decoder_errors() -> Iterator[None]:
+    """Whatever a decoder raises inside, raised again as the file's ImageError."""
     try:
-        with _open_image(data, spec.max_pixels) as image:
-            _draft_for(image, spec)
-            image.load()
-            rgb = to_rgb(ImageOps.exif_transpose(image))
+        yield
+    except ImageError:
+        raise
     except Image.UnidentifiedImageError as exc:
         raise ImageError("not an image, or a format Pillow cannot read") from exc
-    except Image.DecompressionBombError as exc:  # frames of an animation, checked by Pillow
-        raise ImageError(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"cannot decode image: {exc}") from exc
-    return resize(rgb, spec)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (a frame, a huge TIFF)
+        raise ImageError(f"image too large for Pillow's own limit: {exc}") from exc
+    except MemoryError as exc:
+        raise ImageError("cannot decode image: out of memory (see memory-budget-mb)") from exc
+    except DECODER_ERRORS as exc:
+        raise ImageError(f"cannot decode image: {one_line(exc)}") from exc
+    except Exception as exc:  # a decoder's own kind of error: still this file's alone
+        reason = one_line(exc).split(". ")[0]
+        raise ImageError(f"cannot decode image ({type(exc).__name__}: {reason})") from exc
 
 
-def _open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (read the header of) an image and apply our pixel limit.
-
-    Pillow refuses images over twice its global limit before we see their size. When
-    max-image-pixels allows such an image, it is opened again by the format's own plugin,
-    which leaves that check to us, without lowering the guard for anyone else."""
-    image = open_any_size(io.BytesIO(data))
-    try:
-        check_pixels(*image.size, max_pixels)
-    except ImageError:
-        image.close()
-        raise
-    return image
-
-
-def check_pixels(width: int, height: int, max_pixels: int) -> None:
-    """Refuse an image over max-image-pixels, before any pixel is decoded."""
-    if width * height > max_pixels:
-        raise ImageError(
-            f"image too large: {width}x{height} pixels is over max-image-pixels ({max_pixels}); "
-            f"to accept it, raise that setting (--max-image-pixels {width * height})"
+def _decode_with_pillow(source: SourceFile, spec: ResizeSpec) -> Decoded:
+    stream = source.stream()
+    if is_jxl(stream.read(16)):  # its plugin decodes the whole image as it opens it
+        return _decode_jxl(source, stream, spec)
+    stream.seek(0)
+    with open_image(stream) as image:
+        check_pixels(*image.size, spec.max_pixels)
+        full_size = image.size
+        _draft_for(image, spec)
+        cost = pillow_cost(
+            image.format,
+            image.mode,
+            image.size,
+            source.size,
+            progressive=bool(image.info.get("progressive")),
+            full_size=full_size,
         )
+        check_cost(*full_size, cost, spec.max_pixels, f"{image.format} image")
+        with _admitted(spec, cost, image.size, source):
+            return _finish(image, spec)
 
 
-def open_any_size(handle: BinaryIO) -> Image.Image:
-    """`Image.open`, also for images over twice Pillow's own limit (a 200-megapixel photo),
-    which Pillow refuses before anyone sees their size: such a file is opened again by its
-    format's own plugin, so that the caller decides (max-image-pixels)."""
+def _decode_jxl(source: SourceFile, stream: BinaryIO, spec: ResizeSpec) -> Decoded:
+    size = _jxl_size_of(stream)
+    check_pixels(*size, spec.max_pixels)
+    cost = pillow_cost("JXL", "RGBA", size, source.size)  # its mode is known once decoded
+    check_cost(*size, cost, spec.max_pixels, "JPEG XL image")
+    with _admitted(spec, cost, size, source), open_image(stream) as image:
+        return _finish(image, spec)
+
+
+def _jxl_size_of(stream: BinaryIO) -> tuple[int, int]:
+    size = jxl_size(stream)
+    if size is None:
+        raise ImageError("cannot decode image: its JPEG XL header cannot be read")
+    return size
+
+
+def _finish(image: ImageFile.ImageFile, spec: ResizeSpec) -> Decoded:
+    """An opened image loaded, its date read, made upright RGB of the target size."""
+    image.load()
+    target = functools.partial(target_size, spec=spec)
+    return Decoded(upright_rgb(image, _orientation(image), target), _exif_capture_time(image))
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of a loaded image (TIFF's Pillow applies as it loads); 1 when
+    there is none, or its EXIF block is broken."""
     try:
-        return Image.open(handle)
-    except Image.DecompressionBombError:
-        handle.seek(0)
-        return _open_without_pillow_limit(handle)
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # an untrusted header: the pixels may still be fine
+        return 1
+    return orientation if isinstance(orientation, int) else 1
 
 
-def _open_without_pillow_limit(handle: BinaryIO) -> Image.Image:
-    Image.init()
-    prefix = handle.read(16)
-    for name in Image.ID:
-        factory, accept = Image.OPEN[name]
-        accepted = accept is None or accept(prefix)
-        if not accepted or isinstance(accepted, str):  # a str is Pillow's reason for refusing
-            continue
-        handle.seek(0)
-        try:
-            return factory(handle, "")
-        except (SyntaxError, IndexError, TypeError, struct.error):
-            continue
-    raise Image.UnidentifiedImageError("cannot identify image file")
+def _decode_raw(source: SourceFile, spec: ResizeSpec) -> Decoded:
+    """The embedded preview when it is large enough (its cost bounded by the file's size),
+    else the sensor data demosaiced, weighed as such."""
+    with open_raw(source.libraw_input()) as raw:
+        check_pixels(*raw.size, spec.max_pixels)
+        wanted = target_size(*raw.upright_size, spec)
+        # The preview is no larger than the file; the date costs the unpacked sensor data.
+        with _admitted(spec, source.size + raw_unpack_cost(*raw.size), (0, 0), source):
+            taken = raw.taken
+            preview = raw.preview(wanted)
+            if preview is not None:
+                return Decoded(resize(preview, spec), taken)
+        cost = raw_demosaic_cost(*raw.size)
+        check_cost(*raw.size, cost, spec.max_pixels, "RAW file")
+        half_size = (raw.size[0] // 2, raw.size[1] // 2)  # what LibRaw demosaics to
+        with _admitted(spec, cost, half_size, source):
+            return Decoded(resize(raw.demosaic(), spec), taken)
+
+
+@contextmanager
+def _admitted(
+    spec: ResizeSpec, cost: int, decoded_size: tuple[int, int], source: SourceFile
+) -> Iterator[None]:
+    """Inside, the decode's `cost` is held in the memory budget, with what reducing an
+    image of `decoded_size` takes beside it and the file's bytes held."""
+    target = spec.width * spec.height
+    beside = working_bytes(decoded_size[0] * decoded_size[1], target) + source.held_bytes
+    with spec.budget().reserve(cost + beside):
+        yield
 
 
 def _draft_for(image: Image.Image, spec: ResizeSpec) -> None:
     """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while staying above the target."""
-    if image.format != "JPEG":
+    if image.format not in ("JPEG", "MPO"):
         return
     width, height = spec.width, spec.height
     if image.getexif().get(EXIF_ORIENTATION) in ROTATED_ORIENTATIONS:
         width, height = height, width
     image.draft("RGB", (width, height))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any colour mode made 8-bit RGB; transparency composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _high_bit_depth_to_l(image)
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("LA", "PA", "La", "RGBa"):
-        image = image.convert("RGBA")
-    if image.mode == "RGBA":
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    if image.mode != "RGB":
-        return image.convert("RGB")
-    return image
-
-
-def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
-    """16-bit and 32-bit grey to 8-bit by scaling, not clipping."""
-    pixels = np.asarray(image, dtype=np.float64)
-    top = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-    scaled = np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
 
 
 def target_size(width: int, height: int, spec: ResizeSpec) -> tuple[int, int]:
@@ -211,10 +278,22 @@ def target_size(width: int, height: int, spec: ResizeSpec) -> tuple[int, int]:
 
 
 def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
-    size = target_size(image.width, image.height, spec)
-    if size == image.size:
-        return image
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return resized(image, target_size(image.width, image.height, spec))
+
+
+def image_size(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> tuple[int, int]:
+    """Width and height from a file's header, upright for a RAW file (nothing decoded but a
+    JPEG XL, which is measured from its header too). Raises ImageError."""
+    with open_source(path, max_bytes) as source, decoder_errors():
+        if source.raw:
+            with open_raw(source.libraw_input()) as raw:
+                return raw.upright_size
+        stream = source.stream()
+        if is_jxl(stream.read(16)):
+            return _jxl_size_of(stream)
+        stream.seek(0)
+        with open_image(stream) as image:
+            return image.size
 
 
 def save_jpeg(image: Image.Image, destination: Path) -> None:
@@ -238,35 +317,74 @@ def write_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> 
 
 
 def file_capture_time(
-    path: str, mtime_ns: int, data: bytes | None = None, local_mtime: datetime | None = None
+    path: str,
+    mtime_ns: int,
+    data: bytes | None = None,
+    local_mtime: datetime | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
 ) -> datetime:
-    """`capture_time` of an indexed file (its bytes when already read): a RAW file's date
-    comes from LibRaw, which reads every RAW container."""
-    source = data if data is not None else path
-    if is_raw_name(path):
-        return raw_capture_time(source) or local_mtime or datetime.fromtimestamp(mtime_ns / 1e9)
-    return capture_time(source, mtime_ns, local_mtime)
+    """`capture_time` of an indexed file (of its bytes, when already read)."""
+    if data is not None:
+        taken = header_capture_time(SourceFile.of_bytes(data, name=path))
+    else:
+        taken = _path_capture_time(path, max_bytes)
+    return taken or local_mtime or datetime.fromtimestamp(mtime_ns / 1e9)
 
 
 def capture_time(
     source: str | Path | bytes, mtime_ns: int, local_mtime: datetime | None = None
 ) -> datetime:
-    """When a photo was taken: EXIF DateTimeOriginal (the camera's wall-clock time), else the
-    file's mtime in this computer's local time (or `local_mtime`, that time as another
-    computer took it: the driver of a Ray run). Reads the header only, never the pixels."""
+    """When a photo was taken: EXIF DateTimeOriginal (the camera's wall-clock time; a RAW
+    file's from LibRaw), else the file's mtime in this computer's local time (or
+    `local_mtime`, that time as another computer took it: the driver of a Ray run). Reads
+    the header only, never the pixels, and only from a regular file."""
+    if isinstance(source, bytes):
+        return file_capture_time("", mtime_ns, source, local_mtime)
+    return file_capture_time(str(source), mtime_ns, None, local_mtime)
+
+
+def _path_capture_time(path: str, max_bytes: int) -> datetime | None:
     try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-        with handle, open_any_size(handle) as image:
-            taken = _exif_capture_time(image)
-    except Exception:  # an untrusted header: any failure only means "no EXIF date"
-        taken = None
-    return taken or local_mtime or datetime.fromtimestamp(mtime_ns / 1e9)
+        with open_source(path, max_bytes) as source:
+            return header_capture_time(source)
+    except ImageError:  # not a regular file, too large, unreadable: no date from it
+        return None
+
+
+def header_capture_time(source: SourceFile) -> datetime | None:
+    """The capture date in a file's header, or None. Any failure only means "no date": the
+    header is untrusted."""
+    try:
+        if source.raw:
+            with open_raw(source.libraw_input()) as raw:
+                return raw.taken
+        stream = source.stream()
+        if is_jxl(stream.read(16)):
+            exif = jxl_exif(stream)
+            return _date_of(_exif_of(exif)) if exif else None
+        stream.seek(0)
+        with open_image(stream) as image:
+            return _exif_capture_time(image)
+    except Exception:
+        return None
+
+
+def _exif_of(data: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    exif.load(data)
+    return exif
 
 
 def _exif_capture_time(image: Image.Image) -> datetime | None:
     if image.format == "PNG" and "exif" not in image.info:
         return None  # Pillow would decode the whole image to look for EXIF after the pixels
-    exif = image.getexif()
+    try:
+        return _date_of(image.getexif())
+    except Exception:  # an untrusted header: a broken EXIF block is no date
+        return None
+
+
+def _date_of(exif: Image.Exif) -> datetime | None:
     # Its place is the Exif sub-IFD; some tools write it into the main IFD instead.
     original = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
     if not isinstance(original, str):
@@ -277,3 +395,7 @@ def _exif_capture_time(image: Image.Image) -> datetime | None:
         return datetime.strptime(original.strip("\x00 ")[:19], EXIF_DATE_FORMAT)
     except ValueError:
         return None
+
+
+def content_hash_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,8 +1,10 @@
 """The index run, written once: scan the folder, diff it with the table (plan), hand the work
-to an executor (in process or on Ray: executor.py), fill capture dates, remove rows of deleted
-files, remember files that failed, draw the bars and report. The executor is the caller's
-choice (executor_choice.executor_for); this module never imports the Ray one. One job, the
-whole of a run that either executor serves, hence a little over 400 lines."""
+to an executor (in process or on Ray: executor.py), fill capture dates, mark the rows of files
+gone missing and purge them after their grace period, remember files that failed (and why),
+draw the bars and report. The executor is the caller's choice (executor_choice.executor_for);
+this module never imports the Ray one. One job, the whole of a run that either executor
+serves, hence some 600 lines; how missing files are reported is in missing.py, what made a
+file fail in failure_cause.py."""
 
 from __future__ import annotations
 
@@ -25,12 +27,25 @@ from .config import RESERVED_TABLE_PREFIX, Settings
 from .errors import ConfigError
 from .executor import Executor, Job, Stored
 from .executor_local import LocalExecutor
+from .failure_cause import UNREADABLE, failure_cause
 from .images import file_capture_time
+from .missing import MissingFolder, how_long_kept, missing_folders, missing_note
 from .models import Embedder
-from .models.precision import planned_spec, recorded_spec
+from .models.precision import planned_spec
 from .pipeline import Failure, Unchanged, WorkItem
-from .scan import IMAGE_EXTENSIONS, ScannedFile, display_path, scan_images, stat_file
+from .scan import (
+    IMAGE_EXTENSIONS,
+    Exclusions,
+    LeftOut,
+    ScannedFile,
+    can_open,
+    display_path,
+    folder_prefix,
+    scan_images,
+    stat_file,
+)
 from .store import Database, FailedFile, Store, StoredFile
+from .words_index import fill_words, prepare_words_table
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +64,16 @@ class IndexReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
-    removed: int = 0
+    removed: int = 0  # rows deleted: purged after their grace period, pruned, left out
     failed: list[Failure] = field(default_factory=list)
     dated: int = 0  # stored rows that gained a capture date from their file's header
+    words_read: int = 0  # stored photos whose words were read from their processed JPEGs
+    missing: int = 0  # rows of files not found, kept but left out of searches
+    restored: int = 0  # rows of missing files found again (embedded again only if changed)
+    missing_folders: list[MissingFolder] = field(default_factory=list)
+    missing_kept: str = ""  # until when the missing rows are kept, for the summary
+    excluded_folders: int = 0  # left out by exclude and exclude-system-folders
+    excluded_files: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +83,11 @@ class IndexReport:
             "unchanged": self.unchanged,
             "removed": self.removed,
             "failed": [{"path": display_path(f.path), "error": f.error} for f in self.failed],
+            "missing": self.missing,
+            "restored": self.restored,
+            "missing_folders": [folder.to_json() for folder in self.missing_folders],
+            "excluded_folders": self.excluded_folders,
+            "excluded_files": self.excluded_files,
         }
 
     def summary(self) -> str:
@@ -71,8 +98,19 @@ class IndexReport:
         )
         if remembered := sum(1 for failure in self.failed if failure.remembered):
             text += f" ({remembered} unchanged since they failed before: not read again)"
+        if self.restored:
+            text += f"; {self.restored} missing files back"
+        if self.missing:
+            text += "; " + missing_note(self.missing, self.missing_folders, self.missing_kept)
+        if self.excluded_folders or self.excluded_files:
+            text += (
+                f"; left out {self.excluded_folders} folders and {self.excluded_files} images "
+                "(exclude, exclude-system-folders)"
+            )
         if self.dated:
             text += f"; capture dates filled for {self.dated} stored images"
+        if self.words_read:
+            text += f"; words read in {self.words_read} stored images"
         return text
 
 
@@ -85,7 +123,8 @@ class Progress:
     """How an index run tells where it is: three bars in a terminal (or none), a callback
     `(done, total)` for the page (done: files finished, stored or passed over), and one line
     with the time left for long runs. One object serves one run. Once `stop` is set, the run
-    ends at its next batch boundary with RunStopped."""
+    ends at its next batch boundary with RunStopped; `report` then holds what it stored (as
+    it does when Ctrl-C or SIGTERM ended it)."""
 
     STAGES = ("Converting + resizing", "Embedding", "Registering")
 
@@ -99,6 +138,7 @@ class Progress:
         self.show_bars = show_bars and sys.stderr.isatty()
         self.callback = callback
         self.stop = stop
+        self.report: IndexReport | None = None  # the run's, from its start
         self._bars: list[tqdm] = []
         self._total = 0
         self._finished = 0
@@ -216,7 +256,8 @@ class ReportTally:
 def plan(
     scanned: list[ScannedFile], stored: dict[str, StoredFile]
 ) -> tuple[list[WorkItem], int, list[StoredFile]]:
-    """Split the folder into work to do, files unchanged by size+mtime, and rows to remove."""
+    """Split the folder into work to do, files unchanged by size+mtime, and the rows of files
+    not found."""
     work: list[WorkItem] = []
     unchanged = 0
     for file in scanned:
@@ -247,72 +288,170 @@ class Indexer:
         self.progress = progress
         self.executor = executor
         self.report = IndexReport()
+        progress.report = self.report
 
-    def run(self, root: str, keep_missing: bool, also: Sequence[str] = ()) -> IndexReport:
-        """Make the table match the folder `root`, plus the files `also` (outside it)."""
+    def run(
+        self,
+        root: str,
+        keep_missing: bool,
+        also: Sequence[str] = (),
+        prune: bool = False,
+        retry_failed: bool = False,
+    ) -> IndexReport:
+        """Make the table match the folder `root`, plus the files `also` (outside it). Rows
+        of files not found are kept but left out of searches, and purged once missing for
+        missing-grace-days (never with `keep_missing`; at once with `prune`)."""
         rows = self.store.rows
         stored = rows.stored_files(root)
         if also:
             stored.update(rows.stored_files_at(also))
-        own_folders = (self.settings.output_directory, self.settings.data_directory)
-        found = self.progress.scanning(
-            scan_images(Path(root), exclude=own_folders, raw_with_jpeg=self.settings.raw_with_jpeg)
+        scanned, left_out = self._scan(root, also)
+        work, self.report.unchanged, unscanned = plan(scanned, stored)
+        self.report.restored = rows.restore(
+            [row.id for f in scanned if (row := stored.get(f.path)) is not None and row.missing]
         )
-        scanned = list(found) + [f for f in map(stat_file, also) if f is not None]
-        self.report.scanned = len(scanned)
-        work, self.report.unchanged, missing = plan(scanned, stored)
         failed_before = rows.failed_files(root)
-        work = self._pass_over_failed(work, failed_before)
+        if not retry_failed:
+            work = self._pass_over_failed(work, failed_before)
         warn_clamped_dates(work)
         info = self.store.info()
-        if len(work) >= BULK_LOAD_ROWS and info is not None and info.images == 0:
+        if len(work) >= BULK_LOAD_ROWS and info is not None and info.stored == 0:
             self.store.schema.drop_vector_index()  # rebuilt once below, not row by row
         self._fill_dates(scanned, stored)
+        prepare_words_table(self.settings, self.store)
         self._process(work)
         self._settle_failures(work, failed_before)
-        if not scanned:
-            self._warn_no_images(root, kept=0 if keep_missing else len(missing))
-        elif not keep_missing:
-            self._delete(missing)
+        self._sweep(root, scanned, unscanned, left_out, keep_missing=keep_missing, prune=prune)
+        self._fill_words()
         self.store.schema.ensure_vector_index()
         self.store.schema.mark_indexed()
         return self.report
 
+    def _scan(self, root: str, also: Sequence[str]) -> tuple[list[ScannedFile], LeftOut]:
+        """The image files of `root` (and `also`), and what the scan left out."""
+        own_folders = (self.settings.output_directory, self.settings.data_directory)
+        left_out = LeftOut()
+        found = scan_images(
+            Path(root),
+            exclude=own_folders,
+            raw_with_jpeg=self.settings.raw_with_jpeg,
+            exclusions=Exclusions.of(self.settings),
+            left_out=left_out,
+        )
+        scanned = list(self.progress.scanning(found))
+        scanned += [f for f in map(stat_file, also) if f is not None]
+        self.report.scanned = len(scanned)
+        self.report.excluded_folders, self.report.excluded_files = left_out.folders, left_out.files
+        for folder in left_out.unlisted:
+            log.warning("cannot list %s: its stored images are kept", display_path(folder))
+        return scanned, left_out
+
     def _pass_over_failed(
         self, work: list[WorkItem], failed_before: dict[str, FailedFile]
     ) -> list[WorkItem]:
-        """The work less new files that failed before with this same size and mtime: they
-        are reported again, not read again (nor the model loaded for them)."""
-        todo = []
+        """The work less new files that failed before with this same size and mtime, for the
+        same cause: they are reported again, not read again (nor the model loaded for them).
+        A file that could not be opened is tried again once it can be."""
+        if not failed_before:
+            return work
+        cause = failure_cause(self.settings)
+        todo, retried = [], 0
         for item in work:
             file, known = item.file, failed_before.get(item.file.path)
             if known and item.stored is None and known.stat == (file.size, file.mtime_ns):
-                log.warning(
-                    "skipped %s (unchanged since it failed before): %s",
-                    display_path(file.path),
-                    known.error,
-                )
-                self.report.failed.append(Failure(file.path, known.error, remembered=True))
-            else:
-                todo.append(item)
+                if still_failing(known, cause):
+                    log.warning(
+                        "skipped %s (unchanged since it failed before): %s",
+                        display_path(file.path),
+                        known.error,
+                    )
+                    self.report.failed.append(Failure(file.path, known.error, remembered=True))
+                    continue
+                retried += 1
+            todo.append(item)
+        if retried:
+            log.info(
+                "trying again %d files that failed before with other settings, decoders or "
+                "permissions",
+                retried,
+            )
         return todo
 
     def _settle_failures(self, work: list[WorkItem], failed_before: dict[str, FailedFile]) -> None:
-        """Remember the files that failed in this run; forget those that no longer fail (or
-        are gone); drop the stored rows of changed files that now fail, like missing ones:
-        a search must not return a picture the file no longer holds."""
+        """Remember the files that failed in this run, with what made them fail; forget those
+        that no longer fail (or are gone); drop the stored rows of changed files that now
+        fail, like missing ones: a search must not return a picture the file no longer holds."""
         items = {item.file.path: item for item in work}
         new = [f for f in self.report.failed if f.of_file and not f.remembered]
         rows = self.store.rows
-        rows.remember_failures(
-            [
-                FailedFile(f.path, items[f.path].file.size, items[f.path].file.mtime_ns, f.error)
-                for f in new
-            ]
-        )
+        if new:
+            cause = failure_cause(self.settings)
+            rows.remember_failures(
+                [
+                    FailedFile(
+                        f.path,
+                        items[f.path].file.size,
+                        items[f.path].file.mtime_ns,
+                        f.error,
+                        cause if can_open(f.path) else UNREADABLE,
+                    )
+                    for f in new
+                ]
+            )
         failing = {f.path for f in self.report.failed if f.of_file}
         rows.forget_failures(set(failed_before) - failing)
         self._delete([stored for f in new if (stored := items[f.path].stored) is not None])
+
+    def _sweep(
+        self,
+        root: str,
+        scanned: list[ScannedFile],
+        unscanned: list[StoredFile],
+        left_out: LeftOut,
+        keep_missing: bool,
+        prune: bool,
+    ) -> None:
+        """The rows of files the scan did not find. Those not missing go now (see
+        _drop_not_missing); the others are kept, out of searches, until their file is back or
+        the grace period ends (never with `keep_missing`); `prune` purges them now. A scan
+        that found nothing at all (an unmounted drive looks so) purges nothing but by
+        `prune`."""
+        missing = self._drop_not_missing(unscanned, left_out)
+        self.store.rows.mark_missing([row.id for row in missing if not row.missing])
+        grace = self.settings.missing_grace_days
+        if prune:
+            self._delete(missing)
+            missing = []
+        elif not keep_missing and scanned:
+            purged = set(self._delete(missing, missing_for_days=grace))
+            missing = [row for row in missing if row.id not in purged]
+        self.report.missing = len(missing)
+        self.report.missing_folders = missing_folders(root, missing, scanned)
+        self.report.missing_kept = how_long_kept(grace, keep_missing, found_any=bool(scanned))
+        if not scanned:
+            self._warn_no_images(root, kept=len(missing))
+
+    def _drop_not_missing(
+        self, unscanned: list[StoredFile], left_out: LeftOut
+    ) -> list[StoredFile]:
+        """Delete the rows of files that are not missing though the scan did not find them:
+        a file still there was left out on purpose (exclude, raw-with-jpeg), and one whose
+        content another row holds was moved or was a copy. The rest: files gone from view,
+        or in a folder the scan could not list."""
+        unlisted = tuple(folder_prefix(folder) for folder in left_out.unlisted)
+
+        def still_there(row: StoredFile) -> bool:
+            path = row.file_path
+            return not path.startswith(unlisted) and os.path.exists(path)
+
+        elsewhere = self.store.rows.contents_held_elsewhere(unscanned)
+        redundant = [
+            row
+            for row in unscanned
+            if row.content_hash in elsewhere or (not row.missing and still_there(row))
+        ]
+        taken = set(self._delete(redundant))
+        return [row for row in unscanned if row.id not in taken]
 
     # -- the work, done by the executor --------------------------------------
 
@@ -336,6 +475,14 @@ class Indexer:
         for start in range(0, len(changes), DATES_PER_WRITE):
             self.store.rows.set_taken_at(changes[start : start + DATES_PER_WRITE])
         self.report.dated = len(changes)
+
+    def _fill_words(self) -> None:
+        """Words for stored photos that have none (indexed before the ocr key was on): read
+        from their processed JPEGs, no model. Words no photo holds any more are dropped."""
+        progress = self.progress
+        self.report.words_read = fill_words(
+            self.settings, self.store, progress.show_bars, progress.callback, progress.check_stop
+        )
 
     def _process(self, work: list[WorkItem]) -> None:
         """Prepare, embed and store `work` by the executor, which tells the tally."""
@@ -365,14 +512,24 @@ class Indexer:
             "no images found in %s (looked for %s)%s", display_path(root), extensions, keeping
         )
 
-    def _delete(self, rows: list[StoredFile]) -> None:
-        """Remove these rows and their processed JPEGs."""
+    def _delete(self, rows: list[StoredFile], missing_for_days: int | None = None) -> list[int]:
+        """Remove these rows (with `missing_for_days`, those missing that long) and the
+        processed JPEGs no row of any table points at any more; the ids removed."""
         if not rows:
-            return
-        processed = self.store.rows.delete([row.id for row in rows])
-        for path in processed:
+            return []
+        removed = self.store.rows.delete([row.id for row in rows], missing_for_days)
+        for path in removed.unused_processed:
             Path(path).unlink(missing_ok=True)
-        self.report.removed += len(processed)
+        self.report.removed += len(removed.ids)
+        return removed.ids
+
+
+def still_failing(known: FailedFile, cause: str) -> bool:
+    """Whether a file that failed before, unchanged since, would fail the same way now: the
+    same settings and decoders, or still no permission to open it."""
+    if known.cause == UNREADABLE:
+        return not can_open(known.file_path)
+    return known.cause == cause
 
 
 def warn_clamped_dates(work: list[WorkItem]) -> None:
@@ -395,10 +552,15 @@ def run_index(
     reindex: bool = False,
     progress: Progress | None = None,
     executor: Executor | None = None,
+    prune: bool = False,
+    retry_failed: bool = False,
 ) -> IndexReport:
     """Index `source` (default: the source-directory key) into the configured table, the
     work done by `executor`: the caller's choice for the `ray-address` key
-    (executor_choice.executor_for), by default this process.
+    (executor_choice.executor_for), by default this process. Rows of missing files are kept
+    for missing-grace-days (for good with `keep_missing`), or purged now with `prune`; files
+    that failed before are passed over while their cause is the same, or all tried again
+    with `retry_failed`.
 
     With `reindex`, every image is embedded again with the configured model into a shadow
     table that replaces the old one in one transaction at the end: the old vectors stay
@@ -414,14 +576,21 @@ def run_index(
             database = stack.enter_context(Database(settings))
         live = Store(database, settings.table_name)
         store = Store(database, shadow_table_name(settings.table_name)) if reindex else live
-        wanted = planned_spec(settings)
+        wanted = planned_spec(settings, embedder.decision)
+        settings = embedder.decision.applied_to(settings)  # what a Ray worker decides from
         # A re-index re-embeds every stored image, those indexed from other folders too.
         others = live.rows.file_paths_outside(root) if reindex and live.info() else []
         if reindex:
             store.schema.drop_if_other_vectors(wanted)
-        store.schema.ensure(wanted, recorded_spec)
+        store.schema.ensure(wanted)
         indexer = Indexer(settings, store, embedder, progress or Progress(), executor)
-        report = indexer.run(root, keep_missing=keep_missing and not reindex, also=others)
+        report = indexer.run(
+            root,
+            keep_missing=keep_missing and not reindex,
+            also=others,
+            prune=prune,
+            retry_failed=retry_failed,
+        )
         if reindex:
             store.schema.take_over(settings.table_name)
         return report

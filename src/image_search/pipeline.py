@@ -1,35 +1,37 @@
 """The moving parts of an index run: the work items, one file made ready for the model (by
 Pillow, in threads), a batch of JPEGs made ready on a GPU (nvJPEG, tensor_images.py) with the
-CPU decoding the rest beside it, batches prepared ahead in order, and a writer thread behind a
-bounded queue. The executors put them together (executor_local.py in process, cluster.py on
-Ray; executor.py holds the batch step both run)."""
+CPU decoding the rest beside it (two_decoders.py shares the batch between them), batches
+prepared ahead in order, and a writer thread behind a bounded queue. The executors put them
+together (executor_local.py in process, cluster.py on Ray; executor.py holds the batch step
+both run)."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import Settings
-from .errors import ImageError
+from .errors import ImageError, ImageSearchError
 from .images import (
     PreparedImage,
     ResizeSpec,
-    content_hash_of,
-    file_capture_time,
-    prepare_bytes,
+    decode,
+    header_capture_time,
     processed_path_for,
-    read_file,
     save_jpeg,
     write_atomically,
 )
-from .scan import ScannedFile, is_raw_name
+from .scan import ScannedFile, display_path
+from .source_files import HELD_WHOLE_BYTES, SourceFile, open_source
 from .store import NewRow, StoredFile
 from .tensor_images import (
     JpegHeader,
@@ -39,10 +41,15 @@ from .tensor_images import (
     tensor_header,
     upright,
 )
+from .two_decoders import Read
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+# A processed JPEG that cannot be written for these reasons stops the run: every other file
+# would fail the same way.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+JPEG_NAMES = (".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,10 @@ class WorkItem:
     # another time zone (containers run in UTC) dates the file as an in-process run would.
     local_mtime: datetime | None = field(default=None, compare=False)
 
+    def capture_date(self, taken: datetime | None) -> datetime:
+        """The capture date: the header's, else the file's mtime (in the planner's zone)."""
+        return taken or self.local_mtime or datetime.fromtimestamp(self.file.mtime_ns / 1e9)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -81,44 +92,52 @@ class Unchanged:
     item: WorkItem
 
 
-def prepare_item(
-    settings: Settings, spec: ResizeSpec, item: WorkItem
-) -> Prepared | Unchanged | Failure:
+Result = Prepared | Unchanged | Failure
+
+
+def prepare_item(settings: Settings, spec: ResizeSpec, item: WorkItem) -> Result:
     """One file made ready for the model (any thread or process may run it): read, hash,
-    decode, resize, write the processed JPEG. Unreadable files are a Failure, not an error."""
-    read = read_changed(item)
-    if isinstance(read, Unchanged | Failure):
-        return read
-    return prepare_with_pillow(settings, spec, item, *read)
-
-
-def read_changed(item: WorkItem) -> tuple[bytes, str] | Unchanged | Failure:
-    """A file's bytes and content hash; Unchanged when the content is the one stored."""
-    try:
-        data = read_file(item.file.path)
-    except ImageError as exc:
-        return Failure(item.file.path, str(exc))
-    digest = content_hash_of(data)
-    if item.stored is not None and digest == item.stored.content_hash:
-        return Unchanged(item)
-    return data, digest
-
-
-def prepare_with_pillow(
-    settings: Settings, spec: ResizeSpec, item: WorkItem, data: bytes, digest: str
-) -> Prepared | Failure:
-    """A file's bytes decoded, resized and written as the processed JPEG by Pillow."""
+    decode, resize, write the processed JPEG. A file that cannot be read or decoded, for
+    whatever reason its decoder gives, is a Failure, not an error of the run."""
     path = item.file.path
     try:
-        image = prepare_bytes(data, spec, raw=is_raw_name(path))
-        destination = processed_path_for(settings, path)
-        save_jpeg(image, destination)
+        with open_source(path, spec.max_file_bytes) as source:
+            digest = source.content_hash()
+            if _unchanged(item, digest):
+                return Unchanged(item)
+            decoded = decode(source, spec)
     except ImageError as exc:
         return Failure(path, str(exc))
-    except OSError as exc:  # e.g. the data directory became unwritable
-        return Failure(path, f"cannot write processed JPEG: {exc}", of_file=False)
-    taken_at = file_capture_time(path, item.file.mtime_ns, data, item.local_mtime)
-    return Prepared(item, PreparedImage(image, digest), str(destination), taken_at)
+    prepared = PreparedImage(decoded.image, digest)
+    taken = item.capture_date(decoded.taken)
+    return written(settings, item, prepared, taken, functools.partial(save_jpeg, decoded.image))
+
+
+def _unchanged(item: WorkItem, digest: str) -> bool:
+    return item.stored is not None and digest == item.stored.content_hash
+
+
+def written(
+    settings: Settings,
+    item: WorkItem,
+    image: PreparedImage,
+    taken: datetime,
+    write: Callable[[Path], object],
+) -> Prepared | Failure:
+    """A prepared file once `write` has written its processed JPEG. A full disk stops the
+    run; another write error is this file's, and not remembered."""
+    destination = processed_path_for(settings, item.file.path)
+    try:
+        write(destination)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            folder = display_path(str(settings.processed_directory))
+            raise ImageSearchError(
+                f"cannot write processed JPEGs under {folder}: {exc.strerror}; free some "
+                "space there (data-directory) and run again"
+            ) from exc
+        return Failure(item.file.path, f"cannot write processed JPEG: {exc}", of_file=False)
+    return Prepared(item, image, str(destination), taken)
 
 
 def row_for(prepared: Prepared, vector: Any) -> NewRow:
@@ -166,105 +185,80 @@ def prepared_batches(
 
 
 @dataclass(frozen=True)
-class _Read:
-    """A file read and hashed, its content not yet decoded."""
+class DeviceRead:
+    """A JPEG read for the device: its item, content hash, header (None: not one the
+    device decoder takes) and capture date."""
 
     item: WorkItem
-    data: bytes
     digest: str
-    header: JpegHeader | None  # None: not for the tensor decoder
+    header: JpegHeader | None
+    taken: datetime | None
 
 
 class DevicePreparer:
-    """Prepares a batch with two decoders busy at once: nvJPEG on the GPU for the JPEGs it
-    takes, Pillow in the CPU threads for everything else and for a share of the JPEGs that
-    follows which of the two finished its last batch first."""
+    """The two decoders of a GPU run (two_decoders.BatchDecoder): nvJPEG on the device for
+    the JPEGs it takes, decoded, turned upright and resized there, their processed JPEGs
+    encoded there too; Pillow in the CPU threads (prepare_item) for everything else."""
 
     def __init__(self, settings: Settings, spec: ResizeSpec, device: str, pool: Executor) -> None:
         self.settings = settings
         self.spec = spec
         self.device = device
         self.pool = pool
-        self.cpu_share = 0.25  # of the JPEGs; adjusted after each batch
 
-    def prepare(self, items: Sequence[WorkItem]) -> list[Prepared | Unchanged | Failure]:
-        reads = list(self.pool.map(self._read, items))
-        on_device, on_cpu = self._split([r for r in reads if isinstance(r, _Read)])
-        started = time.perf_counter()
-        cpu_finished: list[float] = []
+    def takes(self, item: WorkItem) -> bool:
+        """JPEGs by name, small enough to be held whole."""
+        file = item.file
+        return file.path.lower().endswith(JPEG_NAMES) and file.size <= HELD_WHOLE_BYTES
 
-        def with_pillow(read: _Read) -> Prepared | Failure:
-            result = self._with_pillow(read)
-            cpu_finished.append(time.perf_counter())
-            return result
+    def held_bytes(self, item: WorkItem) -> int:
+        return 2 * item.file.size  # the bytes read, and their copy handed to the decoder
 
-        pillow = {id(r): self.pool.submit(with_pillow, r) for r in on_cpu}
-        results: dict[int, Prepared | Failure] = self._with_device(on_device)
-        device_seconds = time.perf_counter() - started
-        results |= {key: future.result() for key, future in pillow.items()}
-        cpu_seconds = max(cpu_finished, default=started) - started
-        if on_cpu and on_device:
-            self._balance(cpu_seconds, device_seconds)
-        return [results[id(r)] if isinstance(r, _Read) else r for r in reads]
-
-    def _read(self, item: WorkItem) -> _Read | Unchanged | Failure:
-        read = read_changed(item)
-        if isinstance(read, Unchanged | Failure):
-            return read
-        data, digest = read
-        return _Read(item, data, digest, tensor_header(data, self.spec.max_pixels))
-
-    def _split(self, reads: list[_Read]) -> tuple[list[_Read], list[_Read]]:
-        """JPEGs for the device (in order), the rest and the CPU's share for Pillow."""
-        jpegs = [r for r in reads if r.header is not None]
-        others = [r for r in reads if r.header is None]
-        to_cpu = round(len(jpegs) * self.cpu_share)
-        return jpegs[to_cpu:], others + jpegs[:to_cpu]
-
-    def _with_pillow(self, read: _Read) -> Prepared | Failure:
-        return prepare_with_pillow(self.settings, self.spec, read.item, read.data, read.digest)
-
-    def _with_device(self, reads: list[_Read]) -> dict[int, Prepared | Failure]:
-        """Decode, turn upright and resize on the device; encode the processed JPEGs there
-        and write them from the CPU threads. A file the decoder refuses goes to Pillow."""
-        decoded = decode_jpegs([r.data for r in reads], self.device)
-        results: dict[int, Prepared | Failure] = {}
-        done: list[tuple[_Read, Any]] = []
-        for read, pixels in zip(reads, decoded, strict=True):
-            if pixels is None:
-                results[id(read)] = self._with_pillow(read)
-            else:
-                assert read.header is not None
-                done.append((read, resized(upright(pixels, read.header.orientation), self.spec)))
-        encoded = encode_jpegs([pixels for _, pixels in done])
-        writes = [
-            self.pool.submit(self._write, read, pixels, data)
-            for (read, pixels), data in zip(done, encoded, strict=True)
-        ]
-        for (read, _), write in zip(done, writes, strict=True):
-            results[id(read)] = write.result()
-        return results
-
-    def _write(self, read: _Read, pixels: Any, data: bytes) -> Prepared | Failure:
-        destination = processed_path_for(self.settings, read.item.file.path)
+    def read(self, item: WorkItem) -> Read[DeviceRead] | Unchanged | Failure:
         try:
+            with open_source(item.file.path, self.spec.max_file_bytes) as opened:
+                data = opened.data()
+        except ImageError as exc:
+            return Failure(item.file.path, str(exc))
+        source = SourceFile.of_bytes(data, item.file.path)
+        digest = source.content_hash()
+        if _unchanged(item, digest):
+            return Unchanged(item)
+        header = tensor_header(data, self.spec.max_pixels)
+        return Read(DeviceRead(item, digest, header, header_capture_time(source)), data)
+
+    def decode(self, reads: list[Read[DeviceRead]]) -> list[Any | None]:
+        """Decoded on the device, upright and resized; None for what it does not take."""
+        ours = [read for read in reads if read.key.header is not None]
+        decoded = iter(decode_jpegs([read.data for read in ours], self.device))
+        made: list[Any | None] = []
+        for read in reads:
+            header = read.key.header
+            pixels = next(decoded) if header is not None else None
+            if pixels is not None:
+                assert header is not None
+                pixels = resized(upright(pixels, header.orientation), self.spec)
+            made.append(pixels)
+        return made
+
+    def finish(self, keys: list[DeviceRead], decoded: list[Any]) -> list[Result]:
+        """The processed JPEGs encoded on the device and written from the CPU threads."""
+        encoded = encode_jpegs(decoded)
+        writes = [
+            self.pool.submit(self._written, key, pixels, data)
+            for key, pixels, data in zip(keys, decoded, encoded, strict=True)
+        ]
+        return [write.result() for write in writes]
+
+    def prepare(self, item: WorkItem) -> Result:
+        return prepare_item(self.settings, self.spec, item)
+
+    def _written(self, key: DeviceRead, pixels: Any, data: bytes) -> Prepared | Failure:
+        def write(destination: Path) -> None:
             write_atomically(destination, lambda out: out.write(data))
-        except OSError as exc:
-            error = f"cannot write processed JPEG: {exc}"
-            return Failure(read.item.file.path, error, of_file=False)
-        return Prepared(
-            read.item, PreparedImage(pixels, read.digest), str(destination), self._taken_at(read)
-        )
 
-    @staticmethod
-    def _taken_at(read: _Read) -> datetime | None:
-        file = read.item.file
-        return file_capture_time(file.path, file.mtime_ns, read.data, read.item.local_mtime)
-
-    def _balance(self, cpu_seconds: float, device_seconds: float) -> None:
-        """Give the CPU more JPEGs when it waited for the GPU, fewer when the GPU waited."""
-        step = 1.1 if cpu_seconds < device_seconds else 1 / 1.1
-        self.cpu_share = min(0.9, max(0.02, self.cpu_share * step))
+        image = PreparedImage(pixels, key.digest)
+        return written(self.settings, key.item, image, key.item.capture_date(key.taken), write)
 
 
 class BackgroundWriter:

@@ -4,6 +4,7 @@ filters (folders, capture dates, a lowest score). A ConfigError names the option
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -15,10 +16,13 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .scan import display_path, folder_prefix
+from .scan import display_path, folder_prefix, is_image_name
 from .store import Filters
+from .words import tokens
 
 DEFAULT_TEXT_WEIGHT = 0.5
+# The kinds of part that name a file; any other kind (a text) is its words.
+FILE_KINDS = ("image", "like")
 
 
 @dataclass(frozen=True)
@@ -26,27 +30,66 @@ class QueryPart:
     """One part of a query: an image file, a text, or a file `like` (its stored vector when
     indexed), added (`sign` +1) or subtracted (-1) with a weight."""
 
-    kind: str  # "image", "text" or "like"
+    kind: str  # "image", "text" or "like" (FILE_KINDS name a file)
     value: str
     weight: float = 1.0
     sign: int = 1
 
     def describe(self) -> str:
-        if self.kind == "text":
-            return f"text '{self.value}'"
         if self.kind == "image":  # --image, or the page's upload (a temporary name)
             return "image"
-        return f"like {display_path(os.path.basename(self.value))}"
+        if self.kind == "like":
+            return f"like {display_path(os.path.basename(self.value))}"
+        return f"{self.kind} '{self.value}'"
+
+    @property
+    def signed_weight(self) -> float:
+        return self.sign * self.weight
+
+    def identity(self) -> tuple[str, str]:
+        """What the part is, whatever its kind: the same file given as an image and as a
+        file `like` is one thing; so are texts that differ only in the spaces around them."""
+        if self.kind in FILE_KINDS:
+            return ("file", os.path.realpath(self.value))
+        return (self.kind, self.value.strip())
 
     def record(self) -> dict[str, Any]:
         """The part as query.json records it."""
-        value = display_path(self.value) if self.kind != "text" else self.value
+        value = display_path(self.value) if self.kind in FILE_KINDS else self.value
         return {"sign": "+" if self.sign > 0 else "-", "weight": self.weight,
                 "kind": self.kind, "value": value}
 
 
-# A part given as `W:TEXT` or `W:FILE` has the weight W (a positive number).
-WEIGHTED = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.*)$", re.DOTALL)
+# A part given as `W:TEXT` or `W:FILE` has the weight W. Anything float() reads before the
+# colon counts as a weight (`1e3:`, `-1:`, `nan:`), so that a weight that cannot be used is
+# refused rather than searched as part of the words.
+WEIGHTED = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|[+-]?(?:nan|inf|infinity)):(.*)$",
+    re.DOTALL | re.IGNORECASE,
+)
+# Weights are ratios between parts: this range keeps every sum of unit vectors finite and
+# far from float64's limits, with a ratio of a million between the heaviest and lightest.
+MIN_WEIGHT, MAX_WEIGHT = 0.001, 1000.0
+BAD_WEIGHT = (
+    "{option} {given!r}: the weight must be a number from {low:g} to {high:g} (to search for "
+    "text that starts with a number and a colon, put a weight in front: 1:{given})"
+)
+NO_VALUE = "{option} {given!r}: give a text or a file after the weight"
+NO_SUCH_FILE = (
+    "{option} {given}: no such file (a part with a path separator or an image file's extension "
+    "is taken for a file; to search for such words, put spaces in them)"
+)
+# A combined vector shorter than this share of the sum of its parts' weights is noise, not a
+# direction: the parts cancel out.
+MIN_RELATIVE_LENGTH = 1e-3
+CANCELLED = (
+    "the query's parts cancel each other out: {described} adds up to (almost) nothing; "
+    "change a part, or give one of them another weight"
+)
+
+
+class CancelledQuery(ConfigError):
+    """Parts that add up to a vector of (almost) zero length: there is nothing to search for."""
 
 
 def split_weight(given: str, option: str) -> tuple[float, str]:
@@ -54,10 +97,12 @@ def split_weight(given: str, option: str) -> tuple[float, str]:
     weight, value = 1.0, given
     if match := WEIGHTED.match(given):
         weight, value = float(match[1]), match[2]
-        if weight <= 0:
-            raise ConfigError(f"{option} {given!r}: the weight must be above 0")
+        if not MIN_WEIGHT <= weight <= MAX_WEIGHT:  # also refuses nan and inf
+            raise ConfigError(
+                BAD_WEIGHT.format(option=option, given=given, low=MIN_WEIGHT, high=MAX_WEIGHT)
+            )
     if not value.strip():
-        raise ConfigError(f"{option} {given!r}: give a text or a file after the weight")
+        raise ConfigError(NO_VALUE.format(option=option, given=given))
     return weight, value
 
 
@@ -69,12 +114,26 @@ def text_part(given: str, sign: int, option: str) -> QueryPart:
 
 def parse_part(given: str, sign: int, option: str) -> QueryPart:
     """A query part from the command line: `[W:]FILE` when that file exists (an indexed one is
-    searched by its stored vector, as with --like), else `[W:]TEXT`."""
+    searched by its stored vector, as with --like), else `[W:]TEXT`. Words that look like a
+    file (see looks_like_a_file) but name none are refused: a typo in a path is no query."""
     weight, value = split_weight(given, option)
     path = os.path.expanduser(value)
     if os.path.isfile(path):
         return QueryPart("like", path, weight, sign)
+    if looks_like_a_file(value):
+        raise ConfigError(NO_SUCH_FILE.format(option=option, given=display_path(value)))
     return QueryPart("text", value, weight, sign)
+
+
+def looks_like_a_file(value: str) -> bool:
+    """A path rather than words: an image file's name, or a path without spaces (`a/b`,
+    `~/x`); words with a slash and spaces (`black/white photo`) are words."""
+    value = value.strip()
+    if is_image_name(value):
+        return True
+    if value.startswith(("/", "~", "./", "../")):
+        return True
+    return os.sep in value and not any(character.isspace() for character in value)
 
 
 @dataclass(frozen=True)
@@ -89,6 +148,7 @@ class Query:
     like: str | None = None
     text_weight: float = DEFAULT_TEXT_WEIGHT
     more: tuple[QueryPart, ...] = ()
+    words: str | None = None  # words in the photos (OCR), ranked with the rest by their ranks
 
     def check(self) -> None:
         """A ConfigError for a query that cannot run, naming what to fix."""
@@ -96,13 +156,28 @@ class Query:
             raise ConfigError("--like searches by one file alone; leave out --image and --text")
         if self.text is not None and not self.text.strip():
             raise ConfigError("the text query is empty")
-        if not any(part.sign > 0 for part in self.parts()):
+        if self.words is not None and not tokens(self.words):
+            raise ConfigError(f"--words {self.words!r}: give a word (letters or digits) to find")
+        if not any(part.sign > 0 for part in self.parts()) and self.words is None:
             raise ConfigError(
-                "give a query: --image FILE, --text TEXT, both, --like FILE, or --and TEXT|FILE "
-                "(--not only takes away from one of those)"
+                "give a query: --image FILE, --text TEXT, both, --like FILE, --words WORDS, or "
+                "--and TEXT|FILE (--not only takes away from one of those)"
             )
-        if not 0 <= self.text_weight <= 1:
+        if not 0 <= self.text_weight <= 1:  # also refuses nan
             raise ConfigError(f"--text-weight must be between 0 and 1, got {self.text_weight}")
+        if self.cancels_out():
+            raise CancelledQuery(CANCELLED.format(described=self.describe()))
+
+    def cancels_out(self) -> bool:
+        """Whether the parts cancel whatever their vectors: each text or file is added as
+        much as it is taken away (`--text "a cat" --not "a cat"`, `--like F --not F`)."""
+        if not self.parts():  # words alone
+            return False
+        totals: dict[tuple[str, str], float] = {}
+        for part in self.parts():
+            totals[part.identity()] = totals.get(part.identity(), 0.0) + part.signed_weight
+        scale = sum(part.weight for part in self.parts())
+        return all(abs(total) <= MIN_RELATIVE_LENGTH * scale for total in totals.values())
 
     def parts(self) -> list[QueryPart]:
         """Every part with its sign and weight: --image and --text share a weight of 1 as
@@ -118,12 +193,19 @@ class Query:
         return base + list(self.more)
 
     def describe(self) -> str:
-        """What was searched, in words: "image", "text 'a cat'", "like chelsea.jpg",
-        "text 'a beach' + text 'at night' - text 'people'"."""
-        words = []
-        for part in self.parts():
-            words.append(("- " if part.sign < 0 else "+ " if words else "") + part.describe())
-        return " ".join(words)
+        """What was searched, in words: "image", "text 'a cat'", "like chelsea.jpg"; with
+        several parts each with its weight: "1 × text 'a beach' + 0.5 × text 'at night' -
+        1 × text 'people'"."""
+        parts = self.parts()
+        if len(parts) == 1 and self.words is None:
+            return parts[0].describe()
+        described = []
+        for part in parts:
+            sign = "- " if part.sign < 0 else "+ " if described else ""
+            described.append(f"{sign}{part.weight:g} × {part.describe()}")
+        if self.words is not None:
+            described.append(("+ " if described else "") + f"words '{self.words}'")
+        return " ".join(described)
 
 
 def combine(image_vector: np.ndarray, text_vector: np.ndarray, text_weight: float) -> np.ndarray:
@@ -131,10 +213,17 @@ def combine(image_vector: np.ndarray, text_vector: np.ndarray, text_weight: floa
     return weighted_sum([image_vector, text_vector], [1 - text_weight, text_weight])
 
 
-def weighted_sum(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """The normalised weighted sum of unit vectors (negative weights subtract)."""
+def weighted_sum(
+    vectors: Sequence[np.ndarray], weights: Sequence[float], described: str = "the query"
+) -> np.ndarray:
+    """The normalised weighted sum of unit vectors (negative weights subtract). Parts that
+    cancel, or a vector that is not finite (a model's fault), raise CancelledQuery, which
+    says what was `described`."""
     mixed = sum(w * v.astype(np.float64) for v, w in zip(vectors, weights, strict=True))
-    return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
+    length = float(np.linalg.norm(mixed))
+    if not math.isfinite(length) or length <= MIN_RELATIVE_LENGTH * sum(map(abs, weights)):
+        raise CancelledQuery(CANCELLED.format(described=described))
+    return (mixed / length).astype(np.float32)
 
 
 DATE_FORMATS = {  # the shorter forms start at the beginning of their year, month or day

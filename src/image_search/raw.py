@@ -1,13 +1,14 @@
 """Camera RAW files through LibRaw (rawpy): the camera's embedded preview when it is large
 enough, else the sensor data demosaiced at half size; orientation and capture date from the
-RAW's own metadata."""
+RAW's own metadata. Opening reads the header only; the caller weighs and admits each decode."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import rawpy
@@ -27,45 +28,58 @@ SWAPS_SIDES = (5, 6)
 NO_TIMESTAMP = datetime.fromtimestamp(0)
 
 
-def decode_raw(
-    data: bytes,
-    target: Callable[[int, int], tuple[int, int]],
-    check_size: Callable[[int, int], None],
-) -> Image.Image:
-    """An upright RGB image of a RAW file: its embedded preview when that is at least the
-    size `target` gives for the upright sensor image (what it will be resized to), else the
-    sensor data demosaiced at half size. `check_size(width, height)` may refuse the file
-    before anything is decoded. Raises ImageError with a readable reason."""
+class RawFile:
+    """A RAW file opened by LibRaw: its header read, nothing decoded yet."""
+
+    def __init__(self, raw: rawpy.RawPy) -> None:
+        self._raw = raw
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The sensor image's size as stored."""
+        return self._raw.sizes.width, self._raw.sizes.height
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        return upright_size(*self.size, self._raw.sizes.flip)
+
+    @property
+    def taken(self) -> datetime | None:
+        """The capture date from the RAW's EXIF, or None. rawpy reads the sensor data
+        (unpacks it) before it tells: ask within what that costs (raw_unpack_cost)."""
+        try:
+            taken = self._raw.other.timestamp
+        except rawpy.LibRawError:  # damaged sensor data: no date (the preview may be fine)
+            return None
+        return taken if taken != NO_TIMESTAMP else None
+
+    def preview(self, wanted: tuple[int, int]) -> Image.Image | None:
+        """The camera's own rendering stored in the file, upright, when it is at least
+        `wanted` (the upright size it will be resized to); else None."""
+        preview = _preview(self._raw, self._raw.sizes.flip, wanted)
+        return preview if preview is not None and _covers(preview.size, wanted) else None
+
+    def demosaic(self) -> Image.Image:
+        """The sensor data demosaiced at half size, upright (LibRaw turns it). LibRaw's
+        buffers are let go before the result becomes a Pillow image: the file is closed
+        after this."""
+        try:
+            pixels = self._raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+        except rawpy.LibRawError as exc:
+            raise ImageError(f"cannot decode RAW file: {_reason(exc)}") from exc
+        self._raw.close()
+        return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+@contextmanager
+def open_raw(source: str | BinaryIO) -> Iterator[RawFile]:
+    """A RAW file (a path LibRaw opens, or a stream read whole) opened by LibRaw."""
     try:
-        with rawpy.imread(io.BytesIO(data)) as raw:
-            width, height = raw.sizes.width, raw.sizes.height
-            check_size(width, height)
-            flip = raw.sizes.flip
-            wanted = target(*upright_size(width, height, flip))
-            preview = _preview(raw, flip, wanted)
-            if preview is not None and _covers(preview.size, wanted):
-                return preview
-            pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+        raw = rawpy.imread(source)
     except rawpy.LibRawError as exc:
         raise ImageError(f"cannot decode RAW file: {_reason(exc)}") from exc
-    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
-
-
-def raw_capture_time(source: str | Path | bytes) -> datetime | None:
-    """The capture date LibRaw reads from the RAW's EXIF (header only), or None."""
-    try:
-        target = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-        with rawpy.imread(target) as raw:
-            taken = raw.other.timestamp
-    except Exception:  # an untrusted header: any failure only means "no date"
-        return None
-    return taken if taken != NO_TIMESTAMP else None
-
-
-def raw_size(path: str | Path) -> tuple[int, int]:
-    """The upright size of a RAW file's image, from its header."""
-    with rawpy.imread(str(path)) as raw:
-        return upright_size(raw.sizes.width, raw.sizes.height, raw.sizes.flip)
+    with raw:
+        yield RawFile(raw)
 
 
 def upright_size(width: int, height: int, flip: int) -> tuple[int, int]:
@@ -81,7 +95,7 @@ def _preview(raw: rawpy.RawPy, flip: int, wanted: tuple[int, int]) -> Image.Imag
         return None
     try:
         if thumb.format == rawpy.ThumbFormat.JPEG:
-            with Image.open(io.BytesIO(thumb.data)) as opened:
+            with Image.open(io.BytesIO(thumb.data), formats=["JPEG"]) as opened:
                 opened.draft("RGB", upright_size(*wanted, flip))  # stored sideways, if so
                 image = opened.convert("RGB")
         elif thumb.format == rawpy.ThumbFormat.BITMAP and thumb.data.ndim == 3:

@@ -50,7 +50,7 @@ def tensor_header(data: bytes, max_pixels: int) -> JpegHeader | None:
     if width * height > min(max_pixels, TENSOR_MAX_PIXELS):
         return None
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # the header only
             orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # a damaged header: Pillow's path says what is wrong
         return None

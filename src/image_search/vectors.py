@@ -27,8 +27,7 @@ class VectorSpec:
     kind: str = "vector"
     backend: str = "torch"
     precision: str = "fp32"
-    """fp32, bf16, fp16 or int8; `auto` in a spec made from settings where resolving it would
-    mean importing torch (models.precision.recorded_spec resolves it when a table is made)."""
+    """fp32, bf16, fp16 or int8 (models.precision.decide resolves the settings' `auto`)."""
     device: str = field(default="cpu", compare=False)
     """The device setting the precision `auto` is resolved for."""
 

@@ -11,23 +11,27 @@ from types import TracebackType
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .scan import is_image_name
+from .scan import NO_EXCLUSIONS, Exclusions, is_image_name
 
 DEBOUNCE_S = 1.0
 POLL_S = 0.2
 
 
 class ChangeRecorder(FileSystemEventHandler):
-    """Remembers when an image file or a folder last changed; ignores hidden entries."""
+    """Remembers when an image file or a folder last changed; ignores hidden entries and what
+    the scan leaves out (a NAS writing thumbnails into @eaDir starts no run)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, exclusions: Exclusions = NO_EXCLUSIONS) -> None:
         self.root = os.path.abspath(root)
+        self.exclusions = exclusions
         self.last_change: float | None = None
         self._lock = threading.Lock()
 
     def _relevant(self, path: str, is_directory: bool) -> bool:
         relative = os.path.relpath(path, self.root)
         if any(part.startswith(".") for part in relative.split(os.sep) if part != "."):
+            return False
+        if self.exclusions.excludes_within(self.root, path):
             return False
         return is_directory or is_image_name(path)
 
@@ -52,9 +56,11 @@ class FolderWatcher:
     """Watches `root` from the moment it is entered, so that nothing that changes during the
     first index run is missed."""
 
-    def __init__(self, root: Path, debounce: float = DEBOUNCE_S) -> None:
+    def __init__(
+        self, root: Path, exclusions: Exclusions = NO_EXCLUSIONS, debounce: float = DEBOUNCE_S
+    ) -> None:
         self.debounce = debounce
-        self._recorder = ChangeRecorder(root)
+        self._recorder = ChangeRecorder(root, exclusions)
         self._observer = Observer()
         self._observer.schedule(self._recorder, str(root), recursive=True)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +23,34 @@ from .config import Settings
 from .duplicates import DEFAULT_THRESHOLD, counted, find_duplicates
 from .errors import ConfigError, ImageError, ImageSearchError
 from .executor_choice import executor_for
+from .images import ResizeSpec, prepare_file, save_jpeg
 from .ingest import Progress, run_index
 from .models import Embedder
-from .query import DEFAULT_TEXT_WEIGHT, Query, build_filters, describe_filters, text_part
+from .query import (
+    DEFAULT_TEXT_WEIGHT,
+    CancelledQuery,
+    Query,
+    build_filters,
+    describe_filters,
+    text_part,
+)
 from .scan import display_path
 from .search import Searcher, SearchResult, find_stored
 from .status import status_markdown, status_of
 from .store import Database, Filters, Store, StoredFile
-from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused
+from .store.words import TableWords
+from .web_files import ORIGINAL_REFUSED, FileGate, PageCache, Refused, unusable_path
 from .web_inputs import (
+    BUT_NOT_CANCELS,
     BUT_NOT_LABEL,
     DUPLICATE_UNDER_LABEL,
     PATH_LABEL,
     TEXT_LABEL,
     TEXT_WEIGHT_LABEL,
     THRESHOLD_LABEL,
+    WORDS_LABEL,
     Inputs,
     SearchInputs,
-    folders_of,
     read_search_inputs,
 )
 from .web_layout import Page, page_layout
@@ -50,12 +62,16 @@ from .web_markup import (
     file_url,
     markdown_text,
     rescan_bar,
+    rescan_finished,
     result_records,
+    words_shown,
 )
 
 log = logging.getLogger(__name__)
 
 EMPTY_QUERY = "Drop an image or type a few words, then press **Search**."
+# What Chromium, Firefox and Safari draw themselves; other query images get a preview.
+BROWSER_FORMATS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "bmp", "avif"})
 # How often the Rescan bar is redrawn, in seconds.
 RESCAN_REDRAW_S = 0.25
 # How long closing the page waits for a Rescan to finish the batch under way (docker stop
@@ -71,6 +87,30 @@ warnings.filterwarnings(
     message=".*HTTP_422_UNPROCESSABLE_ENTITY.*",
     category=StarletteDeprecationWarning,
 )
+
+
+def page_query(
+    image: Path | None, text: str, weight: float, avoid: str, in_photos: str = ""
+) -> Query:
+    """The page's query: an image, a text or both, less the words `avoid` ([W:]TEXT), and the
+    words `in_photos` (OCR); checked as the command line checks it (a ConfigError,
+    CancelledQuery for parts that cancel)."""
+    less = (text_part(avoid, -1, f"'{BUT_NOT_LABEL}'"),) if avoid else ()
+    query = Query(
+        image=image, text=text or None, text_weight=weight, more=less, words=in_photos or None
+    )
+    query.check()
+    return query
+
+
+def needs_preview(name: str) -> bool:
+    """A file a browser cannot draw (it can draw these, by their extension)."""
+    return os.path.splitext(name)[1].lower().lstrip(".") not in BROWSER_FORMATS
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """Which page (browser tab or API client) a request came from, as Gradio tells it."""
+    return getattr(request, "session_hash", None)
 
 
 def page_error(message: str) -> gr.Error:
@@ -93,6 +133,12 @@ class WebApp:
         self._rescans: list[tuple[threading.Thread, threading.Event]] = []
 
     @property
+    def roots(self) -> list[Path]:
+        """The folders whose files are stored as reached through them: an `under` folder
+        spelled another way (its physical path, a link) is matched in them too."""
+        return [self.settings.source_directory]
+
+    @property
     def files(self) -> FileGate:
         if self._files is None:
             raise RuntimeError("the page's file cache is made by build()")
@@ -109,39 +155,70 @@ class WebApp:
         taken_before: Any = None,
         min_score: Any = None,
         but_not: Any = None,
+        words: Any = None,
+        request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """An image, a text, or both together as one query, less the words `but_not`
-        ([W:]TEXT); filtered. The event runs with preprocess=False: the image is the
-        client's payload, read only if it was uploaded to this page (web_files), and an
-        unreadable one gets our own message."""
+        ([W:]TEXT), and the `words` in the photos (ranked with the rest); filtered. The
+        event runs with preprocess=False: the image is the client's payload, read only if it
+        was uploaded to this page (web_files), and an unreadable one gets our own message."""
         inputs = Inputs()
-        query = inputs.text("text", TEXT_LABEL, text).strip()
+        text_query = inputs.text("text", TEXT_LABEL, text).strip()
         weight = inputs.number(
             "text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, DEFAULT_TEXT_WEIGHT
         )
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
-        avoid_text = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
+        avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
+        in_photos = inputs.text("words", WORDS_LABEL, words).strip()
         try:
-            path = self.files.upload(image)
+            path, shown = self.files.query_image(image)
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
-        if path is None and not query:  # a hint, not an error: nothing turns red
+        if path is None and not text_query and not in_photos:  # a hint: nothing turns red
             return gr.skip(), gr.skip(), EMPTY_QUERY, gr.skip()
         try:
-            avoid = (text_part(avoid_text, -1, f"'{BUT_NOT_LABEL}'"),) if avoid_text else ()
+            query = page_query(path, text_query, weight, avoid, in_photos)
         except ConfigError as exc:
             raise page_error(str(exc)) from None
-        request = Query(image=path, text=query or None, text_weight=weight, more=avoid)
-        return self._answer(request, shared)
+        self.files.show(session_of(request), "query", [path, shown])
+        return self._answer(query, shared, request)
+
+    def preview(self, image: Any, request: gr.Request | None = None) -> Any:
+        """An uploaded image the browser cannot show (camera RAW, HEIC, TIFF, JPEG XL) is
+        shown in the query box as a JPEG made as its query image is; a search then still
+        uses the upload itself. Other images are left as they are."""
+        try:
+            upload = self.files.upload(image)
+        except ImageSearchError as exc:
+            raise page_error(str(exc)) from None
+        if upload is None or not needs_preview(upload.name):
+            return gr.skip()
+        try:
+            picture = prepare_file(upload, ResizeSpec.of(self.settings))
+        except ImageError as exc:
+            raise page_error(f"That file cannot be used as a query image: {exc}.") from None
+        preview = self.files.preview_folder(upload) / f"{Path(upload.name).stem}.jpg"
+        save_jpeg(picture, preview)
+        self.files.show(session_of(request), "query", [upload, preview])
+        return str(self.files.previewed(preview, upload))
 
     def check_search(self, *values: Any) -> list[dict]:
-        """The search's validator: a message next to each field that is wrong."""
+        """The search's validator: a message next to each field that is wrong, and next to
+        "…but not" when it takes away the whole query."""
         inputs = Inputs()
-        _, text, top_k, text_weight, *filters, but_not = values
-        inputs.text("text", TEXT_LABEL, text)
-        inputs.text("but_not", BUT_NOT_LABEL, but_not)
-        inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
-        read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        image, text, top_k, text_weight, *filters, but_not, words = values
+        text_query = inputs.text("text", TEXT_LABEL, text).strip()
+        avoid = inputs.text("but_not", BUT_NOT_LABEL, but_not).strip()
+        in_photos = inputs.text("words", WORDS_LABEL, words).strip()
+        weight = inputs.number("text_weight", TEXT_WEIGHT_LABEL, text_weight, 0, 1, 0)
+        read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
+        if avoid and not inputs.problems and (image or text_query):
+            try:  # any image stands for the upload: only whether there is one counts here
+                page_query(Path("upload") if image else None, text_query, weight, avoid, in_photos)
+            except CancelledQuery:
+                inputs.add("but_not", BUT_NOT_CANCELS)
+            except ConfigError as exc:
+                inputs.add("but_not", f"{BUT_NOT_LABEL}: {exc}")
         return inputs.validations(self.search)
 
     def find_similar(
@@ -152,36 +229,39 @@ class WebApp:
         taken_after: Any = None,
         taken_before: Any = None,
         min_score: Any = None,
+        request: gr.Request | None = None,
     ) -> tuple[Any, ...]:
         """Images like an indexed file, by its stored vector (the model is not needed)."""
         inputs = Inputs()
-        path = inputs.text("file_path", PATH_LABEL, file_path).strip()
+        path = inputs.path("file_path", PATH_LABEL, file_path)
         shared = self._shared_inputs(inputs, top_k, under, taken_after, taken_before, min_score)
         if not path:
             raise page_error("Select a result first, then press Find similar.")
         stored = self._stored(path)
         if stored is None:
             raise page_error(f"{path} is not indexed; Find similar works on results.")
-        return self._answer(Query(like=stored.file_path), shared)
+        return self._answer(Query(like=stored.file_path), shared, request)
 
     def check_similar(self, *values: Any) -> list[dict]:
         """Find similar's validator."""
         inputs = Inputs()
         file_path, top_k, *filters = values
-        inputs.text("file_path", PATH_LABEL, file_path)
-        read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        inputs.path("file_path", PATH_LABEL, file_path)
+        read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
         return inputs.validations(self.find_similar)
 
     def _shared_inputs(self, inputs: Inputs, *values: Any) -> SearchInputs:
         """Top-k and the filters, or the page's error naming every field that is wrong
         (the validator has shown them next to the fields already; this is for the API)."""
         top_k, *filters = values
-        shared = read_search_inputs(inputs, top_k, self.settings.top_k, *filters)
+        shared = read_search_inputs(inputs, top_k, self.settings.top_k, *filters, roots=self.roots)
         if inputs.problems:
             raise page_error(inputs.message())
         return shared
 
-    def _answer(self, query: Query, shared: SearchInputs) -> tuple[Any, ...]:
+    def _answer(
+        self, query: Query, shared: SearchInputs, request: gr.Request | None
+    ) -> tuple[Any, ...]:
         store = Store(self.database, self.settings.table_name)
         searcher = Searcher(self.settings, store, self.embedder)
         try:
@@ -195,7 +275,16 @@ class WebApp:
             (self.files.thumbnail(m.processed_path), f"{m.score:.3f} · {display_path(m.file_name)}")
             for m in result.results
         ]
-        return best, gallery, self._note(result, shared.filters), result.to_json()
+        self.files.show(session_of(request), "results", [best, *(g for g, _ in gallery)])
+        # New results close the gallery's preview: it would show another picture at the
+        # index selected before, while the panel still names the old one.
+        shown = gr.Gallery(value=gallery, selected_index=None)
+        return best, shown, self._note(result, shared.filters), result.to_json()
+
+    @staticmethod
+    def clear_selection() -> tuple[Any, ...]:
+        """After new results: no result is selected (the panel goes with the preview)."""
+        return gr.update(visible=False), "", ""
 
     @staticmethod
     def _note(result: SearchResult, filters: Filters) -> str:
@@ -213,6 +302,8 @@ class WebApp:
     def _stored(self, file_path: str) -> StoredFile | None:
         """An indexed file's row (size, mtime and content hash as indexed), found as
         `--like` finds it: as given, absolute, or with links resolved."""
+        if unusable_path(file_path):  # a client's text: no file of ours has such a name
+            return None
         store = Store(self.database, self.settings.table_name)
         try:
             image = find_stored(store, file_path)
@@ -222,22 +313,36 @@ class WebApp:
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
 
-    def select_result(self, results: Any, event: gr.SelectData) -> tuple[Any, ...]:
-        """A result picked in the gallery: its full path, and its original to open."""
+    def select_result(
+        self, results: Any, event: gr.SelectData, request: gr.Request | None = None
+    ) -> tuple[Any, ...]:
+        """A result picked in the gallery: its full path, its original to open, and the
+        text read in it."""
         records = result_records(results)
         if not isinstance(event.index, int) or not 0 <= event.index < len(records):
-            return gr.update(visible=False), "", ""
+            return gr.update(visible=False), "", "", ""
         path = records[event.index]["file_path"]
-        return gr.update(visible=True), path, self.original_link(path)
+        link = self.original_link(path, session_of(request))
+        return gr.update(visible=True), path, link, self.words_in(path)
 
-    def original_link(self, file_path: str) -> str:
+    def words_in(self, file_path: str) -> str:
+        """The lines of text read in an indexed file, for the selected result."""
+        stored = self._stored(file_path)
+        if stored is None:
+            return ""
+        lines = TableWords(self.database, self.settings.table_name).lines_of(stored.file_path)
+        return words_shown(lines)
+
+    def original_link(self, file_path: str, session: str | None = None) -> str:
         """A link to the original file, for indexed files only, checked now (web_files).
         Gradio serves the copy through its own file route, which sits behind the page's
         login when there is one; nothing else of the photo folder is ever served."""
         try:
             copy = self._original(file_path)
         except Refused as refused:
+            self.files.show(session, "selected", [])
             return ORIGINAL_REFUSED[refused.reason]
+        self.files.show(session, "selected", [copy])
         return (
             f'<a id="open-original" href="{html.escape(file_url(str(copy)))}" '
             'target="_blank" rel="noopener">Open original</a>'
@@ -249,16 +354,18 @@ class WebApp:
             raise page_error(f"{file_path} is not indexed; only indexed files are served.")
         return self.files.original(stored)
 
-    def duplicates(self, threshold: Any, under: Any) -> tuple[str, str, dict]:
+    def duplicates(
+        self, threshold: Any, under: Any, request: gr.Request | None = None
+    ) -> tuple[str, str, dict]:
         """Groups of near-identical images, as thumbnails and as JSON; nothing is deleted."""
         inputs = Inputs()
         alike = inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
-        folders = folders_of(inputs.text("under", DUPLICATE_UNDER_LABEL, under))
+        folders = inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
         if inputs.problems:
             raise page_error(inputs.message())
         store = Store(self.database, self.settings.table_name)
         try:
-            report = find_duplicates(store, alike, build_filters(folders))
+            report = find_duplicates(store, alike, build_filters(folders, roots=self.roots))
         except ImageSearchError as exc:
             raise page_error(str(exc)) from None
         if not report.groups:
@@ -271,18 +378,26 @@ class WebApp:
         )
         if len(report.groups) > MAX_GROUPS_SHOWN:
             note += f" Showing the first {MAX_GROUPS_SHOWN}; all are in the JSON below."
-        return note, duplicates_html(report, self.files.thumbnail), report.to_json()
+        thumbnails: list[Path] = []
 
-    def best_original(self, result: Any) -> Any:
+        def thumbnail(processed_path: str) -> Path:
+            thumbnails.append(self.files.thumbnail(processed_path))
+            return thumbnails[-1]
+
+        groups = duplicates_html(report, thumbnail)
+        self.files.show(session_of(request), "duplicates", thumbnails)
+        return note, groups, report.to_json()
+
+    def best_original(self, result: Any, session: str | None = None) -> Any:
         """The download button for the best match's original file (not its processed JPEG),
         checked and copied now; hidden when there is none to give."""
         hidden = gr.update(value=None, visible=False)
         records = result_records(result)
-        if not records:
-            return hidden
-        try:
-            copy = self._original(records[0]["file_path"])
-        except (Refused, gr.Error):
+        copy = None
+        with suppress(Refused, gr.Error):
+            copy = self._original(records[0]["file_path"]) if records else None
+        self.files.show(session, "download", [copy])
+        if copy is None:
             return hidden
         return gr.update(value=str(copy), visible=True, label=f"Download {copy.name}")
 
@@ -322,13 +437,15 @@ class WebApp:
                 return
             if "error" in finished:
                 raise page_error(f"Rescan failed: {failure_line(finished['error'])}")
-            yield f"Rescan finished: {finished['report'].summary()}.", self.status()
+            yield rescan_finished(finished["report"]), self.status()
         finally:
             answered.set()
 
     def status(self) -> str:
         try:
-            return status_markdown(status_of(self.settings, self.database), self.settings)
+            return status_markdown(
+                status_of(self.settings, self.database, self.embedder.decision), self.settings
+            )
         except ImageSearchError as exc:
             return f"⚠️ {exc}"
 
@@ -336,12 +453,16 @@ class WebApp:
         """The Duplicates tab's validator."""
         inputs = Inputs()
         inputs.number("threshold", THRESHOLD_LABEL, threshold, 0.5, 1, DEFAULT_THRESHOLD)
-        inputs.text("under", DUPLICATE_UNDER_LABEL, under)
+        inputs.folders("under", DUPLICATE_UNDER_LABEL, under)
         return inputs.validations(self.duplicates)
 
-    def best_shown(self, result: Any) -> tuple[str, Any]:
+    def best_shown(self, result: Any, request: gr.Request | None = None) -> tuple[str, Any]:
         """After a search or Find similar: the best match's caption and download button."""
-        return best_caption(result), self.best_original(result)
+        return best_caption(result), self.best_original(result, session_of(request))
+
+    def page_closed(self, request: gr.Request) -> None:
+        """A browser closed the page: the files it showed may leave the cache."""
+        self.files.closed(session_of(request))
 
     def build(self) -> Page:
         """The page. Its cache is made first: Gradio reads where it is (GRADIO_TEMP_DIR) when

@@ -17,11 +17,13 @@ from .web_inputs import (
     MAX_TOP_K,
     MIN_SCORE_LABEL,
     PATH_LABEL,
+    SELECTED_WORDS_LABEL,
     TEXT_LABEL,
     TEXT_WEIGHT_LABEL,
     THRESHOLD_LABEL,
     TOP_K_LABEL,
     UNDER_LABEL,
+    WORDS_LABEL,
 )
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ PAGE_CSS = """
 #duplicate-groups .group { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 18px; }
 #duplicate-groups figure { margin: 0; width: 180px; }
 #duplicate-groups img { width: 180px; height: 135px; object-fit: contain; background: #8881; }
-#duplicate-groups figcaption { font-size: 0.8em; overflow-wrap: anywhere; }
+#duplicate-groups figcaption { font-size: 0.8em; }
+.path-part { display: inline-block; max-width: 100%; overflow-wrap: anywhere; }
 """
 
 
@@ -76,6 +79,7 @@ def page_layout(web: WebApp) -> Page:
             with gr.Tab("Duplicates", id="duplicates-tab"):
                 _duplicates_tab(web)
         app.load(web.status, outputs=status, api_visibility="private")
+        app.unload(web.page_closed)
     return app
 
 
@@ -101,6 +105,11 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                         elem_id="query-not",
                         placeholder="people (or 0.5:people)",
                     )
+                words = gr.Textbox(
+                    label=WORDS_LABEL,
+                    elem_id="query-words",
+                    placeholder="invoice 2023 (text read in the photos)",
+                )
                 text_weight = gr.Slider(
                     0,
                     1,
@@ -146,9 +155,9 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                 with gr.Accordion("Ranked results as JSON", open=False):
                     results = gr.JSON(elem_id="results-json")
         searched = gr.on(
-            triggers=[search.click, text.submit, but_not.submit],
+            triggers=[search.click, text.submit, but_not.submit, words.submit],
             fn=web.search,
-            inputs=[image, text, top_k, text_weight, *filters, but_not],
+            inputs=[image, text, top_k, text_weight, *filters, but_not, words],
             outputs=[best, gallery, note, results],
             api_name="search",
             preprocess=False,
@@ -161,7 +170,12 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
             outputs=[caption, original],
             api_visibility="private",
         )
-        _wire_selection(web, selection, gallery, results, top_k, filters, [best, gallery, note])
+        image.upload(  # a RAW, HEIC, TIFF or JPEG XL shown as a JPEG
+            web.preview, inputs=image, outputs=image, preprocess=False, api_visibility="private"
+        )
+        _wire_selection(
+            web, searched, selection, gallery, results, top_k, filters, [best, gallery, note]
+        )
         rescan.click(web.rescan, outputs=[rescan_note, status], api_name="rescan")
 
 
@@ -197,11 +211,15 @@ def _selection_panel() -> dict[str, Any]:
         with gr.Row():
             similar = gr.Button("Find similar", elem_id="find-similar", scale=0)
             link = gr.HTML(elem_id="open-original-box", padding=True)
-    return {"panel": panel, "path": path, "similar": similar, "link": link}
+        words = gr.Textbox(
+            label=SELECTED_WORDS_LABEL, interactive=False, lines=2, elem_id="selected-words"
+        )
+    return {"panel": panel, "path": path, "similar": similar, "link": link, "words": words}
 
 
 def _wire_selection(
     web: WebApp,
+    searched: Any,
     selection: dict[str, Any],
     gallery: gr.Gallery,
     results: gr.JSON,
@@ -212,10 +230,10 @@ def _wire_selection(
     gallery.select(
         web.select_result,
         inputs=[results],
-        outputs=[selection["panel"], selection["path"], selection["link"]],
+        outputs=[selection["panel"], selection["path"], selection["link"], selection["words"]],
         api_visibility="private",
     )
-    selection["similar"].click(
+    similar = selection["similar"].click(
         web.find_similar,
         inputs=[selection["path"], top_k, *filters],
         outputs=[*shown, results],
@@ -223,6 +241,12 @@ def _wire_selection(
         preprocess=False,  # raw inputs, checked by our validator with the field's label
         validator=web.check_similar,
     )
+    for answered in (searched, similar):  # new results: nothing selected among them
+        answered.success(
+            web.clear_selection,
+            outputs=[selection["panel"], selection["path"], selection["link"]],
+            api_visibility="private",
+        )
 
 
 def _duplicates_tab(web: WebApp) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +14,17 @@ from urllib.parse import quote
 
 from .duplicates import DuplicateReport
 from .errors import ImageSearchError, one_line
+from .ingest import IndexReport
 from .scan import display_path
 
 log = logging.getLogger(__name__)
 
 # Duplicate groups drawn on the page at most (all of them are in the JSON below).
 MAX_GROUPS_SHOWN = 200
+# Skipped files a finished Rescan names at most; the rest are counted.
+MAX_SKIPPED_SHOWN = 50
+RESCAN_FINISHED = "Rescan finished: {summary}."
+SKIPPED_MORE = "… and {count} more (image-search index --json lists them all)"
 
 
 def markdown_text(text: str) -> str:
@@ -38,16 +44,41 @@ def duplicates_html(report: DuplicateReport, thumbnail: Callable[[str], Path]) -
         figures = []
         for position, member in enumerate(group.members):
             label = "keep" if position == 0 else f"{member.score:.3f}"
-            path = html.escape(display_path(member.image.file_path))
+            path = breakable_path(member.image.file_path)
             image = file_url(str(thumbnail(member.image.processed_path)))
+            alt = html.escape(display_path(member.image.file_path))
             figures.append(
-                f'<figure><img src="{html.escape(image)}" alt="{path}" loading="lazy">'
+                f'<figure><img src="{html.escape(image)}" alt="{alt}" loading="lazy">'
                 f"<figcaption><b>{label}</b> {path}</figcaption></figure>"
             )
         parts.append(
             f'<h4>Group {number}</h4><div class="group">{"".join(figures)}</div>'
         )
     return "".join(parts)
+
+
+def breakable_path(path: str) -> str:
+    """A path as HTML that a narrow box wraps after its separators, not inside a folder's
+    or a file's name (not even at a hyphen): each part with its separator is a box of its
+    own (PAGE_CSS's .path-part), split only when it is wider than a whole line."""
+    parts = re.findall(f"[^{re.escape(os.sep)}]*(?:{re.escape(os.sep)}|$)", display_path(path))
+    return "".join(f'<span class="path-part">{html.escape(p)}</span>' for p in parts if p)
+
+
+def rescan_finished(report: IndexReport) -> str:
+    """A finished Rescan's summary as HTML, naming each file it skipped and why (the first
+    MAX_SKIPPED_SHOWN of them)."""
+    text = html.escape(RESCAN_FINISHED.format(summary=report.summary()))
+    if not report.failed:
+        return text
+    items = [
+        f"<li><code>{breakable_path(failure.path)}</code>: {html.escape(failure.error)}</li>"
+        for failure in report.failed[:MAX_SKIPPED_SHOWN]
+    ]
+    if len(report.failed) > MAX_SKIPPED_SHOWN:
+        more = SKIPPED_MORE.format(count=len(report.failed) - MAX_SKIPPED_SHOWN)
+        items.append(f"<li>{html.escape(more)}</li>")
+    return f'{text}<ul id="rescan-skipped">{"".join(items)}</ul>'
 
 
 def result_records(result: Any) -> list[dict[str, Any]]:
@@ -94,3 +125,11 @@ def failure_line(error: BaseException) -> str:
         return str(error)
     log.debug("the run failed", exc_info=error)
     return f"{type(error).__name__}: {one_line(error)}"
+
+
+def words_shown(lines: list[dict[str, Any]] | None) -> str:
+    """The lines of text read in a photo, one per line, for the selected result."""
+    if lines is None:
+        return "(its words have not been read: the ocr key is off, or an index run is due)"
+    texts = [str(line.get("text", "")) for line in lines if isinstance(line, dict)]
+    return "\n".join(texts) if texts else "(no text found in this photo)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -15,16 +14,9 @@ from PIL import Image
 
 from ..config import Settings
 from ..errors import ImageSearchError, one_line
-from .base import (
-    EmbeddingModel,
-    LoadOptions,
-    ModelAdapter,
-    normalise,
-    require_torch,
-    resolve_device,
-)
+from .base import EmbeddingModel, LoadOptions, ModelAdapter, normalise, require_torch
 from .hub import check_hub_for
-from .precision import device_for, precision_for, settings_for_backend
+from .precision import Decision, decide, decide_for
 from .registry import ADAPTERS, ONNX_ADAPTERS, adapter_for, check_trust, read_model_config
 from .tensor_pixels import to_pil
 
@@ -32,6 +24,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTERS",
+    "Decision",
     "EmbeddingModel",
     "Embedder",
     "LoadOptions",
@@ -41,7 +34,6 @@ __all__ = [
     "load_model",
     "normalise",
     "read_model_config",
-    "resolve_device",
 ]
 
 Loader = Callable[[str, str], EmbeddingModel]
@@ -55,19 +47,18 @@ def load_model(
     backend: str = "torch",
     options: LoadOptions | None = None,
 ) -> EmbeddingModel:
-    """Load `name` (a Hugging Face id or a local folder) on `device` (auto|cpu|cuda|mps) with
-    the `backend`'s adapter that serves it. Code the model brings runs only if
+    """Load `name` (a Hugging Face id or a local folder) on `device` (cpu, cuda or mps, as
+    precision.decide decided it) with the `backend`'s adapter that serves it, in
+    `options.precision` (fp32 by default). Code the model brings runs only if
     `trust_remote_code`."""
     if backend == "torch":
         require_torch("backend torch")
-    resolved = device_for(backend, device)
-    if options is None:
-        options = LoadOptions(precision=precision_for(backend, "auto", resolved))
+    options = options or LoadOptions()
     check_hub_for(name)
     try:
         adapter = adapter_for(name, read_model_config(name), backend)
         check_trust(name, adapter, trust_remote_code)
-        return adapter.load(name, resolved, options)
+        return adapter.load(name, device, options)
     except (OSError, ValueError, ImportError, KeyError, AttributeError) as exc:
         raise ImageSearchError(
             f"cannot load model '{name}': {one_line(exc)}. Check the model-name key "
@@ -77,7 +68,8 @@ def load_model(
 
 class Embedder:
     """Normalised embeddings of a fixed dimension from a model loaded on first use,
-    so that a run with nothing new to embed never loads it."""
+    so that a run with nothing new to embed never loads it. It runs as its `decision` says
+    (backend, precision, device); by default decided from the arguments alone."""
 
     def __init__(
         self,
@@ -90,13 +82,14 @@ class Embedder:
         backend: str = "torch",
         precision: str = "auto",
         cache_directory: Path | None = None,
+        decision: Decision | None = None,
     ) -> None:
         self.model_name = model_name
         self.device = device
         self.dimension = dimension
         self.trust_remote_code = trust_remote_code
-        self.backend = backend
         self.precision = precision
+        self.decision = decision or decide(backend, precision, device)
         self.cache_directory = cache_directory or Settings().data_directory / "models"
         self.threads: int | None = None  # ONNX Runtime's CPU threads (None: one per core)
         self._loader = loader or self._load
@@ -104,29 +97,34 @@ class Embedder:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Embedder:
-        """The settings' model; backend `auto` resolved as for a new table (the command line
-        resolves it against the table first, see `settings_for_backend`)."""
-        settings, _ = settings_for_backend(settings)
+    def from_settings(cls, settings: Settings, decision: Decision | None = None) -> Embedder:
+        """The settings' model, run as `decision` says; by default decided from the settings
+        alone, as for a new table (the command line decides against the table: see
+        cli.decision_for)."""
+        decision = decision or decide_for(settings)
         return cls(
             settings.model_name,
             settings.device,
             settings.dimension,
             trust_remote_code=settings.trust_remote_code,
-            backend=settings.backend,
             precision=settings.precision,
             cache_directory=settings.data_directory / "models",
+            decision=decision,
         )
 
-    @functools.cached_property
-    def resolved_device(self) -> str:
-        """The device the model runs on: `auto` and absent accelerators resolved (once)."""
-        return device_for(self.backend, self.device)
+    @property
+    def backend(self) -> str:
+        return self.decision.backend
 
-    @functools.cached_property
+    @property
+    def resolved_device(self) -> str:
+        """The device the model runs on: `auto` and absent accelerators resolved."""
+        return self.decision.device
+
+    @property
     def resolved_precision(self) -> str:
-        """The precision the model runs in on that device: `auto` resolved (once)."""
-        return precision_for(self.backend, self.precision, self.resolved_device)
+        """The precision the model runs in on that device: `auto` resolved."""
+        return self.decision.precision
 
     def _load(self, name: str, device: str) -> EmbeddingModel:
         options = LoadOptions(self.resolved_precision, self.cache_directory, self.threads)
@@ -145,6 +143,8 @@ class Embedder:
     def model(self) -> EmbeddingModel:
         with self._lock:  # two web requests must not load it twice
             if self._model is None:
+                for warning in self.decision.warnings:  # told once: this model loads once
+                    log.warning(warning)
                 started = time.perf_counter()
                 self._model = self._loader(self.model_name, self.resolved_device)
                 log.info(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 TORCH_EXTRA = "torch"
 # What the torch extra brings that the torch backend and the ONNX export import.
@@ -42,6 +39,11 @@ class LoadOptions:
     threads: int | None = None
     """CPU threads for ONNX Runtime's sessions (None: one per core)."""
 
+    @property
+    def optimised_directory(self) -> Path:
+        """Where ONNX graphs optimised for this computer are kept, beside the exports."""
+        return self.cache_directory.parent / "optimised"
+
 
 class ModelAdapter(Protocol):
     """A class that loads one family of models as an EmbeddingModel. The registry asks each
@@ -62,34 +64,15 @@ def torch_installed() -> bool:
     return all(importlib.util.find_spec(module) is not None for module in TORCH_MODULES)
 
 
-def require_torch(purpose: str) -> None:
-    """One line naming the extra, where `purpose` needs torch and it is not installed."""
+def require_torch(purpose: str, instead: str = "use backend onnx") -> None:
+    """One line naming the extra, where `purpose` needs torch and it is not installed, and
+    `instead`: what does without torch (never what is already set)."""
     if not torch_installed():
         raise ConfigError(
             f"{purpose} needs torch and transformers, which the default install leaves out: "
             f"install the {TORCH_EXTRA} extra (pip install 'image-search[{TORCH_EXTRA}]'; "
-            f"from a clone: uv sync --extra {TORCH_EXTRA}), or use backend onnx"
+            f"from a clone: uv sync --extra {TORCH_EXTRA}), or {instead}"
         )
-
-
-def resolve_device(requested: str) -> str:
-    """`auto` picks cuda, then mps, then cpu; an absent accelerator warns once and gives cpu."""
-    if requested == "cpu":  # known without importing torch (seconds) for a model never loaded
-        return "cpu"
-    require_torch("backend torch")
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    if requested == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if requested == "cuda" and not cuda:
-        log.warning("device 'cuda' was asked for but no CUDA GPU is available; using the CPU")
-        return "cpu"
-    if requested == "mps" and not mps:
-        log.warning("device 'mps' was asked for but MPS is not available; using the CPU")
-        return "cpu"
-    return requested
 
 
 def torch_dtype(precision: str) -> Any:

@@ -13,6 +13,7 @@ from .base import LoadOptions, as_embedding_tensor, require_torch
 from .hf_clip import CLIP_FAMILY
 from .onnx_export import (
     IMAGE_GRAPH,
+    MANIFEST,
     OPSET,
     TEXT_GRAPH,
     build_once,
@@ -44,6 +45,11 @@ class OnnxClip:
         if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch's own format
             folder = model_folder(name, (*MODEL_FILES, "*.bin"))
         key = entry_key(name, fingerprint(folder), options.precision)
+        if not (options.cache_directory / key / MANIFEST).is_file():
+            require_torch(
+                f"model '{name}' is a Hugging Face model folder: exporting it to ONNX (once)",
+                WITHOUT_TORCH,
+            )
         entry = build_once(
             options.cache_directory / key,
             lambda into: export_clip(folder, into, options.precision),
@@ -64,17 +70,33 @@ class OnnxClip:
                 device,
                 one_at_a_time=quantises_per_batch(options.precision),
                 threads=options.threads,
+                optimised_cache=options.optimised_directory,
             ),
-            Tower(entry / TEXT_GRAPH, OUTPUT, device, threads=options.threads),
+            Tower(
+                entry / TEXT_GRAPH,
+                OUTPUT,
+                device,
+                threads=options.threads,
+                optimised_cache=options.optimised_directory,
+                prepack=False,  # opened for each query, where its opening is most of the cost
+            ),
             PixelRecipe.from_file(entry / "preprocessor_config.json"),
             tokenizer,
         )
 
 
+# What runs without torch, for a user whose model would need an export (the export is made
+# once with torch; a model exported before needs none).
+WITHOUT_TORCH = (
+    "choose a model that runs without it: one in Immich's ONNX layout (such as "
+    "examples/tiny-immich, or Immich's models on the hub) or one that publishes its ONNX "
+    "graphs, as jina-clip-v2 does"
+)
+
+
 def export_clip(folder: Path, into: Path, precision: str) -> dict[str, Any]:
     """Write the two towers in `precision`, the tokenizer.json and the preprocessor config
     into `into`; return the manifest that describes them."""
-    require_torch("exporting a standard Hugging Face model to ONNX (done once per model)")
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(folder).eval()

@@ -11,16 +11,19 @@ from typing import Any
 from ..errors import ConfigError, ImageSearchError
 from .base import ModelAdapter
 from .hf_clip import CLIP_FAMILY, HuggingFaceClip
+from .immich_layout import is_immich_config
 from .onnx_clip import OnnxClip
+from .onnx_immich import ImmichOnnx
 from .onnx_published import PublishedOnnx
 from .remote_code import RemoteCodeModel
 
 # Asked in order; the first that serves a model loads it. Remote code comes first: a config
 # naming its own AutoModel means that class, whatever its model_type says.
 ADAPTERS: tuple[type[ModelAdapter], ...] = (RemoteCodeModel, HuggingFaceClip)
-# The onnx backend: a model that brings its own code is run through the ONNX graphs its
-# repository publishes (none of its code runs); standard ones are exported once.
-ONNX_ADAPTERS: tuple[type[ModelAdapter], ...] = (PublishedOnnx, OnnxClip)
+# The onnx backend: a model in Immich's layout runs its graphs; a model that brings its own
+# code is run through the ONNX graphs its repository publishes (none of its code runs);
+# standard ones are exported once.
+ONNX_ADAPTERS: tuple[type[ModelAdapter], ...] = (ImmichOnnx, PublishedOnnx, OnnxClip)
 
 
 def read_model_config(name: str) -> dict[str, Any]:
@@ -41,6 +44,11 @@ def read_model_config(name: str) -> dict[str, Any]:
 
 def adapter_for(name: str, config: Mapping[str, Any], backend: str = "torch") -> type[ModelAdapter]:
     """The backend's first adapter that serves this config, or one line saying none does."""
+    if backend != "onnx" and is_immich_config(config):
+        raise ConfigError(
+            f"model '{name}' is in Immich's ONNX layout, which runs in ONNX Runtime only: "
+            "set backend to onnx (or auto)"
+        )
     for adapter in ONNX_ADAPTERS if backend == "onnx" else ADAPTERS:
         if adapter.serves(config):
             return adapter

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 
 from ..config import Settings
 from ..vectors import VectorSpec
-from .connection import Database, describe_location, redact, start_embedded_server
+from .connection import Database, describe_location, redact
+from .embedded import start_embedded_server
 from .filters import NO_FILTERS, Filters
-from .records import FailedFile, Match, NewRow, StoredFile, StoredImage, as_array
+from .records import FailedFile, Match, NewRow, Removed, StoredFile, StoredImage, as_array
 from .rows import Rows
 from .schema import Schema, TableInfo, database_size
 from .tables import SCHEMA_VERSION, index_name
@@ -25,6 +26,7 @@ __all__ = [
     "Match",
     "NO_FILTERS",
     "NewRow",
+    "Removed",
     "Rows",
     "Schema",
     "Store",

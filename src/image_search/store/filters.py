@@ -1,4 +1,5 @@
-"""Which stored images a search or a duplicate scan may see, as SQL conditions."""
+"""Which stored images a search or a duplicate scan may see, as SQL conditions: never the rows
+of files found missing, and those the user's filters keep."""
 
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ class Filters:
         return bool(self.under) or self.taken_after is not None or self.taken_before is not None
 
     def where(self, alias: str | None = None) -> tuple[sql.Composable, list]:
-        """The SQL condition on the rows and its parameters (TRUE when nothing narrows)."""
+        """The SQL condition on the rows and its parameters. Rows of files found missing
+        are never seen, whatever the filters."""
 
         def column(name: str) -> sql.Identifier:
             return sql.Identifier(alias, name) if alias else sql.Identifier(name)
 
-        conditions: list[sql.Composable] = []
+        conditions: list[sql.Composable] = [present(alias)]
         params: list = []
         if self.under:
             folders = []
@@ -50,8 +52,6 @@ class Filters:
         if self.taken_before is not None:
             conditions.append(sql.SQL("{} < %s").format(column("taken_at")))
             params.append(self.taken_before)
-        if not conditions:
-            return sql.SQL("TRUE"), []
         return sql.SQL(" AND ").join(conditions), params
 
     def keeps_score(self, score: float) -> bool:
@@ -59,3 +59,9 @@ class Filters:
 
 
 NO_FILTERS = Filters()
+
+
+def present(alias: str | None = None) -> sql.Composable:
+    """The condition of a row whose file was there when last indexed."""
+    column = sql.Identifier(alias, "missing_since") if alias else sql.Identifier("missing_since")
+    return sql.SQL("{} IS NULL").format(column)

@@ -28,20 +28,35 @@ class StoredFile(NamedTuple):
     mtime_ns: int
     content_hash: str
     undated: bool = False  # no capture date yet (a row stored before schema 3)
+    missing_since: datetime | None = None  # found missing by an index run then; None: there
+
+    @property
+    def missing(self) -> bool:
+        return self.missing_since is not None
 
 
 @dataclass(frozen=True)
 class FailedFile:
-    """A file that could not be indexed, as it was when it failed."""
+    """A file that could not be indexed, as it was when it failed, and what made it fail
+    (failure_cause.py; None for a failure recorded before causes were)."""
 
     file_path: str
     size: int
     mtime_ns: int
     error: str
+    cause: str | None = None
 
     @property
     def stat(self) -> tuple[int, int]:
         return (self.size, self.mtime_ns)
+
+
+class Removed(NamedTuple):
+    """The ids of rows deleted, and the processed JPEGs they held that no row of any table
+    points at any more."""
+
+    ids: list[int]
+    unused_processed: list[str]
 
 
 @dataclass(frozen=True)

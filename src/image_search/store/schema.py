@@ -39,8 +39,14 @@ Resolve = Callable[[VectorSpec], VectorSpec]
 class TableInfo:
     spec: VectorSpec
     schema_version: int
-    images: int
+    images: int  # rows a search sees: files that were there when last indexed
     last_indexed_at: datetime | None
+    missing: int = 0  # rows of files found missing, kept for their grace period
+
+    @property
+    def stored(self) -> int:
+        """Every row, those of missing files too."""
+        return self.images + self.missing
 
 
 def _lock_schema(conn: psycopg.Connection) -> None:
@@ -48,8 +54,9 @@ def _lock_schema(conn: psycopg.Connection) -> None:
 
 
 def _replaceable(info: TableInfo, wanted: VectorSpec) -> bool:
-    """An empty table of other vectors: dropped and made again for `wanted`."""
-    return info.images == 0 and not info.spec.same_vectors(wanted)
+    """An empty table of other vectors: dropped and made again for `wanted`. Rows of missing
+    files are not nothing: they come back when the share is mounted again."""
+    return info.stored == 0 and not info.spec.same_vectors(wanted)
 
 
 def _for_new_table(spec: VectorSpec, resolve: Resolve | None) -> VectorSpec:
@@ -60,15 +67,44 @@ def _for_new_table(spec: VectorSpec, resolve: Resolve | None) -> VectorSpec:
     return resolve(spec)
 
 
-def _info_query(with_backend: bool) -> sql.Composed:
-    backend = "m.backend, m.precision" if with_backend else "NULL, NULL"
-    return sql.SQL(
-        "SELECT m.model_name, m.dimension, m.schema_version, m.last_indexed_at, m.images, "
-        + backend
-        + ", (SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-        "   WHERE attrelid = to_regclass(quote_ident(m.table_name)) AND attname = 'embedding')"
-        " FROM {meta} m WHERE m.table_name = %s"
-    ).format(meta=META)
+# The type of the table's vector column, beside its meta row.
+_VECTOR_COLUMN = (
+    "(SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+    " WHERE attrelid = to_regclass(quote_ident(m.table_name)) AND attname = 'embedding')"
+)
+_INFO_QUERY = sql.SQL(
+    "SELECT m.model_name, m.dimension, m.schema_version, m.last_indexed_at, m.images, "
+    "m.backend, m.precision, m.missing, "
+    + _VECTOR_COLUMN
+    + " FROM {meta} m WHERE m.table_name = %s"
+).format(meta=META)
+# The meta row of a database that no run of this version has written to yet, whatever columns
+# it has (autocommit: the failed statement before it leaves nothing to roll back).
+_OLD_INFO_QUERY = sql.SQL(
+    "SELECT to_jsonb(m), " + _VECTOR_COLUMN + " FROM {meta} m WHERE m.table_name = %s"
+).format(meta=META)
+_INFO_COLUMNS = (
+    "model_name",
+    "dimension",
+    "schema_version",
+    "last_indexed_at",
+    "images",
+    "backend",
+    "precision",
+    "missing",
+)
+
+
+def _old_info_row(conn: psycopg.Connection, table: str) -> tuple | None:
+    """The row _INFO_QUERY gives, read from an older meta table (absent columns as NULL)."""
+    row = conn.execute(_OLD_INFO_QUERY, [table]).fetchone()
+    if row is None:
+        return None
+    meta, column = row
+    values = [meta.get(name) for name in _INFO_COLUMNS]
+    last = values[3]
+    values[3] = datetime.fromisoformat(last) if last else None
+    return (*values, column)
 
 
 class Schema:
@@ -102,24 +138,24 @@ class Schema:
 
     def _info(self, conn: psycopg.Connection) -> TableInfo | None:
         try:
-            row = conn.execute(_info_query(with_backend=True), [self.table]).fetchone()
+            row = conn.execute(_INFO_QUERY, [self.table]).fetchone()
         except psycopg.errors.UndefinedTable:  # no table was ever made in this database
             return None
         except psycopg.errors.UndefinedColumn:
-            # A meta table that no run of this version has written to yet (autocommit: the
-            # failed statement leaves nothing to roll back).
-            row = conn.execute(_info_query(with_backend=False), [self.table]).fetchone()
+            row = _old_info_row(conn, self.table)
         if row is None:
             return None
-        model_name, dimension, version, last_indexed_at, images, backend, precision, column = row
+        model, dimension, version, last_indexed_at, images, backend, precision, missing, column = (
+            row
+        )
         if images is None:  # not migrated yet (see _create_shared_tables): count this once
             count = sql.SQL("SELECT count(*) FROM {}").format(ident(self.table))
             images = conn.execute(count).fetchone()[0]
         kind = "halfvec" if (column or "").startswith("halfvec") else "vector"
         # NULL backend and precision: a table filled before they were recorded, by torch in
         # fp32, the only way vectors were made then.
-        spec = VectorSpec(model_name, dimension, kind, backend or "torch", precision or "fp32")
-        return TableInfo(spec, version, images, last_indexed_at)
+        spec = VectorSpec(model, dimension, kind, backend or "torch", precision or "fp32")
+        return TableInfo(spec, version, images, last_indexed_at, missing or 0)
 
     def ensure(self, wanted: VectorSpec, resolve: Resolve | None = None) -> None:
         """Create or upgrade the table for these vectors; refuse a table of other vectors.
@@ -288,10 +324,12 @@ class Schema:
         self.database.run(lambda conn: conn.execute(query, [self.table]))
 
     def recount(self) -> int:
-        """Count the rows once and store the number (after a bulk load by COPY)."""
+        """Count the rows once and store the numbers (after a bulk load by COPY); the number
+        of searchable ones."""
         query = sql.SQL(
-            "UPDATE {meta} SET images = (SELECT count(*) FROM {table}) WHERE table_name = %s "
-            "RETURNING images"
+            "UPDATE {meta} SET (images, missing) = (SELECT count(*) FILTER (WHERE missing_since "
+            "IS NULL), count(*) FILTER (WHERE missing_since IS NOT NULL) FROM {table}) "
+            "WHERE table_name = %s RETURNING images"
         ).format(meta=META, table=ident(self.table))
         return int(self.database.run(lambda conn: conn.execute(query, [self.table]).fetchone()[0]))
 

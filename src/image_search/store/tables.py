@@ -14,10 +14,11 @@ from ..config import RESERVED_TABLE_PREFIX
 from ..vectors import VectorSpec
 
 META_TABLE = f"{RESERVED_TABLE_PREFIX}meta"
-# Files that could not be indexed, per table, by path, size and mtime: an unchanged broken
-# file is not read again, so a run with nothing new never loads the model.
+# Files that could not be indexed, per table, by path, size and mtime and what made them fail
+# (the cause: the settings and decoders that decide decoding): an unchanged broken file is not
+# read again, so a run with nothing new never loads the model, until its cause changes.
 FAILURES_TABLE = f"{RESERVED_TABLE_PREFIX}failures"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # PostgreSQL cuts identifiers longer than this many bytes.
 MAX_IDENTIFIER = 63
 # The indexes of a table, by role. Their names are derived from the table's (see index_name).
@@ -109,11 +110,24 @@ def _migration_3(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None
     )
 
 
+def _migration_4(conn: psycopg.Connection, table: str, spec: VectorSpec) -> None:
+    """When an index run first found a stored file missing (NULL: it is there). A missing
+    file's row is left out of every search but kept, vector and all, until it comes back
+    or stays missing past the grace period: a share that is not mounted must not cost a
+    re-embed. The meta table counts such rows apart from the searchable ones."""
+    conn.execute(
+        sql.SQL("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS missing_since timestamptz").format(
+            table=ident(table)
+        )
+    )
+
+
 # MIGRATIONS[n] brings a table from schema version n to n + 1.
 MIGRATIONS: list[Callable[[psycopg.Connection, str, VectorSpec], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -152,6 +166,13 @@ def create_shared_tables(conn: psycopg.Connection) -> None:
     conn.execute(
         sql.SQL("ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS images bigint").format(meta=META)
     )
+    # Rows of missing files (schema 4), kept apart from `images`, which counts the rows a
+    # search sees; kept by the same transactions.
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {meta} ADD COLUMN IF NOT EXISTS missing bigint NOT NULL DEFAULT 0"
+        ).format(meta=META)
+    )
     # What ran the model. NULL in a row from before these columns: torch in fp32, the only
     # way vectors were made then.
     for column in ("backend", "precision"):
@@ -175,4 +196,10 @@ def create_shared_tables(conn: psycopg.Connection) -> None:
             )
             """
         ).format(failures=FAILURES)
+    )
+    # What made each file fail (failure_cause.py); NULL for failures recorded before it was.
+    conn.execute(
+        sql.SQL("ALTER TABLE {failures} ADD COLUMN IF NOT EXISTS cause text").format(
+            failures=FAILURES
+        )
     )

@@ -4,34 +4,37 @@
 
 The models are random-weight stand-ins of the same architecture, each in its own layout: the
 default's (jina-clip-v2's published graphs; bench_cpu_default.py builds it) and Immich's
-(bench/standin_models.py builds them), in fp32 and int8 (ONNX Runtime's dynamic quantisation,
-as image-search makes it: onnx_export.quantise_int8). For each, round after round (medians):
+(bench/standin_models.py builds them), in fp32 and int8 (the default's published int8 graph;
+for Immich's layout the graph image-search makes once with ONNX Runtime's dynamic quantiser).
+For each, round after round (medians):
 
 - the image tower alone, one image at a time, in a session opened as image-search opens one;
 - one text query through the text tower;
 - the model's own preprocessing (resize, normalise) of a prepared photo;
 - the whole `index` per photo, through image-search's own index code (in process, model
-  loaded, a fresh table each run), where this build loads the layout;
+  loaded, a fresh table each run);
 - the index's cost per photo apart from the model: the whole `index` of the same photos with a
   tiny model in jina's layout (scan, read, hash, decode, resize, processed JPEG, database).
 
-A model the index cannot load yet gets an estimate instead: that cost apart from the model, plus
-its preprocessing, plus its image tower. The default's row shows both, which tells how close
-the estimate comes.
+Every model loads through image-search's own code (Embedder, backend onnx), so each row is what
+`index` runs. Every model runs in every round, one model and precision in memory at a time
+(opened afresh each round, its session warmed up outside the timings), so that on a shared
+machine each row sees the same spread of load. "est." adds up the index apart from the model,
+the model's preprocessing and its image tower: it shows how much of a photo's cost is the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from bench_cpu_default import stand_in as default_stand_in
 from bench_onnx import index_seconds
 from common import DATA, cores, jpeg_folder, median_of, timed
@@ -39,108 +42,40 @@ from standin_models import STANDIN_LIST, standin_folder
 from tiny_models import build_jina_layout_model
 
 from image_search.config import Settings
-from image_search.errors import ImageSearchError
 from image_search.images import ResizeSpec, prepare_file
 from image_search.models import Embedder
-from image_search.models.onnx_export import quantise_int8
-from image_search.models.onnx_runtime import PixelRecipe, TextTokenizer, Tower
 
 PRECISIONS = ("int8", "fp32")
 DEFAULT = "jina-clip-v2 (default)"
 QUERY = "a dog running on the beach at sunset"
 REPEAT = 3  # tower and query timings per round (their median)
+SHAPES: dict[str, tuple[int, int]] = {}  # model: (dimension, input size)
 
 
 @dataclass
 class Candidate:
-    """One model in one precision, as the benchmark runs it."""
+    """One model in one precision, loaded as image-search loads it."""
 
     label: str
     folder: Path
     precision: str
     dimension: int
     size: int
-    image: Tower
-    text: Tower
-    pixels: PixelRecipe
-    query: dict[str, np.ndarray]
-    image_input: str
-    embedder: Embedder | None = None  # where image-search's own loading made the towers
+
+    def embedder(self) -> Embedder:
+        return onnx_embedder(self.folder, self.precision, self.dimension)
 
 
-def default_candidates() -> list[Candidate]:
-    """The default model's stand-in, through image-search's own loading of jina's layout."""
-    _, folder = default_stand_in()
-    found = []
-    for precision in PRECISIONS:
-        embedder = onnx_embedder(folder, precision, 1024)
-        model: Any = embedder.model()
-        query = model._tokenizer([model._query_prefix + QUERY])
-        found.append(
-            Candidate(
-                DEFAULT,
-                folder,
-                precision,
-                1024,
-                512,
-                model._image,
-                model._text,
-                model._pixels,
-                query,
-                "pixel_values",
-                embedder,
-            )
-        )
-    return found
-
-
-def immich_candidates(name: str) -> list[Candidate]:
-    """A stand-in in Immich's layout, its graphs opened directly (fp32 as published, int8
-    quantised once here as image-search quantises)."""
-    folder = standin_folder(name)
-    config = json.loads((folder / "config.json").read_text())
-    preprocess = json.loads((folder / "visual" / "preprocess_cfg.json").read_text())
-    size = preprocess["size"][0] if isinstance(preprocess["size"], list) else preprocess["size"]
-    pixels = PixelRecipe.from_config({**preprocess, "size": size})
-    context = config["text_cfg"]["context_length"]
-    tokenizer = TextTokenizer(folder / "textual" / "tokenizer.json", context, "<pad>", True)
-    tokens = tokenizer([QUERY])
-    query = {
-        "text": tokens["input_ids"].astype(np.int32),
-        "input_ids": tokens["input_ids"].astype(np.int32),
-        "attention_mask": tokens["attention_mask"].astype(np.int32),
-    }
-    found = []
-    for precision in PRECISIONS:
-        visual, textual = graphs(folder, name, precision)
-        found.append(
-            Candidate(
-                name,
-                folder,
-                precision,
-                int(config["embed_dim"]),
-                size,
-                Tower(visual, "embedding", "cpu"),
-                Tower(textual, "embedding", "cpu"),
-                pixels,
-                query,
-                "image",
-            )
-        )
-    return found
-
-
-def graphs(folder: Path, name: str, precision: str) -> tuple[Path, Path]:
-    visual, textual = folder / "visual" / "model.onnx", folder / "textual" / "model.onnx"
-    if precision == "fp32":
-        return visual, textual
-    into = DATA / "guide-int8" / name
-    into.mkdir(parents=True, exist_ok=True)
-    for source in (visual, textual):
-        target = into / f"{source.parent.name}.onnx"
-        if not target.is_file():
-            quantise_int8(source, target)
-    return into / "visual.onnx", into / "textual.onnx"
+def candidates(name: str) -> list[Candidate]:
+    if name == DEFAULT:
+        _, folder = default_stand_in()
+        dimension, size = 1024, 512
+    else:
+        folder = standin_folder(name)
+        config = json.loads((folder / "config.json").read_text())
+        dimension = int(config["embed_dim"])
+        size = int(config["vision_cfg"]["image_size"])
+    return [Candidate(name, folder, precision, dimension, size) for precision in PRECISIONS]
 
 
 def onnx_embedder(folder: Path, precision: str, dimension: int) -> Embedder:
@@ -154,20 +89,55 @@ def onnx_embedder(folder: Path, precision: str, dimension: int) -> Embedder:
     )
 
 
-def whole_index(candidate: Candidate, settings: Settings) -> Callable[[], float] | None:
-    """The whole index of the photos with this model, or None where this build cannot load
-    the model's layout."""
-    embedder = candidate.embedder or onnx_embedder(
-        candidate.folder, candidate.precision, candidate.dimension
-    )
-    try:
-        embedder.model()
-    except ImageSearchError:
-        return None
-    fresh = dataclasses.replace(
-        settings, model_name=str(candidate.folder), dimension=candidate.dimension
-    )
-    return lambda: index_seconds(fresh, embedder, f"guide {candidate.precision}")
+def tiny_model() -> Path:
+    folder = DATA / "guide-tiny-jina"
+    if not (folder / "config.json").is_file():
+        build_jina_layout_model(folder)
+    return folder
+
+
+def measure_round(
+    group: list[Candidate],
+    photos: list[Any],
+    settings: Settings,
+    samples: dict[str, list[float]],
+) -> None:
+    """One round of one model: each precision's preprocessing, image tower, one query and
+    whole index, added to `samples`."""
+
+    def record(key: str, seconds: float) -> None:
+        samples.setdefault(key, []).append(seconds)
+
+    for c in group:  # one precision in memory at a time
+        key = f"{c.label} {c.precision}"
+        embedder = c.embedder()
+        model: Any = embedder.model()
+        (image_input,) = model._image.input_names()
+        ready = {image_input: model._pixels(photos[:1])}
+        model._image.run(ready)  # the session opens and warms up outside the timings
+        record(key + " prep", median_of(timed(lambda m=model: m._pixels(photos[:1]), REPEAT)))
+        record(key + " tower", median_of(timed(lambda m=model, r=ready: m._image.run(r), REPEAT)))
+        record(key + " query", median_of(timed(lambda m=model: m.embed_texts([QUERY]), REPEAT)))
+        fresh = dataclasses.replace(settings, model_name=str(c.folder), dimension=c.dimension)
+        record(key + " index", index_seconds(fresh, embedder, f"guide {c.precision}"))
+        del model, embedder
+        gc.collect()
+
+
+def print_rows(names: list[str], samples: dict[str, list[float]], images: int) -> None:
+    overhead = median_of(samples["overhead"]) / images
+    for name in names:
+        for precision in PRECISIONS:
+            key = f"{name} {precision}"
+            tower = median_of(samples[key + " tower"])
+            prep = median_of(samples[key + " prep"])
+            index = median_of(samples[key + " index"])
+            dimension, size = SHAPES[name]
+            print(
+                f"{name:46} {precision:4} {dimension:4} {size:3} {tower:6.3f} "
+                f"{median_of(samples[key + ' query']):6.3f} {prep:5.3f} {overhead:5.3f} "
+                f"{overhead + prep + tower:5.2f} {index / images:6.2f}"
+            )
 
 
 def main() -> None:
@@ -178,65 +148,37 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=[DEFAULT, *names], default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    chosen = args.only or [DEFAULT, *names]
 
     folder = jpeg_folder(f"twelve-mp-{args.images}", args.images)
     settings = Settings(source_directory=folder, data_directory=DATA / "guide-db", device="cpu")
     photos = [prepare_file(p, ResizeSpec.of(settings)) for p in sorted(folder.iterdir())]
-    candidates = [
-        c
-        for name in chosen
-        for c in (default_candidates() if name == DEFAULT else immich_candidates(name))
-    ]
-    tiny = (
-        build_jina_layout_model(DATA / "guide-tiny-jina")
-        if not (DATA / "guide-tiny-jina" / "config.json").is_file()
-        else DATA / "guide-tiny-jina"
+    print(
+        f"{args.images} 12-MP JPEGs, cores {cores()}, runs {args.runs} (medians); seconds; "
+        "tower, query, prep: one image or query; rest"
+        " per photo"
     )
+    chosen = args.only or [DEFAULT, *names]
+    tiny = tiny_model()
     tiny_embedder = onnx_embedder(tiny, "int8", 64)
     tiny_settings = dataclasses.replace(settings, model_name=str(tiny), dimension=64)
-    indexers = {id(c): whole_index(c, settings) for c in candidates}
-
     samples: dict[str, list[float]] = {}
-
-    def record(key: str, seconds: float) -> None:
-        samples.setdefault(key, []).append(seconds)
-
-    for _ in range(args.runs):
-        record("overhead", index_seconds(tiny_settings, tiny_embedder, "guide tiny"))
-        for c in candidates:
-            key = f"{c.label} {c.precision}"
-            ready = c.pixels(photos[:1])
-            record(key + " pixels", median_of(timed(lambda c=c: c.pixels(photos[:1]), REPEAT)))
-            image = {c.image_input: ready}
-            record(key + " tower", median_of(timed(lambda c=c, i=image: c.image.run(i), REPEAT)))
-            record(key + " query", median_of(timed(lambda c=c: c.text.run(c.query), REPEAT)))
-            if (indexer := indexers[id(c)]) is not None:
-                record(key + " index", indexer())
-
-    per_photo = args.images
-    overhead = median_of(samples["overhead"]) / per_photo
-    print(
-        f"{args.images} 12-MP JPEGs, cores {cores()}, runs {args.runs} (medians); seconds per "
-        f"photo; index apart from the model: {overhead:.3f} s per photo (tiny model's index)"
-    )
+    for run in range(args.runs):
+        samples.setdefault("overhead", []).append(
+            index_seconds(tiny_settings, tiny_embedder, "guide tiny")
+        )
+        for name in chosen:  # one model in memory at a time, every model in every round
+            group = candidates(name)
+            SHAPES[name] = (group[0].dimension, group[0].size)
+            measure_round(group, photos, settings, samples)
+        print(f"round {run + 1} of {args.runs} done, load average {os.getloadavg()[0]:.1f}")
     print(
         f"{'model':46} {'prec':4} {'dim':>4} {'px':>3} {'tower':>6} {'query':>6} "
-        f"{'prep':>5} {'estimate':>8} {'index':>6}"
+        f"{'prep':>5} {'other':>5} {'est.':>5} {'index':>6}",
+        flush=True,
     )
-    for c in candidates:
-        key = f"{c.label} {c.precision}"
-        tower = median_of(samples[key + " tower"])
-        pixels = median_of(samples[key + " pixels"])
-        index = samples.get(key + " index")
-        measured = f"{median_of(index) / per_photo:6.2f}" if index else f"{'-':>6}"
-        print(
-            f"{c.label:46} {c.precision:4} {c.dimension:4} {c.size:3} {tower:6.3f} "
-            f"{median_of(samples[key + ' query']):6.3f} {pixels:5.3f} "
-            f"{overhead + pixels + tower:8.2f} {measured}"
-        )
-    print("estimate = index apart from the model + prep (the model's preprocessing) + tower;")
-    print("index = whole index measured (- where this build cannot load the layout)")
+    print_rows(chosen, samples, args.images)
+    print("other = the index per photo apart from the model (a tiny model's whole index);")
+    print("est. = other + prep + tower; index = the whole index measured, per photo")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ and the image tower alone (one image) for each, with each graph's cosine to the 
 over `--agreement` prepared photos. (bench_cpu_default.py sets the default against torch fp32;
 one model is kept in memory at a time here, each opened afresh every round.) ONNX Runtime's own
 transformer optimiser (onnxruntime.transformers.optimizer, model types vit, bert and clip)
-was tried as well: it fuses no attention in these graphs (see BENCHMARKS.md p).
+was tried as well: it fuses no attention in these graphs (see BENCHMARKS.md w).
 """
 
 from __future__ import annotations
@@ -201,9 +201,11 @@ class SpinningTower(Tower):
                 options = ort.SessionOptions()
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-                self._session = ort.InferenceSession(
+                session = ort.InferenceSession(
                     str(self.graph), options, providers=["CPUExecutionProvider"]
                 )
+                self._inputs = {i.name: i for i in session.get_inputs()}
+                self._session = session
             return self._session
 
 

@@ -257,6 +257,27 @@ def main() -> None:
 
     folder = jpeg_folder(f"twelve-mp-{args.images}", args.images)
     _, jina_folder = stand_in()
+    base = Settings(
+        source_directory=folder,
+        data_directory=DATA / "cpu-default-db",
+        dimension=PROJECTION,
+        device="cpu",
+        batch_size=16,
+    )
+    photos = [
+        prepare_file(p, ResizeSpec.of(base))
+        for p in sorted(jpeg_folder(f"twelve-mp-{args.agreement}", args.agreement).iterdir())
+    ]
+    # One model in memory at a time: these graphs take 1 to 4 GB each while they run.
+    fp32: Any = default_embedder(jina_folder, "fp32").model()
+    pixels = [fp32._pixels([photo]) for photo in photos]
+
+    def vectors_of(tower: Tower) -> np.ndarray:
+        return _unit(np.concatenate([tower.run({"pixel_values": p}) for p in pixels]))
+
+    reference = vectors_of(fp32._image)
+    del fp32
+    gc.collect()
     published: Any = default_embedder(jina_folder).model()
     image_graph, output = published._image.graph, published._image.output
     GRAPHS.mkdir(parents=True, exist_ok=True)
@@ -273,24 +294,6 @@ def main() -> None:
         "spinning threads": (image_graph, SpinningTower, _nothing),
         "prepare beside": (image_graph, Tower, prepare_beside),
     }
-    base = Settings(
-        source_directory=folder,
-        data_directory=DATA / "cpu-default-db",
-        dimension=PROJECTION,
-        device="cpu",
-        batch_size=16,
-    )
-    photos = [
-        prepare_file(p, ResizeSpec.of(base))
-        for p in sorted(jpeg_folder(f"twelve-mp-{args.agreement}", args.agreement).iterdir())
-    ]
-    pixels = [published._pixels([photo]) for photo in photos]
-
-    # One model in memory at a time: these graphs take 1 to 3 GB each while they run.
-    def vectors_of(tower: Tower) -> np.ndarray:
-        return _unit(np.concatenate([tower.run({"pixel_values": p}) for p in pixels]))
-
-    reference = vectors_of(default_embedder(jina_folder, "fp32").model()._image)
     cosines = {
         name: (vectors_of(Tower(graph, output, "cpu", one_at_a_time=True)) * reference).sum(1)
         for name, (graph, _, _) in variants.items()
@@ -310,6 +313,11 @@ def main() -> None:
             settings = dataclasses.replace(base, model_name=embedder.model_name)
             with around():
                 index_runs[name].append(index_seconds(settings, embedder, "tuning"))
+            print(
+                f"round {len(index_runs[name])} {name}: tower {tower_runs[name][-1]:.3f} s, "
+                f"index {index_runs[name][-1] / args.images:.3f} s/img",
+                flush=True,
+            )
             del tower, embedder
             gc.collect()
 

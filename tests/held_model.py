@@ -9,6 +9,7 @@ It also touches GATE_FOLDER/stopping once the page has been asked to stop its Re
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,26 @@ class HeldEmbedder(Embedder):
         return super().embed_images(images)
 
 
+class SaysWhenSet(threading.Event):
+    """The page's stop flag, touching GATE_FOLDER/stopping once the page's own code sets it:
+    a page that never asks its Rescans to stop never touches it, and its test fails."""
+
+    def set(self) -> None:
+        super().set()
+        (HeldEmbedder.gate / "stopping").touch()
+
+
 def say_when_stopping() -> None:
-    """The page's stop_rescans, first touching GATE_FOLDER/stopping."""
+    """Give each page a stop flag that says when it is set."""
     from image_search.web import WebApp  # the page's code only for a page's run
 
-    stop_rescans = WebApp.stop_rescans
+    made = WebApp.__init__
 
-    def said(web: WebApp) -> None:
-        web.stopping.set()  # what stop_rescans does first: a Rescan now ends at its boundary
-        (HeldEmbedder.gate / "stopping").touch()
-        stop_rescans(web)
+    def with_a_flag_that_says(web: WebApp, *args: Any, **kwargs: Any) -> None:
+        made(web, *args, **kwargs)
+        web.stopping = SaysWhenSet()
 
-    WebApp.stop_rescans = said  # type: ignore[method-assign]
+    WebApp.__init__ = with_a_flag_that_says  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -176,7 +176,9 @@ def test_a_killed_driver_is_finished_by_the_next_run(gated: GatedFolder) -> None
 
     done = run_cli_process("index", "--env", str(gated.config), "--json", env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["added"] == len(gated.files) - stored
+    summary = json.loads(done.stdout)
+    assert summary["added"] == len(gated.files) - stored
+    assert (summary["unchanged"], summary["updated"]) == (stored, 0)  # not embedded again
     assert_one_row_per_file(gated.settings, gated.files)
 
 

@@ -87,7 +87,9 @@ def test_a_killed_run_is_finished_by_the_next_without_duplicates(
 
     done = run_cli("index", "--env", str(config), "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["added"] == len(files) - stored
+    summary = json.loads(done.stdout)
+    assert summary["added"] == len(files) - stored
+    assert (summary["unchanged"], summary["updated"]) == (stored, 0)  # not embedded again
     assert_one_row_per_file(settings, files)
 
 

@@ -204,11 +204,14 @@ def test_index_on_ray_stopped_by_sigterm_exits_143_and_says_what_it_stored(
 
 def driver_processes() -> list[psutil.Process]:
     """This process's Ray drivers (cluster.DriverProcess) still running."""
-    return [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if "image_search.cluster import drive" in " ".join(child.cmdline())
-    ]
+    drivers = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "image_search.cluster import drive" in " ".join(child.cmdline()):
+                drivers.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue  # it has ended (a zombie is a process over, not yet reaped)
+    return drivers
 
 
 def test_a_rescan_on_ray_stops_with_the_page_and_leaves_the_servers_streams_alone(

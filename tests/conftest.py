@@ -191,6 +191,7 @@ def make_settings(tmp_path: Path, tiny_clip: Path, data_directory: Path) -> Call
 
     def make(**overrides: object) -> Settings:
         base = Settings(
+            ocr=False,  # words only where a test is about them (test_words*.py)
             source_directory=tmp_path / "photos",
             output_directory=tmp_path / "output",
             device="cpu",

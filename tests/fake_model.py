@@ -115,6 +115,7 @@ def fake_model_settings(
     """Settings for the fake model: photos in `folder`/photos (made here), results in
     `folder`/output, a table of the caller's own on the session's server."""
     settings = Settings(
+        **{"ocr": False, **overrides},  # the fake model's photos hold no words
         source_directory=folder / "photos",
         output_directory=folder / "output",
         device="cpu",
@@ -124,7 +125,6 @@ def fake_model_settings(
         resize_height=32,
         data_directory=data_directory,
         table_name=table_name,
-        **overrides,
     )
     settings.source_directory.mkdir(parents=True)
     return settings

@@ -208,12 +208,11 @@ class Settings:
             "both": "",
         },
     )
-    # Measured: BENCHMARKS.md, section t (what it adds to an index run of 12-MP photos).
+    # On by default: what it adds to an index run is in BENCHMARKS.md, section t.
     ocr: bool = key_field(
-        False,
-        "read the words in each photo when indexing (OCR), for search --words; it adds about "
-        "a fifth to an index run with the default model on the CPU; photos indexed before get "
-        "theirs at the next index run",
+        True,
+        "read the words in each photo when indexing (OCR), for search --words; photos indexed "
+        "before get theirs at the next index run; false: no words are read",
     )
     ocr_recogniser: Path | None = key_field(
         None,

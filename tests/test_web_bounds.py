@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CHROMIUM, run_cli, running_page, stored_rows, write_config
-from fake_model import FakeColourModel, fake_embedder, fake_model_settings, write_palette
+from fake_model import (
+    FakeColourModel,
+    fake_embedder,
+    fake_model_settings,
+    index_palette,
+)
 from gradio_client import Client
 from imagegen import write_photo
 from PIL import Image
@@ -35,8 +40,7 @@ def colours(tmp_path: Path, data_directory: Path) -> Settings:
     settings = fake_model_settings(
         tmp_path, data_directory, f"page_bounds_{next(_tables)}", top_k=len(LIBRARY)
     )
-    write_palette(settings.source_directory, LIBRARY)
-    run_index(settings, fake_embedder(FakeColourModel()))
+    index_palette(settings, FakeColourModel(), LIBRARY)
     return settings
 
 

@@ -15,10 +15,14 @@ from typing import Any
 
 import pytest
 from conftest import CHROMIUM, running_page
-from fake_model import FakeColourModel, fake_embedder, fake_model_settings, write_palette
+from fake_model import (
+    FakeColourModel,
+    fake_embedder,
+    fake_model_settings,
+    index_palette,
+)
 
 from image_search.config import Settings
-from image_search.ingest import run_index
 from image_search.web_text import MESSAGES, TEXTS
 
 pytestmark = pytest.mark.browser
@@ -65,8 +69,7 @@ def expect_message(expect: Any, locator: Any, key: str, column: int) -> None:
 @pytest.fixture
 def colours(tmp_path: Path, data_directory: Path) -> Settings:
     settings = fake_model_settings(tmp_path, data_directory, f"page_language_{next(_tables)}")
-    write_palette(settings.source_directory)
-    run_index(settings, fake_embedder(FakeColourModel()))
+    index_palette(settings, FakeColourModel())
     return settings
 
 

@@ -14,14 +14,13 @@ from fake_model import (
     FakeColourModel,
     fake_embedder,
     fake_model_settings,
+    index_palette,
     text_vector,
-    write_palette,
 )
 from gradio_client import Client
 from test_query_parts import LIBRARY, expected_ranking
 
 from image_search.config import Settings
-from image_search.ingest import run_index
 from image_search.result_folder import QUERY_RECORD_FILE
 
 _tables = itertools.count(1)
@@ -32,8 +31,7 @@ def colours(tmp_path: Path, data_directory: Path) -> Settings:
     settings = fake_model_settings(
         tmp_path, data_directory, f"page_parts_{next(_tables)}", top_k=len(LIBRARY)
     )
-    write_palette(settings.source_directory, LIBRARY)
-    run_index(settings, fake_embedder(FakeColourModel()))
+    index_palette(settings, FakeColourModel(), LIBRARY)
     return settings
 
 

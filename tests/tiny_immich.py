@@ -220,20 +220,26 @@ def build_clip_like_tokenizer(path: Path) -> tuple[int, int]:
     """A byte-level tokenizer.json (every byte a token) wrapped in CLIP's start and end
     tokens; padded with the end token, as Immich's CLIP tokenizers are. Returns the vocabulary
     size and the pad id."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocabulary = {token: i for i, token in enumerate([*symbols, CLIP_START, CLIP_END])}
-    tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=[]))
+    save_as_clip_does(Tokenizer(models.BPE(vocab=vocabulary, merges=[])), vocabulary, path)
+    return len(vocabulary), vocabulary[CLIP_END]
+
+
+def save_as_clip_does(tokenizer: Any, ids: dict[str, int], path: Path) -> None:
+    """Byte-level BPE `tokenizer` with CLIP's start and end tokens around a text, saved."""
+    from tokenizers import decoders, pre_tokenizers, processors
+
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([CLIP_START, CLIP_END])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLIP_START} $A {CLIP_END}",
-        special_tokens=[(CLIP_START, vocabulary[CLIP_START]), (CLIP_END, vocabulary[CLIP_END])],
+        special_tokens=[(CLIP_START, ids[CLIP_START]), (CLIP_END, ids[CLIP_END])],
     )
     tokenizer.save(str(path))
-    return len(vocabulary), vocabulary[CLIP_END]
 
 
 def build_xlmr_like_tokenizer(path: Path) -> tuple[int, int]:
@@ -270,7 +276,7 @@ def build_bpe_tokenizer_of_size(
     a real tokenizer costs to load and run. `open_clip_vocab`: where to write the same merges
     as open_clip's bpe_simple_vocab_16e6.txt.gz (which rclip reads). Returns the vocabulary
     size and the pad id."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     rng = np.random.default_rng(seed)
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -289,14 +295,7 @@ def build_bpe_tokenizer_of_size(
     tokens += [CLIP_START, CLIP_END]
     ids = {token: i for i, token in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=ids, merges=merges, end_of_word_suffix="</w>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([CLIP_START, CLIP_END])
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{CLIP_START} $A {CLIP_END}",
-        special_tokens=[(CLIP_START, ids[CLIP_START]), (CLIP_END, ids[CLIP_END])],
-    )
-    tokenizer.save(str(path))
+    save_as_clip_does(tokenizer, ids, path)
     if open_clip_vocab is not None:
         import gzip
 

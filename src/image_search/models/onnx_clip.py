@@ -23,7 +23,7 @@ from .onnx_export import (
     model_folder,
     read_manifest,
 )
-from .onnx_runtime import OnnxModel, PixelRecipe, TextTokenizer, Tower, quantises_per_batch
+from .onnx_runtime import OnnxModel, PixelRecipe, TextTokenizer, Tower
 
 # What an export reads from a hub repository (never the TensorFlow or Flax weights).
 MODEL_FILES = ("*.json", "*.txt", "*.model", "*.safetensors")
@@ -64,22 +64,8 @@ class OnnxClip:
         )
         return OnnxModel(
             name,
-            Tower(
-                entry / IMAGE_GRAPH,
-                OUTPUT,
-                device,
-                one_at_a_time=quantises_per_batch(options.precision),
-                threads=options.threads,
-                optimised_cache=options.optimised_directory,
-            ),
-            Tower(
-                entry / TEXT_GRAPH,
-                OUTPUT,
-                device,
-                threads=options.threads,
-                optimised_cache=options.optimised_directory,
-                prepack=False,  # opened for each query, where its opening is most of the cost
-            ),
+            Tower.for_images(entry / IMAGE_GRAPH, OUTPUT, device, options),
+            Tower.for_texts(entry / TEXT_GRAPH, OUTPUT, device, options),
             PixelRecipe.from_file(entry / "preprocessor_config.json"),
             tokenizer,
         )

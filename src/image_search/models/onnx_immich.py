@@ -37,7 +37,6 @@ from .onnx_runtime import (
     TextTokenizer,
     Tower,
     pad_token_of,
-    quantises_per_batch,
 )
 
 PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -65,22 +64,8 @@ class ImmichOnnx:
         )
         return OnnxModel(
             name,
-            Tower(
-                tower_graph(name, folder / VISUAL, options),
-                None,
-                device,
-                one_at_a_time=quantises_per_batch(options.precision),
-                threads=options.threads,
-                optimised_cache=options.optimised_directory,
-            ),
-            Tower(
-                tower_graph(name, textual, options),
-                None,
-                device,
-                threads=options.threads,
-                optimised_cache=options.optimised_directory,
-                prepack=False,  # opened for each query, where its opening is most of the cost
-            ),
+            Tower.for_images(tower_graph(name, folder / VISUAL, options), None, device, options),
+            Tower.for_texts(tower_graph(name, textual, options), None, device, options),
             PixelRecipe.open_clip(
                 json.loads((folder / VISUAL / PREPROCESS_CONFIG).read_text(encoding="utf-8"))
             ),

@@ -30,7 +30,6 @@ from .onnx_runtime import (
     TextTokenizer,
     Tower,
     pad_token_of,
-    quantises_per_batch,
 )
 
 GRAPHS = {
@@ -80,23 +79,8 @@ class PublishedOnnx:
         prefix = QUERY_INSTRUCTION if config.get("model_type") == "jina_clip" else ""
         return OnnxModel(
             name,
-            Tower(
-                entry / IMAGE_GRAPH,
-                IMAGE_OUTPUT,
-                device,
-                weights,
-                one_at_a_time=quantises_per_batch(options.precision),
-                threads=options.threads,
-                optimised_cache=options.optimised_directory,
-            ),
-            Tower(
-                entry / TEXT_GRAPH,
-                TEXT_OUTPUT,
-                device,
-                weights,
-                threads=options.threads,
-                optimised_cache=options.optimised_directory,
-            ),
+            Tower.for_images(entry / IMAGE_GRAPH, IMAGE_OUTPUT, device, options, weights),
+            Tower.for_texts(entry / TEXT_GRAPH, TEXT_OUTPUT, device, options, weights),
             PixelRecipe.from_file(folder / "preprocessor_config.json"),
             TextTokenizer(folder / "tokenizer.json", text_length(folder), pad_token_of(folder)),
             query_prefix=prefix,

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import one_line
+from .base import LoadOptions
 from .onnx_export import build_once
 from .precision import CUDA_PROVIDER
 
@@ -192,6 +193,48 @@ class Tower:
         self._inputs: dict[str, Any] = {}
         self._batch_of_one = False
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_images(
+        cls,
+        graph: Path | Callable[[], Path],
+        output: str | None,
+        device: str,
+        options: LoadOptions,
+        external_data: Path | None = None,
+    ) -> Tower:
+        """A model's image tower, as `options` load it: each photo alone where the graph
+        quantises per batch."""
+        return cls(
+            graph,
+            output,
+            device,
+            external_data,
+            one_at_a_time=quantises_per_batch(options.precision),
+            threads=options.threads,
+            optimised_cache=options.optimised_directory,
+        )
+
+    @classmethod
+    def for_texts(
+        cls,
+        graph: Path | Callable[[], Path],
+        output: str | None,
+        device: str,
+        options: LoadOptions,
+        external_data: Path | None = None,
+    ) -> Tower:
+        """A model's text tower, as `options` load it: its weights not prepacked, since it is
+        opened for each command-line query, where its opening is most of the cost."""
+        return cls(
+            graph,
+            output,
+            device,
+            external_data,
+            threads=options.threads,
+            optimised_cache=options.optimised_directory,
+            prepack=False,
+        )
 
     @property
     def graph(self) -> Path:

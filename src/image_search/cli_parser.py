@@ -11,12 +11,11 @@ import shutil
 import textwrap
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import __version__
 from .config import (
     DEFAULT_CONFIG_FILE,
-    LIST_SEPARATOR,
     REDACTED,
     Settings,
     SourcedSettings,
@@ -27,6 +26,7 @@ from .config import (
     key_info,
     key_kind,
     shown_default,
+    shown_value,
 )
 from .duplicates import DEFAULT_THRESHOLD
 from .query import DEFAULT_TEXT_WEIGHT
@@ -327,18 +327,6 @@ def config_help(sourced: SourcedSettings | None = None) -> str:
                 break_on_hyphens=False,
             )
     return "\n".join(lines)
-
-
-def shown_value(key: str, value: Any) -> str:
-    """A value as the help writes a default: unset (or what unset means), true/false, or
-    the value itself."""
-    if value is None:
-        return key_info(key).shown_default or "unset"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):  # a list key (Settings.to_dict writes it as a list)
-        return LIST_SEPARATOR.join(value) if value else "none"
-    return str(value)
 
 
 def origin(key: str, sourced: SourcedSettings) -> str:

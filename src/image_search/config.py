@@ -365,14 +365,20 @@ def key_info(key: str) -> KeyInfo:
 
 def shown_default(key: str) -> str:
     """The default as the help and README say it: unset, true/false, or the value."""
-    info, value = key_info(key), _field(key).default
+    info = key_info(key)
     if info.shown_default is not None:
         return info.shown_default
+    return shown_value(key, _field(key).default)
+
+
+def shown_value(key: str, value: Any) -> str:
+    """A value as the help writes a default: unset (or what unset means), true/false, a list
+    comma-separated (none when empty), or the value itself."""
     if value is None:
-        return "unset"
+        return key_info(key).shown_default or "unset"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple):
+    if isinstance(value, list | tuple):  # a list key (Settings.to_dict writes it as a list)
         return LIST_SEPARATOR.join(value) if value else "none"
     return str(value)
 

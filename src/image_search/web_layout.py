@@ -91,11 +91,6 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                         elem_id="query-not",
                         placeholder=ui("but_not_placeholder"),
                     )
-                words = gr.Textbox(
-                    label=ui("words"),
-                    elem_id="query-words",
-                    placeholder=ui("words_placeholder"),
-                )
                 text_weight = gr.Slider(
                     0,
                     1,
@@ -103,6 +98,11 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
                     step=0.05,
                     label=ui("text_weight"),
                     elem_id="text-weight",
+                )
+                words = gr.Textbox(
+                    label=ui("words"),
+                    elem_id="query-words",
+                    placeholder=ui("words_placeholder"),
                 )
                 top_k = gr.Slider(
                     1,

@@ -480,7 +480,12 @@ class Indexer:
         from their processed JPEGs, no model. Words no photo holds any more are dropped."""
         progress = self.progress
         self.report.words_read = fill_words(
-            self.settings, self.store, progress.show_bars, progress.callback, progress.check_stop
+            self.settings,
+            self.store,
+            progress.show_bars,
+            progress.callback,
+            progress.check_stop,
+            rows_dropped=bool(self.report.removed or self.report.updated),
         )
 
     def _process(self, work: list[WorkItem]) -> None:

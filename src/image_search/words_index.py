@@ -118,14 +118,18 @@ def fill_words(
     show_bar: bool,
     told: Callable[[int, int], None] | None,
     check_stop: Callable[[], None],
+    *,
+    rows_dropped: bool,
 ) -> int:
     """Read the words of stored photos that have none (indexed before ocr was on, or read by
-    another engine) from their processed JPEGs; drop words no photo holds. The number of
-    photos read. `told(done, total)` follows it; `check_stop` may end it between batches
-    (what was read is kept)."""
+    another engine) from their processed JPEGs; drop words no photo holds, where the run
+    dropped rows (`rows_dropped`: removed, or updated to new content). The number of photos
+    read. `told(done, total)` follows it; `check_stop` may end it between batches (what was
+    read is kept)."""
     words = TableWords(store.database, store.table)
     if not ocr_wanted(settings):
-        words.purge()
+        if rows_dropped:
+            words.purge()
         return 0
     reader = shared_reader(None, settings.ocr_recogniser, ocr_device(settings.device))
     unread = words.unread(reader.engine)
@@ -154,7 +158,8 @@ def fill_words(
             "`image-search index --reindex` makes them again",
             missing,
         )
-    words.purge()
+    if rows_dropped:
+        words.purge()
     return done
 
 

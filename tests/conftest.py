@@ -107,6 +107,43 @@ def browser() -> Iterator:
         browser.close()
 
 
+class PageEvents:
+    """The page's calls to Gradio's queue, watched from the moment the page is opened.
+
+    A validator's message next to a field is replaced by the next status of any event that
+    arrives after it (Gradio's frontend, 6.17 to 6.31, sets each field's loading status
+    whole). A test that asks for a refused search right after another one waits with
+    `settle` until that search's follow-ups (caption, selection) are over."""
+
+    QUEUE = "/gradio_api/queue/"
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.open: set[Any] = set()
+        self.last_change = time.monotonic()
+        page.on("request", self._opened)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _opened(self, request: Any) -> None:
+        if self.QUEUE in request.url:
+            self.open.add(request)
+            self.last_change = time.monotonic()
+
+    def _ended(self, request: Any) -> None:
+        if request in self.open:
+            self.open.discard(request)
+            self.last_change = time.monotonic()
+
+    def settle(self, quiet_s: float = 0.5, timeout_s: float = 30) -> None:
+        """Until no call is open and none has opened or ended for `quiet_s` (the page
+        sends an event's follow-ups within milliseconds of its end)."""
+        deadline = time.monotonic() + timeout_s
+        while self.open or time.monotonic() - self.last_change < quiet_s:
+            assert time.monotonic() < deadline, f"the page's events still open: {self.open}"
+            self.page.wait_for_timeout(50)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, run_cli, running_page, stored_rows, write_config
+from conftest import CHROMIUM, PageEvents, run_cli, running_page, stored_rows, write_config
 from fake_model import (
     FakeColourModel,
     fake_embedder,
@@ -73,12 +73,14 @@ def test_but_not_equal_to_the_words_is_said_next_to_its_box(
     with running_page(colours, fake_embedder(FakeColourModel())) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        events = PageEvents(page)
         page.goto(url)
         page.locator("#query-text textarea").fill("white")
         page.locator("#query-not textarea").fill("0.5:red")
         page.locator("#search").click()
         note = page.locator("#result-note")
         expect(note).to_contain_text("1 × text 'white' - 0.5 × text 'red'", timeout=60_000)
+        events.settle()
         page.locator("#query-text textarea").fill("red")
         page.locator("#query-not textarea").fill("red")
         page.locator("#search").click()
@@ -89,6 +91,25 @@ def test_but_not_equal_to_the_words_is_said_next_to_its_box(
         browser.close()
     assert captions and not any("nan" in caption.lower() for caption in captions)
     assert "0.5 × text 'red'" in shown  # the results of the last search that ran stay
+
+
+@pytest.mark.browser
+def test_a_search_asked_for_while_one_runs_is_run_after_it(colours: Settings) -> None:
+    """Gradio's default for a click drops a second click while the first search is pending:
+    the page would show the first query's results under the second query's words."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_page(colours, fake_embedder(FakeColourModel())) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.locator("#query-text textarea").fill("white")
+        page.locator("#search").click()
+        page.locator("#query-text textarea").fill("red")  # at once: the first is still running
+        page.locator("#search").click()
+        note = page.locator("#result-note")
+        expect(note).to_contain_text("text 'red'", timeout=60_000)
+        browser.close()
 
 
 # -- unusable paths -----------------------------------------------------------------------

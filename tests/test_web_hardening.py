@@ -22,6 +22,7 @@ import pytest
 from conftest import (
     CHROMIUM,
     EMBEDDING_DIM,
+    PageEvents,
     free_port,
     start_serve,
     stored_rows,
@@ -275,11 +276,13 @@ def test_a_bad_date_shows_next_to_its_field_and_the_results_stay(
     with served(settings, shared_embedder) as (url, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        events = PageEvents(page)
         page.goto(url)
         page.locator("#query-text textarea").fill("a photo")
         page.locator("#search").click()
         note = page.locator("#result-note")
         expect(note).to_contain_text("Result folder", timeout=60_000)
+        events.settle()
         shown = note.inner_text()
         page.locator("#filters").click()
         page.locator("#taken-after textarea").fill("someday")

@@ -20,6 +20,9 @@ CLOSE_TOASTS = (
     "(value) => { document.querySelectorAll('.toast-close').forEach((b) => b.click()); "
     "return value; }"
 )
+# A search asked for while one is still running is run after it. Gradio's default for a
+# click ("once") drops it silently, and the results just shown keep the old query's name.
+ANSWER_THE_LAST_ASKED = "always_last"
 # Gradio lays gallery captions over the image, cut to one line ("astronaut.j…"): put them
 # under the image instead, whole, wrapped where they need it.
 PAGE_CSS = """
@@ -148,6 +151,7 @@ def _search_tab(web: WebApp, status: gr.Markdown) -> None:
             api_name="search",
             preprocess=False,
             validator=web.check_search,
+            trigger_mode=ANSWER_THE_LAST_ASKED,
         )
         searched.success(None, js=CLOSE_TOASTS, api_visibility="private")
         results.change(  # after a search or Find similar: caption and download
@@ -226,6 +230,7 @@ def _wire_selection(
         api_name="similar",
         preprocess=False,  # raw inputs, checked by our validator with the field's label
         validator=web.check_similar,
+        trigger_mode=ANSWER_THE_LAST_ASKED,
     )
     for answered in (searched, similar):  # new results: nothing selected among them
         answered.success(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHROMIUM, running_page
+from conftest import CHROMIUM, PageEvents, running_page
 from fake_model import (
     FakeColourModel,
     fake_embedder,
@@ -23,7 +23,8 @@ from fake_model import (
 )
 
 from image_search.config import Settings
-from image_search.web_text import MESSAGES, TEXTS
+from image_search.web_text import LANGUAGES as COLUMNS
+from image_search.web_text import MESSAGES, TEXTS, description_words, summary_words
 
 pytestmark = pytest.mark.browser
 
@@ -56,7 +57,12 @@ PLACEHOLDERS = {
 def fixed_words(key: str, column: int) -> list[str]:
     """The words of a message that stay whatever its values are, as the page shows them
     (Markdown's marks gone)."""
-    pieces = [text for text, *_ in string.Formatter().parse(MESSAGES[key][column])]
+    return template_words(MESSAGES[key][column])
+
+
+def template_words(template: str) -> list[str]:
+    """The words of a template between its {fields}, Markdown's marks gone."""
+    pieces = [text for text, *_ in string.Formatter().parse(template)]
     words = [re.sub(r"[*`]", "", piece).strip() for piece in pieces]
     return [word for word in words if word]
 
@@ -86,6 +92,7 @@ def test_the_page_speaks_the_browsers_language(
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 1100})
         page = context.new_page()
+        events = PageEvents(page)
         asked = page.goto(url).request.header_value("accept-language") or ""
         assert asked.startswith(locale), asked
         status = page.locator("#status")
@@ -106,12 +113,15 @@ def test_the_page_speaks_the_browsers_language(
         note = page.locator("#result-note")
         expect_message(expect, note, "searched", column)
         assert max(fixed_words("searched", other), key=len) not in note.inner_text()
+        described = description_words(COLUMNS[column])["text"].format(value="white")
+        expect(note).to_contain_text(described)
         expect(page.locator("#best-original")).to_contain_text(words["download"])
         page.locator("#gallery .thumbnail-item").first.click()
         expect(page.locator("#open-original")).to_have_text(words["open_original"])
         expect(page.locator("#selected-words textarea")).to_have_value(words["words_not_read"])
         expect(body).to_contain_text(words["find_similar"])
 
+        events.settle()  # the selection's events over: their status would wipe the message
         page.locator("#filters").click()
         page.locator("#taken-after textarea").fill("2024-13-45")
         page.locator("#search").click()
@@ -122,7 +132,10 @@ def test_the_page_speaks_the_browsers_language(
         page.locator("#taken-after textarea").fill("")
 
         page.locator("#rescan").click()
-        expect_message(expect, page.locator("#rescan-note"), "rescan_finished", column)
+        rescanned = page.locator("#rescan-note")
+        expect_message(expect, rescanned, "rescan_finished", column)
+        for counted in template_words(summary_words(COLUMNS[column])["counts"]):
+            expect(rescanned).to_contain_text(counted)
 
         page.get_by_role("tab", name=words["duplicates_tab"]).click()
         expect(page.locator("#find-duplicates")).to_have_text(words["find_duplicates"])

@@ -7,6 +7,7 @@ for none. The page itself in each language is in test_web_language."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,22 @@ from gradio.i18n import I18nData
 from starlette.requests import Request
 
 from image_search.config import Settings
+from image_search.ingest import SUMMARY_WORDS, IndexReport
+from image_search.missing import MissingFolder
+from image_search.pipeline import Failure
+from image_search.query import DESCRIPTION_WORDS, Query, QueryPart, describe_filters
+from image_search.search import SearchResult
 from image_search.status import status_markdown
+from image_search.store import Filters
 from image_search.web import REFUSED_MESSAGES, WebApp
 from image_search.web_files import ORIGINAL_REFUSED
 from image_search.web_inputs import AFTER_LABEL, Inputs
+from image_search.web_markup import markdown_text
 from image_search.web_text import (
     ENGLISH,
     JAPANESE,
+    JAPANESE_DESCRIPTION_WORDS,
+    JAPANESE_SUMMARY_WORDS,
     MESSAGES,
     PAGE_I18N,
     TEXTS,
@@ -31,6 +41,7 @@ from image_search.web_text import (
     label,
     language_of,
     message,
+    summary_words,
     ui,
 )
 
@@ -190,3 +201,64 @@ def test_a_field_is_named_by_its_label_in_the_language_of_the_message() -> None:
     japanese = Inputs("ja")
     japanese.filters(None, None, None, 7)
     assert JAPANESE_SCRIPT.search(japanese.problems["min_score"])
+
+
+def test_the_note_names_the_query_and_its_filters_in_the_readers_language() -> None:
+    """The search's note was Japanese around English fragments ("text 'white'", "taken
+    from …"): each part and filter is named in the reader's language, and in English word for
+    word as the command line names them."""
+    query = Query(
+        text="white", more=(QueryPart("text", "red", 0.5, -1), QueryPart("like", "/p/a.jpg"))
+    )
+    words_only = Query(words="invoice")
+    filters = Filters(
+        under=("/photos/2024",), taken_after=datetime(2024, 5, 1), min_score=0.25
+    )
+    result = SearchResult(None, 9, [], [])
+    english = WebApp._note(result, query, filters, "en")
+    assert markdown_text(query.describe()) in english and describe_filters(filters) in english
+    assert f"words '{words_only.words}'" in WebApp._note(result, words_only, Filters(), "en")
+    japanese = WebApp._note(result, query, filters, "ja")
+    japanese += WebApp._note(result, words_only, Filters(), "ja")
+    for template in DESCRIPTION_WORDS.values():
+        english_words = template.replace("{value}", "").strip(" ;'")
+        if english_words:
+            assert english_words not in japanese, english_words
+    for shown in ("white", "red", "a.jpg", "/photos/2024", "2024-05-01 00:00", "0.25", "invoice"):
+        assert shown in japanese
+    assert set(JAPANESE_DESCRIPTION_WORDS) == set(DESCRIPTION_WORDS)
+    for name, template in JAPANESE_DESCRIPTION_WORDS.items():
+        assert fields(template) == fields(DESCRIPTION_WORDS[name]), name
+        assert JAPANESE_SCRIPT.search(template) or name == "filter_separator", name
+
+
+def every_clause_report(kept: str) -> IndexReport:
+    """A run's report with every clause of the summary in it."""
+    failed = [Failure("/p/a.jxl", "broken"), Failure("/p/b.jxl", "broken", remembered=True)]
+    folders = [MissingFolder(f"/p/gone{n}", n) for n in range(1, 6)]
+    return IndexReport(
+        scanned=10, added=2, updated=1, unchanged=5, removed=3, failed=failed, dated=4,
+        words_read=6, missing=15, restored=7, missing_folders=folders, missing_kept=kept,
+        grace_days=30, excluded_folders=8, excluded_files=9,
+    )
+
+
+@pytest.mark.parametrize("kept", ["kept_by_flag", "kept_until_prune", "kept_for_days"])
+def test_the_rescan_summary_is_in_the_readers_language(kept: str) -> None:
+    """The Rescan's summary was English inside a Japanese sentence: each clause is in the
+    reader's language, with every count, and English as the command line says it."""
+    report = every_clause_report(kept)
+    english, japanese = report.summary(summary_words("en")), report.summary(summary_words("ja"))
+    assert english == report.summary()
+    counts = ["10", "2", "1", "5", "3", "4", "6", "15", "7", "8", "9", "/p/gone1 (1)"]
+    counts += ["30"] if kept == "kept_for_days" else []  # the grace period's days
+    for said in (english, japanese):
+        assert all(count in said for count in counts), said
+        assert "and 2 more" in said or "ほか 2 個" in said
+    # Only flags and keys, typed as they are, stay in Latin letters.
+    typed = {"keep", "missing", "index", "prune", "exclude", "system", "folders", "gone"}
+    assert set(re.findall(r"[A-Za-z]{3,}", japanese)) <= typed, japanese
+    assert JAPANESE_SCRIPT.search(japanese)
+    assert set(JAPANESE_SUMMARY_WORDS) == set(SUMMARY_WORDS)
+    for name, template in JAPANESE_SUMMARY_WORDS.items():
+        assert fields(template) == fields(SUMMARY_WORDS[name]), name

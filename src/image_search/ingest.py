@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ from .executor import Executor, Job, Stored
 from .executor_local import LocalExecutor
 from .failure_cause import UNREADABLE, failure_cause
 from .images import file_capture_time
-from .missing import MissingFolder, how_long_kept, missing_folders, missing_note
+from .missing import MissingFolder, how_long_kept, missing_folders, missing_folders_note
 from .models import Embedder
 from .models.precision import planned_spec
 from .pipeline import Failure, Unchanged, WorkItem
@@ -55,6 +55,25 @@ BULK_LOAD_ROWS = 1000
 ANNOUNCE_AFTER_S = 60.0
 # Capture dates filled for rows stored before schema 3 are written this many at a time.
 DATES_PER_WRITE = 1000
+# A run's summary, as str.format templates: these, in English, for the command line; the
+# page passes its reader's language (web_text.summary_words). `kept_*` say until when the
+# rows of missing files are kept (missing.how_long_kept picks one).
+SUMMARY_WORDS: dict[str, str] = {
+    "counts": "{scanned} scanned, {added} added, {updated} updated, {unchanged} unchanged, "
+    "{removed} removed, {skipped} skipped",
+    "remembered": " ({count} unchanged since they failed before: not read again)",
+    "restored": "; {count} missing files back",
+    "missing": "; {count} missing, left out of searches ({kept})",
+    "kept_by_flag": "kept: --keep-missing",
+    "kept_until_prune": "kept until index --prune: no image was found at all",
+    "kept_for_days": "removed after {days} days missing; index --prune removes them now",
+    "missing_folders": "; missing folders: {folders}",
+    "more_folders": " and {count} more",
+    "excluded": "; left out {folders} folders and {files} images "
+    "(exclude, exclude-system-folders)",
+    "dated": "; capture dates filled for {count} stored images",
+    "words_read": "; words read in {count} stored images",
+}
 
 
 @dataclass
@@ -70,7 +89,8 @@ class IndexReport:
     missing: int = 0  # rows of files not found, kept but left out of searches
     restored: int = 0  # rows of missing files found again (embedded again only if changed)
     missing_folders: list[MissingFolder] = field(default_factory=list)
-    missing_kept: str = ""  # until when the missing rows are kept, for the summary
+    missing_kept: str = "kept_for_days"  # until when the missing rows are kept: a kept_* word
+    grace_days: int = 0  # missing-grace-days, for kept_for_days
     excluded_folders: int = 0  # left out by exclude and exclude-system-folders
     excluded_files: int = 0
 
@@ -89,27 +109,31 @@ class IndexReport:
             "excluded_files": self.excluded_files,
         }
 
-    def summary(self) -> str:
+    def summary(self, words: Mapping[str, str] = SUMMARY_WORDS) -> str:
         """One line. Files that cannot be indexed are `skipped`: not failures of the run."""
-        text = (
-            f"{self.scanned} scanned, {self.added} added, {self.updated} updated, "
-            f"{self.unchanged} unchanged, {self.removed} removed, {len(self.failed)} skipped"
+        text = words["counts"].format(
+            scanned=self.scanned,
+            added=self.added,
+            updated=self.updated,
+            unchanged=self.unchanged,
+            removed=self.removed,
+            skipped=len(self.failed),
         )
         if remembered := sum(1 for failure in self.failed if failure.remembered):
-            text += f" ({remembered} unchanged since they failed before: not read again)"
+            text += words["remembered"].format(count=remembered)
         if self.restored:
-            text += f"; {self.restored} missing files back"
+            text += words["restored"].format(count=self.restored)
         if self.missing:
-            text += "; " + missing_note(self.missing, self.missing_folders, self.missing_kept)
+            kept = words[self.missing_kept].format(days=self.grace_days)
+            text += words["missing"].format(count=self.missing, kept=kept)
+            text += missing_folders_note(self.missing_folders, words)
         if self.excluded_folders or self.excluded_files:
-            text += (
-                f"; left out {self.excluded_folders} folders and {self.excluded_files} images "
-                "(exclude, exclude-system-folders)"
-            )
+            excluded = {"folders": self.excluded_folders, "files": self.excluded_files}
+            text += words["excluded"].format(**excluded)
         if self.dated:
-            text += f"; capture dates filled for {self.dated} stored images"
+            text += words["dated"].format(count=self.dated)
         if self.words_read:
-            text += f"; words read in {self.words_read} stored images"
+            text += words["words_read"].format(count=self.words_read)
         return text
 
 
@@ -426,7 +450,8 @@ class Indexer:
             missing = [row for row in missing if row.id not in purged]
         self.report.missing = len(missing)
         self.report.missing_folders = missing_folders(root, missing, scanned)
-        self.report.missing_kept = how_long_kept(grace, keep_missing, found_any=bool(scanned))
+        self.report.missing_kept = how_long_kept(keep_missing, found_any=bool(scanned))
+        self.report.grace_days = grace
         if not scanned:
             self._warn_no_images(root, kept=len(missing))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,23 +56,23 @@ def _folders_holding(root: str, scanned: Iterable[ScannedFile]) -> set[str]:
     return found
 
 
-def missing_note(count: int, folders: list[MissingFolder], kept: str) -> str:
-    """`4 missing, left out of searches (KEPT); missing folders: /mnt/a (3), …`"""
-    note = f"{count} missing, left out of searches ({kept})"
-    if folders:
-        named = [f"{display_path(f.path)} ({f.images})" for f in folders[:FOLDERS_NAMED]]
-        more = len(folders) - FOLDERS_NAMED
-        note += "; missing folders: " + ", ".join(named) + (f" and {more} more" if more > 0 else "")
-    return note
+def missing_folders_note(folders: list[MissingFolder], words: Mapping[str, str]) -> str:
+    """`; missing folders: /mnt/a (3), …` in the summary's `words` ("" for none)."""
+    if not folders:
+        return ""
+    named = [f"{display_path(f.path)} ({f.images})" for f in folders[:FOLDERS_NAMED]]
+    more = len(folders) - FOLDERS_NAMED
+    note = words["missing_folders"].format(folders=", ".join(named))
+    return note + (words["more_folders"].format(count=more) if more > 0 else "")
 
 
-def how_long_kept(grace_days: int, keep_missing: bool, found_any: bool) -> str:
-    """Until when the rows of missing files are kept, for the summary."""
+def how_long_kept(keep_missing: bool, found_any: bool) -> str:
+    """Until when the rows of missing files are kept: the summary's word for it."""
     if keep_missing:
-        return "kept: --keep-missing"
+        return "kept_by_flag"
     if not found_any:
-        return "kept until index --prune: no image was found at all"
-    return f"removed after {grace_days} days missing; index --prune removes them now"
+        return "kept_until_prune"
+    return "kept_for_days"
 
 
 def all_missing(table: str, info: TableInfo | None) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +21,20 @@ from .store import Filters
 from .words import tokens
 
 DEFAULT_TEXT_WEIGHT = 0.5
+# How a query's parts and its filters are named, as templates of one {value}: these, in
+# English, for the command line, the result folder and the API; the page passes the words of
+# its reader's language (web_text.description_words).
+DESCRIPTION_WORDS: dict[str, str] = {
+    "image": "image",
+    "text": "text '{value}'",
+    "like": "like {value}",
+    "words": "words '{value}'",
+    "under": "under {value}",
+    "taken_after": "taken from {value}",
+    "taken_before": "taken before {value}",
+    "min_score": "score at least {value}",
+    "filter_separator": "; ",
+}
 # The kinds of part that name a file; any other kind (a text) is its words.
 FILE_KINDS = ("image", "like")
 
@@ -35,12 +49,11 @@ class QueryPart:
     weight: float = 1.0
     sign: int = 1
 
-    def describe(self) -> str:
-        if self.kind == "image":  # --image, or the page's upload (a temporary name)
-            return "image"
-        if self.kind == "like":
-            return f"like {display_path(os.path.basename(self.value))}"
-        return f"{self.kind} '{self.value}'"
+    def describe(self, words: Mapping[str, str] = DESCRIPTION_WORDS) -> str:
+        # An image is not named: --image's file is in the result folder, the page's upload
+        # has a temporary name.
+        value = display_path(os.path.basename(self.value)) if self.kind == "like" else self.value
+        return words[self.kind].format(value=value)
 
     @property
     def signed_weight(self) -> float:
@@ -192,19 +205,20 @@ class Query:
             base.append(QueryPart("text", self.text, self.text_weight if both else 1))
         return base + list(self.more)
 
-    def describe(self) -> str:
+    def describe(self, words: Mapping[str, str] = DESCRIPTION_WORDS) -> str:
         """What was searched, in words: "image", "text 'a cat'", "like chelsea.jpg"; with
         several parts each with its weight: "1 × text 'a beach' + 0.5 × text 'at night' -
         1 × text 'people'"."""
         parts = self.parts()
         if len(parts) == 1 and self.words is None:
-            return parts[0].describe()
+            return parts[0].describe(words)
         described = []
         for part in parts:
             sign = "- " if part.sign < 0 else "+ " if described else ""
-            described.append(f"{sign}{part.weight:g} × {part.describe()}")
+            described.append(f"{sign}{part.weight:g} × {part.describe(words)}")
         if self.words is not None:
-            described.append(("+ " if described else "") + f"words '{self.words}'")
+            in_photos = words["words"].format(value=self.words)
+            described.append(("+ " if described else "") + in_photos)
         return " ".join(described)
 
 
@@ -292,18 +306,17 @@ def missing_folders(filters: Filters) -> list[str]:
     return [folder for folder in filters.under if not os.path.isdir(folder)]
 
 
-def describe_filters(filters: Filters) -> str:
+def describe_filters(filters: Filters, words: Mapping[str, str] = DESCRIPTION_WORDS) -> str:
     """The filters in words ("" for none), for the page's note."""
-    parts = []
-    if filters.under:
-        parts.append("under " + ", ".join(display_path(folder) for folder in filters.under))
-    if filters.taken_after is not None:
-        parts.append(f"taken from {filters.taken_after:%Y-%m-%d %H:%M}")
-    if filters.taken_before is not None:
-        parts.append(f"taken before {filters.taken_before:%Y-%m-%d %H:%M}")
-    if filters.min_score is not None:
-        parts.append(f"score at least {filters.min_score:g}")
-    return "; ".join(parts)
+    after, before, score = filters.taken_after, filters.taken_before, filters.min_score
+    values = {
+        "under": ", ".join(display_path(folder) for folder in filters.under) or None,
+        "taken_after": None if after is None else f"{after:%Y-%m-%d %H:%M}",
+        "taken_before": None if before is None else f"{before:%Y-%m-%d %H:%M}",
+        "min_score": None if score is None else f"{score:g}",
+    }
+    described = [words[name].format(value=v) for name, v in values.items() if v is not None]
+    return words["filter_separator"].join(described)
 
 
 def filters_record(filters: Filters) -> dict[str, Any]:

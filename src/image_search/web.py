@@ -63,7 +63,14 @@ from .web_markup import (
     result_records,
     words_shown,
 )
-from .web_text import ENGLISH_LANGUAGE, label, language_of, message, ui
+from .web_text import (
+    ENGLISH_LANGUAGE,
+    description_words,
+    label,
+    language_of,
+    message,
+    ui,
+)
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +323,8 @@ class WebApp:
         # New results close the gallery's preview: it would show another picture at the
         # index selected before, while the panel still names the old one.
         shown = gr.Gallery(value=gallery, selected_index=None)
-        return best, shown, self._note(result, shared.filters, language), result.to_json()
+        note = self._note(result, query, shared.filters, language)
+        return best, shown, note, result.to_json()
 
     @staticmethod
     def clear_selection() -> tuple[Any, ...]:
@@ -324,10 +332,13 @@ class WebApp:
         return gr.update(visible=False), "", ""
 
     @staticmethod
-    def _note(result: SearchResult, filters: Filters, language: str = ENGLISH_LANGUAGE) -> str:
-        """What was searched, how, and where the result folder is."""
-        searched = {"count": result.searched, "description": markdown_text(result.description)}
-        if described := describe_filters(filters).replace("`", "'"):
+    def _note(
+        result: SearchResult, query: Query, filters: Filters, language: str = ENGLISH_LANGUAGE
+    ) -> str:
+        """What was searched, how, and where the result folder is, in the reader's language."""
+        words = description_words(language)
+        searched = {"count": result.searched, "description": markdown_text(query.describe(words))}
+        if described := describe_filters(filters, words).replace("`", "'"):
             found = len(result.results)
             note = message(
                 "searched_filtered", language, filters=described, found=found, **searched

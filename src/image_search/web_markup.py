@@ -16,7 +16,7 @@ from .duplicates import DuplicateReport
 from .errors import ImageSearchError, one_line
 from .ingest import IndexReport
 from .scan import display_path
-from .web_text import ENGLISH_LANGUAGE, message, ui
+from .web_text import ENGLISH_LANGUAGE, message, summary_words, ui
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def breakable_path(path: str) -> str:
 def rescan_finished(report: IndexReport, language: str = ENGLISH_LANGUAGE) -> str:
     """A finished Rescan's summary as HTML, naming each file it skipped and why (the first
     MAX_SKIPPED_SHOWN of them)."""
-    text = html.escape(message("rescan_finished", language, summary=report.summary()))
+    summary = report.summary(summary_words(language))
+    text = html.escape(message("rescan_finished", language, summary=summary))
     if not report.failed:
         return text
     items = [

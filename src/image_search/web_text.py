@@ -10,10 +10,14 @@ English, word for word as before."""
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from typing import Any
 
 import gradio as gr
 from gradio.i18n import I18nData
+
+from .ingest import SUMMARY_WORDS
+from .query import DESCRIPTION_WORDS
 
 ENGLISH_LANGUAGE, JAPANESE_LANGUAGE = "en", "ja"
 LANGUAGES = (ENGLISH_LANGUAGE, JAPANESE_LANGUAGE)  # in the order of each table's columns
@@ -223,6 +227,38 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "rescan_failed": ("Rescan failed: {error}", "再スキャンに失敗しました：{error}"),
 }
 
+# How the note names a query's parts and filters in Japanese; English is query.py's own.
+JAPANESE_DESCRIPTION_WORDS: dict[str, str] = {
+    "image": "画像",
+    "text": "言葉「{value}」",
+    "like": "{value} に似た画像",
+    "words": "写真の文字「{value}」",
+    "under": "フォルダ {value} 内",
+    "taken_after": "撮影日 {value} 以降",
+    "taken_before": "撮影日 {value} より前",
+    "min_score": "スコア {value} 以上",
+    "filter_separator": "、",
+}
+
+# A Rescan's summary in Japanese; English is ingest.py's own, as the command line says it.
+# Flags and keys (--keep-missing, exclude) stay as they are typed.
+JAPANESE_SUMMARY_WORDS: dict[str, str] = {
+    "counts": "確認 {scanned} 件、追加 {added} 件、更新 {updated} 件、変更なし {unchanged} 件、"
+    "削除 {removed} 件、スキップ {skipped} 件",
+    "remembered": "（うち {count} 件は前に失敗してから変更がないため、読み直していません）",
+    "restored": "。見つからなかったファイル {count} 件が戻りました",
+    "missing": "。見つからないファイル {count} 件は検索の対象から外しています（{kept}）",
+    "kept_by_flag": "--keep-missing により保持",
+    "kept_until_prune": "画像が 1 枚も見つからなかったため、index --prune まで保持",
+    "kept_for_days": "見つからないまま {days} 日たつと削除。index --prune ですぐに削除できます",
+    "missing_folders": "。見つからないフォルダ：{folders}",
+    "more_folders": " ほか {count} 個",
+    "excluded": "。フォルダ {folders} 個と画像 {files} 枚を除外しました"
+    "（exclude、exclude-system-folders）",
+    "dated": "。保存済みの画像 {count} 枚に撮影日時を補いました",
+    "words_read": "。保存済みの画像 {count} 枚の文字を読み取りました",
+}
+
 ENGLISH = {key: english for key, (english, _) in TEXTS.items()}
 JAPANESE = {key: japanese for key, (_, japanese) in TEXTS.items()}
 PAGE_I18N = gr.I18n(en=ENGLISH, ja=JAPANESE)
@@ -244,6 +280,16 @@ def label(key: str, language: str) -> str:
 def message(key: str, language: str, **values: Any) -> str:
     """The message `key` in `language` ("en" or "ja") with `values` put in as they are."""
     return MESSAGES[key][LANGUAGES.index(language)].format(**values)
+
+
+def description_words(language: str) -> Mapping[str, str]:
+    """The words that name a query's parts and filters in `language` (see query.describe)."""
+    return JAPANESE_DESCRIPTION_WORDS if language == JAPANESE_LANGUAGE else DESCRIPTION_WORDS
+
+
+def summary_words(language: str) -> Mapping[str, str]:
+    """The words of an index run's summary in `language` (see IndexReport.summary)."""
+    return JAPANESE_SUMMARY_WORDS if language == JAPANESE_LANGUAGE else SUMMARY_WORDS
 
 
 def fields(template: str) -> set[str]:

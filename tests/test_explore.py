@@ -7,6 +7,7 @@ photo near-identical to it and unrelated photos far apart."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from image_search.models import Embedder
 from image_search.models.precision import planned_spec
 from image_search.query import Query, build_filters, combine, parse_date
 from image_search.search import Searcher
+from image_search.source_files import MB
 from image_search.store import SCHEMA_VERSION, Filters, NewRow, index_name, open_store
 from image_search.store.rows import Rows
 
@@ -412,6 +414,16 @@ def test_when_the_index_gives_up_an_exact_scan_still_returns_k(
 # ---------------------------------------------------------------- capture dates, migration
 
 
+def as_schema_2(settings: Settings) -> None:
+    """The settings' table as schema 2 made it: no capture dates."""
+    table = settings.table_name
+    with open_store(settings) as store, store.database.connection() as conn:
+        conn.execute(f'ALTER TABLE "{table}" DROP COLUMN taken_at')
+        conn.execute(
+            "UPDATE image_search_meta SET schema_version = 2 WHERE table_name = %s", [table]
+        )
+
+
 def test_a_database_of_schema_2_keeps_its_rows_and_gains_dates_on_the_next_index(
     settings: Settings, shared_embedder: Embedder
 ) -> None:
@@ -420,12 +432,7 @@ def test_a_database_of_schema_2_keeps_its_rows_and_gains_dates_on_the_next_index
     plain = write_photo(folder / "scan.png", seed=2)
     set_mtime(plain, datetime(2016, 6, 1, 9, 0))
     run_index(settings, shared_embedder)
-    table = settings.table_name
-    with open_store(settings) as store, store.database.connection() as conn:
-        conn.execute(f'ALTER TABLE "{table}" DROP COLUMN taken_at')  # as schema 2 made it
-        conn.execute(
-            "UPDATE image_search_meta SET schema_version = 2 WHERE table_name = %s", [table]
-        )
+    as_schema_2(settings)
     before = {row["file_path"]: row for row in stored_rows(settings)}
 
     # A search on the old table works (and adds the empty column) without the model.
@@ -450,6 +457,26 @@ def test_a_database_of_schema_2_keeps_its_rows_and_gains_dates_on_the_next_index
         str(plain): datetime(2016, 6, 1, 9, 0),
     }
     assert run_index(settings, embedder).dated == 0
+
+
+def test_dates_filled_for_old_rows_read_no_file_over_max_file_mb(
+    settings: Settings, shared_embedder: Embedder
+) -> None:
+    """Filling the dates of an old table opens each file as indexing does: within the
+    settings' max-file-mb, not the default's (a file over it gets its mtime)."""
+    big = write_exif_jpeg(settings.source_directory / "big.jpg", 3, datetime(2018, 2, 3, 4, 5))
+    with big.open("ab") as out:  # after the JPEG's end: a viewer still shows it, with its EXIF
+        out.write(bytes(2 * MB))
+    set_mtime(big, datetime(2016, 6, 1, 9, 0))
+    run_index(settings, shared_embedder)
+    as_schema_2(settings)
+
+    report = run_index(dataclasses.replace(settings, max_file_mb=1), refusing_embedder(settings))
+
+    assert report.dated == 1
+    with open_store(settings) as store:
+        [match] = store.rows.nearest(stored_rows(settings)[0]["embedding"], 1)
+    assert match.taken_at == datetime(2016, 6, 1, 9, 0)  # its mtime: the file was not read
 
 
 # ---------------------------------------------------------------- near-duplicates

@@ -43,6 +43,7 @@ from .scan import (
     scan_images,
     stat_file,
 )
+from .source_files import MB
 from .store import Database, FailedFile, Store, StoredFile
 from .words_index import fill_words, prepare_words_table
 
@@ -493,8 +494,13 @@ class Indexer:
             return
         files = [file for _, file in undated]
         workers = max(1, os.cpu_count() or 1)
+        max_bytes = self.settings.max_file_mb * MB
+
+        def date_of(file: ScannedFile) -> datetime:
+            return file_capture_time(file.path, file.mtime_ns, max_bytes=max_bytes)
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dates") as pool:
-            dates = list(pool.map(lambda file: file_capture_time(file.path, file.mtime_ns), files))
+            dates = list(pool.map(date_of, files))
         changes = [(row_id, taken) for (row_id, _), taken in zip(undated, dates, strict=True)]
         for start in range(0, len(changes), DATES_PER_WRITE):
             self.store.rows.set_taken_at(changes[start : start + DATES_PER_WRITE])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import EMBEDDING_DIM
+from conftest import EMBEDDING_DIM, PageEvents
 from gradio_client import Client, handle_file
 from imagegen import write_photo
 from test_web import running_page
@@ -111,6 +111,7 @@ def test_image_and_text_together_and_filters_in_the_browser(
     sub = settings.source_directory / "sub"
     with running_page(settings, shared_embedder) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        events = PageEvents(page)
         page.goto(url)
         page.locator("#query-image input[type=file]").set_input_files(str(library[1]))
         page.locator("#query-text textarea").fill("at night")
@@ -127,6 +128,7 @@ def test_image_and_text_together_and_filters_in_the_browser(
         page.screenshot(path=str(tmp_path / "filters.png"), full_page=True)
         filtered = result_folder(page)
 
+        events.settle()  # the last search's follow-ups over: their status would wipe the message
         page.locator("#taken-after textarea").fill("someday")
         page.locator("#search").click()
         expect(page.get_by_text("Taken on or after: expected a date")).to_be_visible(timeout=30_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,12 @@ class MissingFolder:
 
 
 def missing_folders(
-    root: str, missing: Iterable[StoredFile], scanned: Iterable[ScannedFile]
+    root: str, missing: Sequence[StoredFile], scanned: Iterable[ScannedFile]
 ) -> list[MissingFolder]:
     """The highest folders (`root` included) in which no image was found and only missing
     ones are stored, with how many each holds: what vanished whole."""
+    if not missing:  # the usual run: no need to map every folder that holds an image
+        return []
     inside = folder_prefix(root)
     found = _folders_holding(root, scanned)
     tops: Counter[str] = Counter()

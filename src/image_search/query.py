@@ -184,12 +184,14 @@ class Query:
     def cancels_out(self) -> bool:
         """Whether the parts cancel whatever their vectors: each text or file is added as
         much as it is taken away (`--text "a cat" --not "a cat"`, `--like F --not F`)."""
-        if not self.parts():  # words alone
+        parts = self.parts()
+        if not parts:  # words alone
             return False
         totals: dict[tuple[str, str], float] = {}
-        for part in self.parts():
-            totals[part.identity()] = totals.get(part.identity(), 0.0) + part.signed_weight
-        scale = sum(part.weight for part in self.parts())
+        for part in parts:
+            identity = part.identity()  # a file's: its real path, a look-up on disk
+            totals[identity] = totals.get(identity, 0.0) + part.signed_weight
+        scale = sum(part.weight for part in parts)
         return all(abs(total) <= MIN_RELATIVE_LENGTH * scale for total in totals.values())
 
     def parts(self) -> list[QueryPart]:

@@ -19,6 +19,7 @@ from .store import Match, StoredFile, StoredImage
 from .web_files import (
     CHANGED,
     GONE,
+    MB,
     NOT_REGULAR,
     OUTSIDE,
     Refused,
@@ -36,7 +37,6 @@ QUERY_RECORD_FILE = "query.json"  # every part with its sign and weight, and the
 RESERVED_NAMES = {CONFIG_FILE, RESULTS_FILE, QUERY_IMAGE_FILE, QUERY_TEXT_FILE, QUERY_RECORD_FILE}
 # <yyyymmdd-hhmmss>, or -2, -3, ... for a second search in the same second.
 RESULT_FOLDER_NAME = re.compile(r"(\d{8}-\d{6})(?:-(\d+))?")
-MB = 1_000_000  # the megabyte of min-free-mb, as status counts sizes
 # Why the best match's original was not copied, by web_files' reason.
 NOT_COPIED = {
     GONE: "original file is gone ({path})",

@@ -107,7 +107,8 @@ class Searcher:
                     stored[i] = found
                 else:
                     images[i] = self._prepare_unindexed(part, spec, i < given_with_like)
-        vector = self._vector(parts, images, stored, query.describe()) if parts else None
+        described = query.describe()
+        vector = self._vector(parts, images, stored, described) if parts else None
         k = top_k or self.settings.top_k
         warnings: list[str] = []
         if query.words is not None:  # by the words in the photos (and the rest, fused)
@@ -138,7 +139,7 @@ class Searcher:
 
         best = self._stored_file(matches[0].file_path) if matches else None
         folder, more = write_result_folder(self.settings, matches, info.images, write_query, best)
-        return SearchResult(folder, info.images, matches, warnings + more, query.describe())
+        return SearchResult(folder, info.images, matches, warnings + more, described)
 
     def _prepare_unindexed(self, part: QueryPart, spec: ResizeSpec, like: bool) -> Image.Image:
         """A `like` file that is not indexed, prepared as an image; an error names the file

@@ -48,7 +48,7 @@ LOCK_NAME = ".in-use"  # held (flock) by the run that owns a cache folder
 SWEEP_NAME = ".sweep"  # held while leftovers are removed and a new folder is made
 COPY_CHUNK = 1 << 20
 COPYING_PREFIX = ".copy-"  # a copy being written
-MB = 1_000_000  # page-cache-mb's megabyte
+MB = 1_000_000  # the megabyte of page-cache-mb and min-free-mb, as status counts sizes
 # Pages whose shown files the cache keeps (see FileGate.show); a page heard from less
 # recently than this many others loses its hold (an API client never says it has gone).
 MAX_PAGES = 64
@@ -58,18 +58,11 @@ MAX_PATH_BYTES = 4096
 # client whether some file exists on the server.
 NOT_UPLOADED = "that image is not one uploaded to this page (or it has gone): upload it again"
 GONE, OUTSIDE, NOT_REGULAR, CHANGED = "gone", "outside", "not a regular file", "changed"
-# What the page says when an indexed original is not served, by the reason.
-ORIGINAL_REFUSED = {
-    GONE: "The original file is gone (it is still indexed).",
-    OUTSIDE: "The original is not served: it lies outside source-directory (or a link leads "
-    "there).",
-    NOT_REGULAR: "The original is not served: it is no longer a regular file.",
-    CHANGED: "The original has changed since it was indexed; press Rescan folder first.",
-}
 
 
 class Refused(ImageSearchError):
-    """A file the page will not serve or read; `reason` is a key of ORIGINAL_REFUSED."""
+    """A file the page will not serve or read; `reason` is GONE, OUTSIDE, NOT_REGULAR or
+    CHANGED (what the page says of each: web.REFUSED_MESSAGES)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -67,8 +67,7 @@ def photo_words(settings: Settings, store: Store, threads: int | None = None) ->
     """The batch step's reader of words, or None (ocr off, or no models)."""
     if not ocr_wanted(settings):
         return None
-    reader = shared_reader(threads, settings.ocr_recogniser, ocr_device(settings.device))
-    return PhotoWords(store, reader)
+    return PhotoWords(store, reader_for(settings, threads))
 
 
 def ocr_device(requested: str) -> str:
@@ -79,6 +78,11 @@ def ocr_device(requested: str) -> str:
     hardware = system_hardware()
     cuda = requested in ("auto", "cuda") and hardware.nvidia_driver and hardware.onnx_cuda
     return "cuda" if cuda else "cpu"
+
+
+def reader_for(settings: Settings, threads: int | None = None) -> TextReader:
+    """The reader the settings ask for: the batch step's and the run's end's are one."""
+    return shared_reader(threads, settings.ocr_recogniser, ocr_device(settings.device))
 
 
 @functools.cache
@@ -131,7 +135,7 @@ def fill_words(
         if rows_dropped:
             words.purge()
         return 0
-    reader = shared_reader(None, settings.ocr_recogniser, ocr_device(settings.device))
+    reader = reader_for(settings)
     unread = words.unread(reader.engine)
     done, missing = 0, 0
     if unread:
@@ -140,8 +144,8 @@ def fill_words(
         with bar:
             for start in range(0, len(unread), FILL_BATCH):
                 check_stop()
-                read = []
-                for item in unread[start : start + FILL_BATCH]:
+                read, chunk = [], unread[start : start + FILL_BATCH]
+                for item in chunk:
                     image = stored_image(item.processed_path)
                     if image is None:
                         missing += 1
@@ -149,9 +153,9 @@ def fill_words(
                         read.append(words_of(item.content_hash, reader, image))
                 words.write(read, reader.engine)
                 done += len(read)
-                bar.update(len(unread[start : start + FILL_BATCH]))
+                bar.update(len(chunk))
                 if told:
-                    told(start + len(unread[start : start + FILL_BATCH]), len(unread))
+                    told(start + len(chunk), len(unread))
     if missing:
         log.warning(
             "words not read for %d photos whose processed JPEGs are gone; "

@@ -21,7 +21,7 @@ import numpy as np
 
 from .store import Filters, Match, Store
 from .store.words import TableWords, WordCandidate
-from .words import candidate_pieces, score_text, tokens
+from .words import candidate_pieces, rank_texts, tokens
 
 # Reciprocal rank fusion's constant: the usual 60 (Cormack et al., 2009), which keeps the
 # first few ranks of either list from swamping the other.
@@ -43,9 +43,9 @@ def search_words(
     found = table_words.candidates(
         candidate_pieces(words), query_tokens, MAX_CANDIDATES, unscored, vector, store.rows.kind
     )
-    scored = [(c, score_text(query_tokens, c.search_text)) for c in found]
-    matched = [(c, s.score) for c, s in scored if s.score > 0]
-    matched.sort(key=lambda pair: (-pair[1], len(pair[0].search_text), pair[0].file_path))
+    by_path = {candidate.file_path: candidate for candidate in found}
+    texts = {path: candidate.search_text for path, candidate in by_path.items()}
+    matched = [(by_path[path], score.score) for path, score in rank_texts(words, texts)]
     if vector is None:
         ranked = [(c.file_path, score, c) for c, score in matched]
     else:
@@ -99,7 +99,7 @@ def words_record(words: str, fused_with_vector: bool) -> dict[str, Any]:
 
 def no_words_warning(store: Store) -> list[str]:
     """A warning when no photo of the table has its words read (the ocr key was never on)."""
-    if TableWords(store.database, store.table).read_count():
+    if TableWords(store.database, store.table).any_read():
         return []
     return [
         f"no words have been read in the photos of table '{store.table}' yet: turn the ocr "

@@ -28,7 +28,7 @@ from .records import (
     real_path,
 )
 from .similar import SimilarityQueries
-from .tables import FAILURES, META, ident
+from .tables import FAILURES, META, existing_tables, ident
 
 
 class Rows(SimilarityQueries):
@@ -236,14 +236,8 @@ class Rows(SimilarityQueries):
         """The processed JPEGs of `processed` that no row of any table points at."""
         if not processed:
             return []
-        tables = conn.execute(
-            sql.SQL(
-                "SELECT table_name FROM {meta} WHERE to_regclass(quote_ident(table_name)) "
-                "IS NOT NULL ORDER BY table_name"
-            ).format(meta=META)
-        ).fetchall()
         used: set[str] = set()
-        for (table,) in tables:
+        for table in existing_tables(conn):
             query = sql.SQL(
                 "SELECT DISTINCT processed_path FROM {} WHERE processed_path = ANY(%s)"
             ).format(ident(table))

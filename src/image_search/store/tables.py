@@ -44,6 +44,15 @@ META = ident(META_TABLE)
 FAILURES = ident(FAILURES_TABLE)
 
 
+def existing_tables(conn: psycopg.Connection) -> list[str]:
+    """The tables of image vectors the meta table names that still exist."""
+    query = sql.SQL(
+        "SELECT table_name FROM {meta} WHERE to_regclass(quote_ident(table_name)) IS NOT NULL "
+        "ORDER BY table_name"
+    ).format(meta=META)
+    return [name for (name,) in conn.execute(query)]
+
+
 # ---------------------------------------------------------------- migrations
 
 

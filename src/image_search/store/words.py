@@ -29,7 +29,7 @@ from ..scan import path_hash
 from .connection import SCHEMA_LOCK, Database
 from .filters import NO_FILTERS, Filters
 from .records import real_path
-from .tables import META, ident
+from .tables import existing_tables, ident
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +174,10 @@ class TableWords:
         def purge(conn: psycopg.Connection) -> int:
             if conn.execute("SELECT to_regclass(%s)", [WORDS_TABLE]).fetchone()[0] is None:
                 return 0
-            tables = [
-                name
-                for (name,) in conn.execute(sql.SQL("SELECT table_name FROM {}").format(META))
-                if conn.execute("SELECT to_regclass(quote_ident(%s))", [name]).fetchone()[0]
-            ]
             held = [
                 sql.SQL("NOT EXISTS (SELECT 1 FROM {t} WHERE {t}.content_hash = w.content_hash)")
                 .format(t=ident(name))
-                for name in tables
+                for name in existing_tables(conn)
             ]
             condition = sql.SQL(" AND ").join(held) if held else sql.SQL("TRUE")
             query = sql.SQL("DELETE FROM {words} w WHERE {condition}").format(
@@ -250,14 +245,14 @@ class TableWords:
         rows = self.database.run(lambda conn: _if_words(conn, query, [path_hash(file_path)], []))
         return list(rows[0][0]) if rows else None
 
-    def read_count(self) -> int:
-        """How many of the table's rows have words read (by any engine)."""
+    def any_read(self) -> bool:
+        """Whether any of the table's rows has its words read (by any engine)."""
         query = sql.SQL(
-            "SELECT count(*) FROM {table} t WHERE EXISTS "
-            "(SELECT 1 FROM {words} w WHERE w.content_hash = t.content_hash)"
+            "SELECT EXISTS (SELECT 1 FROM {table} t JOIN {words} w "
+            "ON w.content_hash = t.content_hash)"
         ).format(table=self._ident, words=WORDS)
-        rows = self.database.run(lambda conn: _if_words(conn, query, [], [(0,)]))
-        return int(rows[0][0])
+        rows = self.database.run(lambda conn: _if_words(conn, query, [], [(False,)]))
+        return bool(rows[0][0])
 
 
 def _if_words(

@@ -22,10 +22,9 @@ from image_search.missing import MissingFolder
 from image_search.pipeline import Failure
 from image_search.query import DESCRIPTION_WORDS, Query, QueryPart, describe_filters
 from image_search.search import SearchResult
-from image_search.status import status_markdown
 from image_search.store import Filters
 from image_search.web import REFUSED_MESSAGES, WebApp
-from image_search.web_files import ORIGINAL_REFUSED
+from image_search.web_files import CHANGED, GONE, NOT_REGULAR, OUTSIDE
 from image_search.web_inputs import AFTER_LABEL, Inputs
 from image_search.web_markup import markdown_text
 from image_search.web_text import (
@@ -174,16 +173,23 @@ def test_a_request_without_accept_language_gets_english() -> None:
 
 def test_the_english_messages_are_what_the_api_said_before() -> None:
     """English is what clients and the tests of other modules were told before the table:
-    the status line as status.status_markdown words it, the refusals of web_files."""
-    settings = Settings(data_directory=Path("/data"), source_directory=Path("/photos"))
+    the status line and the refusals to serve an original, word for word."""
     status = {"images": 9, "model": "m", "dimension": 512, "table": "t"}
-    assert message(
-        "status", "en", folder=settings.source_directory, **status
-    ) == status_markdown(status, settings)
-    empty = status_markdown({**status, "images": 0}, settings)
-    assert message("status_empty", "en", table="t", folder=settings.source_directory) == empty
-    for reason, key in REFUSED_MESSAGES.items():
-        assert message(key, "en") == ORIGINAL_REFUSED[reason]
+    assert message("status", "en", folder=Path("/photos"), **status) == (
+        "**9** images indexed from `/photos` with `m` (512-d) in table `t`."
+    )
+    assert message("status_empty", "en", table="t", folder=Path("/photos")) == (
+        "**No images are indexed yet** in table `t`. Press **Rescan** to index `/photos`, "
+        "or run `image-search index`."
+    )
+    said_before = {
+        GONE: "The original file is gone (it is still indexed).",
+        OUTSIDE: "The original is not served: it lies outside source-directory (or a link "
+        "leads there).",
+        NOT_REGULAR: "The original is not served: it is no longer a regular file.",
+        CHANGED: "The original has changed since it was indexed; press Rescan folder first.",
+    }
+    assert {reason: message(key, "en") for reason, key in REFUSED_MESSAGES.items()} == said_before
 
 
 def test_a_field_is_named_by_its_label_in_the_language_of_the_message() -> None:

@@ -90,17 +90,3 @@ def status_lines(status: dict[str, Any]) -> list[str]:
             f"use this table, give {status['table_flags']} (or put them in config.json)"
         )
     return lines
-
-
-def status_markdown(status: dict[str, Any], settings: Settings) -> str:
-    """One sentence for the top of the page, naming the folder it indexes."""
-    folder = f"`{settings.source_directory}`"
-    if not status["images"]:
-        return (
-            f"**No images are indexed yet** in table `{status['table']}`. Press **Rescan** "
-            f"to index {folder}, or run `image-search index`."
-        )
-    return (
-        f"**{status['images']}** images indexed from {folder} with `{status['model']}` "
-        f"({status['dimension']}-d) in table `{status['table']}`."
-    )

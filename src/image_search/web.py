@@ -83,8 +83,7 @@ RESCAN_REDRAW_S = 0.25
 RESCAN_STOP_S = 5.0
 # ...and for its page handler to say so (one whose page was closed is never driven again).
 RESCAN_ANSWER_S = 1.0
-# Why an original is not served (web_files.Refused) → what the page says (web_text.MESSAGES);
-# in English, web_files.ORIGINAL_REFUSED.
+# Why an original is not served (web_files.Refused) → what the page says (web_text.MESSAGES).
 REFUSED_MESSAGES = {
     GONE: "original_gone",
     OUTSIDE: "original_outside",
@@ -374,12 +373,12 @@ class WebApp:
         if not isinstance(event.index, int) or not 0 <= event.index < len(records):
             return gr.update(visible=False), "", "", ""
         path = records[event.index]["file_path"]
-        link = self.original_link(path, session_of(request), language_of(request))
-        return gr.update(visible=True), path, link, self.words_in(path)
+        stored = self._stored(path)  # once: the link and the words are of the same row
+        link = self._link_to(stored, path, session_of(request), language_of(request))
+        return gr.update(visible=True), path, link, self._words_in(stored)
 
-    def words_in(self, file_path: str) -> str:
+    def _words_in(self, stored: StoredFile | None) -> str:
         """The lines of text read in an indexed file, for the selected result."""
-        stored = self._stored(file_path)
         if stored is None:
             return ""
         lines = TableWords(self.database, self.settings.table_name).lines_of(stored.file_path)
@@ -391,8 +390,13 @@ class WebApp:
         """A link to the original file, for indexed files only, checked now (web_files).
         Gradio serves the copy through its own file route, which sits behind the page's
         login when there is one; nothing else of the photo folder is ever served."""
+        return self._link_to(self._stored(file_path), file_path, session, language)
+
+    def _link_to(
+        self, stored: StoredFile | None, file_path: str, session: str | None, language: str
+    ) -> str:
         try:
-            copy = self._original(file_path, language)
+            copy = self._original_of(stored, file_path, language)
         except Refused as refused:
             self.files.show(session, "selected", [])
             return message(REFUSED_MESSAGES[refused.reason], language)
@@ -403,7 +407,9 @@ class WebApp:
         )
 
     def _original(self, file_path: str, language: str = ENGLISH_LANGUAGE) -> Path:
-        stored = self._stored(file_path)
+        return self._original_of(self._stored(file_path), file_path, language)
+
+    def _original_of(self, stored: StoredFile | None, file_path: str, language: str) -> Path:
         if stored is None:
             raise page_error(message("served_not_indexed", language, path=file_path))
         return self.files.original(stored)
@@ -501,7 +507,7 @@ class WebApp:
 
     def status(self, request: gr.Request | None = None) -> str:
         """The line at the top of the page: what is indexed, from where, with which model
-        (as `status.status_markdown` says it in English)."""
+        (in English as the page said it before it spoke Japanese)."""
         language = language_of(request)
         try:
             status = status_of(self.settings, self.database, self.embedder.decision)

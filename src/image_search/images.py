@@ -9,7 +9,6 @@ raises for one file is that file's ImageError, never anyone else's."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from .decode_cost import (
     working_bytes,
 )
 from .errors import ImageError, one_line
-from .image_pixels import resized, upright_rgb
+from .image_pixels import SWAPS_SIDES, resized, upright_rgb
 from .jxl_header import is_jxl, jxl_exif, jxl_size
 from .memory_budget import MemoryBudget, budget_bytes, shared_budget
 from .pillow_open import open_image
@@ -43,7 +42,6 @@ from .source_files import MB, SourceFile, open_source
 
 JPEG_QUALITY = 90
 EXIF_ORIENTATION = 0x0112
-ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 EXIF_DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Pillow's own errors for a file it cannot decode: their text says what is wrong.
@@ -170,11 +168,19 @@ def decoder_errors() -> Iterator[None]:
         raise ImageError(f"cannot decode image ({type(exc).__name__}: {reason})") from exc
 
 
-def _decode_with_pillow(source: SourceFile, spec: ResizeSpec) -> Decoded:
+def _sniffed(source: SourceFile) -> tuple[BinaryIO, bool]:
+    """The source's stream at its start, and whether it holds a JPEG XL image (its Pillow
+    plugin decodes the whole image as it opens it: it is measured from its header first)."""
     stream = source.stream()
-    if is_jxl(stream.read(16)):  # its plugin decodes the whole image as it opens it
-        return _decode_jxl(source, stream, spec)
+    jxl = is_jxl(stream.read(16))
     stream.seek(0)
+    return stream, jxl
+
+
+def _decode_with_pillow(source: SourceFile, spec: ResizeSpec) -> Decoded:
+    stream, jxl = _sniffed(source)
+    if jxl:
+        return _decode_jxl(source, stream, spec)
     with open_image(stream) as image:
         check_pixels(*image.size, spec.max_pixels)
         full_size = image.size
@@ -194,7 +200,6 @@ def _decode_with_pillow(source: SourceFile, spec: ResizeSpec) -> Decoded:
 
 def _decode_jxl(source: SourceFile, stream: BinaryIO, spec: ResizeSpec) -> Decoded:
     size = _jxl_size_of(stream)
-    check_pixels(*size, spec.max_pixels)
     cost = pillow_cost("JXL", "RGBA", size, source.size)  # its mode is known once decoded
     check_cost(*size, cost, spec.max_pixels, "JPEG XL image")
     with _admitted(spec, cost, size, source), open_image(stream) as image:
@@ -261,7 +266,7 @@ def _draft_for(image: Image.Image, spec: ResizeSpec) -> None:
     if image.format not in ("JPEG", "MPO"):
         return
     width, height = spec.width, spec.height
-    if image.getexif().get(EXIF_ORIENTATION) in ROTATED_ORIENTATIONS:
+    if image.getexif().get(EXIF_ORIENTATION) in SWAPS_SIDES:
         width, height = height, width
     image.draft("RGB", (width, height))
 
@@ -283,14 +288,13 @@ def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
 def image_size(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> tuple[int, int]:
     """Width and height from a file's header, upright for a RAW file (nothing decoded but a
     JPEG XL, which is measured from its header too). Raises ImageError."""
-    with open_source(path, max_bytes) as source, decoder_errors():
+    with open_source(path, max_bytes, held_whole_bytes=0) as source, decoder_errors():
         if source.raw:
             with open_raw(source.libraw_input()) as raw:
                 return raw.upright_size
-        stream = source.stream()
-        if is_jxl(stream.read(16)):
+        stream, jxl = _sniffed(source)
+        if jxl:
             return _jxl_size_of(stream)
-        stream.seek(0)
         with open_image(stream) as image:
             return image.size
 
@@ -344,7 +348,7 @@ def capture_time(
 
 def _path_capture_time(path: str, max_bytes: int) -> datetime | None:
     try:
-        with open_source(path, max_bytes) as source:
+        with open_source(path, max_bytes, held_whole_bytes=0) as source:  # the header alone
             return header_capture_time(source)
     except ImageError:  # not a regular file, too large, unreadable: no date from it
         return None
@@ -357,11 +361,10 @@ def header_capture_time(source: SourceFile) -> datetime | None:
         if source.raw:
             with open_raw(source.libraw_input()) as raw:
                 return raw.taken
-        stream = source.stream()
-        if is_jxl(stream.read(16)):
+        stream, jxl = _sniffed(source)
+        if jxl:
             exif = jxl_exif(stream)
             return _date_of(_exif_of(exif)) if exif else None
-        stream.seek(0)
         with open_image(stream) as image:
             return _exif_capture_time(image)
     except Exception:
@@ -394,7 +397,3 @@ def _date_of(exif: Image.Exif) -> datetime | None:
         return datetime.strptime(original.strip("\x00 ")[:19], EXIF_DATE_FORMAT)
     except ValueError:
         return None
-
-
-def content_hash_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

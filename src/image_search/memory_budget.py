@@ -87,8 +87,11 @@ _budgets_lock = threading.Lock()
 def shared_budget(capacity: int) -> MemoryBudget:
     """The process's budget of `capacity` bytes: every caller with the same settings (the
     index run and the page in one process) shares one."""
-    with _budgets_lock:
-        return _budgets.setdefault(capacity, MemoryBudget(capacity))
+    with _budgets_lock:  # asked for at every decode: made once, not one to throw away each time
+        budget = _budgets.get(capacity)
+        if budget is None:
+            budget = _budgets[capacity] = MemoryBudget(capacity)
+        return budget
 
 
 def budget_bytes(memory_budget_mb: int | None) -> int:

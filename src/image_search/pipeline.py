@@ -225,7 +225,9 @@ class DevicePreparer:
         if _unchanged(item, digest):
             return Unchanged(item)
         header = tensor_header(data, self.spec.max_pixels)
-        return Read(DeviceRead(item, digest, header, header_capture_time(source)), data)
+        # A file the device does not take goes to prepare_item, which reads its date itself.
+        taken = header_capture_time(source) if header is not None else None
+        return Read(DeviceRead(item, digest, header, taken), data)
 
     def decode(self, reads: list[Read[DeviceRead]]) -> list[Any | None]:
         """Decoded on the device, upright and resized; None for what it does not take."""

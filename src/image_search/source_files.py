@@ -109,9 +109,12 @@ class SourceFile:
 
 
 @contextmanager
-def open_source(path: str | Path, max_bytes: int) -> Iterator[SourceFile]:
+def open_source(
+    path: str | Path, max_bytes: int, held_whole_bytes: int = HELD_WHOLE_BYTES
+) -> Iterator[SourceFile]:
     """`path` opened for reading if it is a regular file (links followed) of at most
-    `max_bytes`; else ImageError, with nothing read. Small files are read whole at once."""
+    `max_bytes`; else ImageError, with nothing read. Files of at most `held_whole_bytes` are
+    read whole at once (0 for a reader of the header alone)."""
     name = os.fspath(path)
     _refuse_unless_regular(name)
     try:  # O_NONBLOCK: a FIFO swapped in since the check cannot hang the open
@@ -120,7 +123,7 @@ def open_source(path: str | Path, max_bytes: int) -> Iterator[SourceFile]:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
     handle = os.fdopen(fd, "rb")
     try:
-        source = _checked(handle, name, max_bytes)
+        source = _checked(handle, name, max_bytes, held_whole_bytes)
     except BaseException:
         handle.close()
         raise
@@ -128,14 +131,14 @@ def open_source(path: str | Path, max_bytes: int) -> Iterator[SourceFile]:
         yield source
 
 
-def _checked(handle: BinaryIO, name: str, max_bytes: int) -> SourceFile:
+def _checked(handle: BinaryIO, name: str, max_bytes: int, held_whole_bytes: int) -> SourceFile:
     """The opened file as a SourceFile, checked again by its descriptor (the very file
     opened), small files read whole."""
     try:
         info = os.fstat(handle.fileno())
         _refuse_other_kinds(info)
         refuse_over_size(info.st_size, max_bytes)
-        if info.st_size > HELD_WHOLE_BYTES:
+        if info.st_size > held_whole_bytes:
             return SourceFile(name, info.st_size, None, handle)
         data = _read_bounded(handle, info.st_size)
     except OSError as exc:

@@ -126,7 +126,8 @@ def split(
     does not take, and the first `share` of those it takes."""
     taken = [i for i, item in enumerate(items) if takes(item)]
     to_cpu = round(len(taken) * share)
-    others = [i for i, item in enumerate(items) if i not in set(taken)]
+    chosen = set(taken)
+    others = [i for i in range(len(items)) if i not in chosen]
     return taken[to_cpu:], sorted(others + taken[:to_cpu])
 
 
